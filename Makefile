@@ -1,0 +1,35 @@
+# tandem: `make run` and `make test` install everything they need first.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-install
+export MUJOCO_GL ?= osmesa
+export PYOPENGL_PLATFORM ?= osmesa
+
+.PHONY: help install run test test-full bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+install: $(STAMP)  ## create .venv and install tandem with pinned dependencies (and system packages)
+
+$(STAMP): pyproject.toml constraints.txt scripts/install.sh
+	./scripts/install.sh
+	@touch $(STAMP)
+
+run: install  ## run a simulated session end to end on CPU
+	$(BIN)/tandem run
+
+test: install  ## run the fast test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-full: install  ## run every test, the slow ones too
+	$(BIN)/python -m pytest -q -m "not manual"
+
+bench: install  ## run the performance benchmarks (JSON out)
+	$(BIN)/tandem bench loop --hz 50 --seconds 10 --load 1
+
+lint: install  ## ruff
+	$(BIN)/ruff check .
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache

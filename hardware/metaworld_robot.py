@@ -1,0 +1,211 @@
+"""MetaWorld v3 tasks on MuJoCo as a ``Robot``.
+
+Observation: ``observation.state`` float32[39] (MetaWorld's state: hand xyz, gripper opening, object
+poses, previous frame, goal) and one uint8[H, W, 3] image per configured camera under
+``observation.images.<camera>``. Action: float32[4] in [-1, 1]: end-effector xyz displacement
+(scaled by MetaWorld to 1/100 m per unit) and gripper effort. Reward and success come from the task.
+
+Rendering is tuned for CPU: the offscreen buffer is sized to the image, multisampling, shadows and
+shadow-casting lights are off. ``realtime=False`` runs as fast as possible (tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
+from tandem.hardware.render import configure_gl
+from tandem.hardware.robot import EpisodeStatus, Robot
+from tandem.validate import in_range, one_of, positive
+
+# The language instruction for each supported task (what a VLA is conditioned on).
+TASK_INSTRUCTIONS: dict[str, str] = {
+    "reach-v3": "reach the red goal position",
+    "push-v3": "push the puck to the goal",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "button-press-topdown-v3": "press the button from the top",
+    "drawer-open-v3": "open the drawer",
+    "drawer-close-v3": "close the drawer",
+    "door-open-v3": "open the door",
+    "window-open-v3": "slide the window open",
+    "window-close-v3": "slide the window closed",
+    "plate-slide-v3": "slide the plate into the goal",
+    "faucet-open-v3": "turn the faucet on",
+    "coffee-button-v3": "press the coffee machine button",
+}
+
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+STATE_DIM = 39
+ACTION_DIM = 4
+
+
+@dataclass
+class MetaWorldRobotConfig:
+    """A simulated Sawyer arm on a MetaWorld v3 task.
+
+    Attributes:
+        type: registry key, always "metaworld".
+        task: MetaWorld v3 task name (see ``TASK_INSTRUCTIONS``).
+        cameras: camera names to render (0..n of ``CAMERAS``).
+        image_size: square image side in pixels.
+        fps: control rate in Hz.
+        realtime: pace ticks on the wall clock (False: as fast as possible, for tests and training).
+        max_episode_steps: episode time limit in ticks.
+    """
+
+    type: str = "metaworld"
+    task: str = "pick-place-v3"
+    cameras: list[str] = field(default_factory=lambda: ["corner"])
+    image_size: int = 96
+    fps: float = 50.0
+    realtime: bool = True
+    max_episode_steps: int = 500
+
+    def __post_init__(self) -> None:
+        one_of("robot.task", self.task, TASK_INSTRUCTIONS)
+        for cam in self.cameras:
+            one_of("robot.cameras", cam, CAMERAS)
+        in_range("robot.image_size", self.image_size, 8, 1024)
+        positive("robot.fps", self.fps)
+        in_range("robot.max_episode_steps", self.max_episode_steps, 1, 500)
+
+
+class MetaWorldRobot(Robot):
+    """MetaWorld task through the ``Robot`` contract."""
+
+    def __init__(self, config: MetaWorldRobotConfig) -> None:
+        self.config = config
+        self.name = f"metaworld/{config.task}"
+        self._env = None
+        self._renderer = None
+        self._obs: np.ndarray | None = None
+        self._status = EpisodeStatus()
+
+    # -- schema -------------------------------------------------------------------------------
+    @property
+    def observation_features(self) -> dict[str, Feature]:
+        """State plus one image per camera."""
+        s = self.config.image_size
+        feats = {STATE_KEY: Feature("float32", (STATE_DIM,))}
+        for cam in self.config.cameras:
+            feats[IMAGE_PREFIX + cam] = Feature("uint8", (s, s, 3))
+        return feats
+
+    @property
+    def action_feature(self) -> Feature:
+        """xyz displacement and gripper effort, each in [-1, 1]."""
+        return Feature(
+            "float32", (ACTION_DIM,), names=("dx", "dy", "dz", "gripper"), low=(-1.0,) * 4, high=(1.0,) * 4
+        )
+
+    @property
+    def task(self) -> str:
+        """The task's language instruction."""
+        return TASK_INSTRUCTIONS[self.config.task]
+
+    @property
+    def fps(self) -> float:
+        """Configured control rate."""
+        return self.config.fps
+
+    @property
+    def realtime(self) -> bool:
+        """Whether the loop paces on the wall clock."""
+        return self.config.realtime
+
+    @property
+    def is_connected(self) -> bool:
+        """True once the simulation is built."""
+        return self._env is not None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Build the MuJoCo scene and, if cameras are configured, the offscreen renderer."""
+        configure_gl()
+        import gymnasium as gym
+        import metaworld  # noqa: F401  (registers the Meta-World/* environments)
+
+        env = gym.make("Meta-World/MT1", env_name=self.config.task, seed=0, max_episode_steps=10_000)
+        self._env = env
+        if self.config.cameras:
+            import mujoco
+
+            model = env.unwrapped.model
+            size = self.config.image_size
+            model.vis.global_.offwidth = size
+            model.vis.global_.offheight = size
+            model.vis.quality.offsamples = 0
+            model.vis.quality.shadowsize = 0
+            model.light_castshadow[:] = 0
+            self._renderer = mujoco.Renderer(model, height=size, width=size)
+
+    def disconnect(self) -> None:
+        """Free the renderer and the simulation. Safe to call twice."""
+        renderer, env = self._renderer, self._env
+        self._renderer, self._env = None, None
+        try:
+            if renderer is not None:
+                renderer.close()
+        finally:
+            if env is not None:
+                env.close()
+
+    def reset(self, seed: int | None = None) -> None:
+        """New episode; ``seed`` fixes the object and goal positions."""
+        self._require_connected()
+        obs, _ = self._env.reset(seed=seed)
+        self._obs = np.asarray(obs, np.float32)
+        self._status = EpisodeStatus()
+
+    # -- per tick -----------------------------------------------------------------------------
+    def get_observation(self) -> dict[str, np.ndarray]:
+        """Current state and camera images."""
+        self._require_connected()
+        out = {STATE_KEY: self._obs.copy()}
+        if self._renderer is not None:
+            data = self._env.unwrapped.data
+            for cam in self.config.cameras:
+                self._renderer.update_scene(data, camera=cam)
+                # MetaWorld's cameras render upside down; flip to an upright image.
+                out[IMAGE_PREFIX + cam] = np.ascontiguousarray(self._renderer.render()[::-1])
+        return out
+
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        """Step the simulation with the clipped action; returns what was applied."""
+        self._require_connected()
+        sent = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        obs, reward, terminated, _truncated, info = self._env.step(sent)
+        self._obs = np.asarray(obs, np.float32)
+        self._status = EpisodeStatus(
+            reward=float(reward), success=bool(info.get("success", 0.0) > 0.5), terminated=bool(terminated)
+        )
+        return sent
+
+    def episode_status(self) -> EpisodeStatus:
+        """Reward/success of the last step."""
+        return self._status
+
+    def hold_action(self, last_sent: np.ndarray | None) -> np.ndarray:
+        """Zero displacement, keeping the last gripper command (a held object stays held)."""
+        hold = np.zeros(ACTION_DIM, np.float32)
+        if last_sent is not None:
+            hold[3] = last_sent[3]
+        return hold
+
+    def expert_action(self) -> np.ndarray:
+        """The task's scripted expert action for the current state (used by scripted policies/operators)."""
+        self._require_connected()
+        return expert_for(self.config.task).get_action(self._obs).astype(np.float32)
+
+
+def expert_for(task: str) -> object:
+    """MetaWorld's scripted expert policy object for ``task`` (has ``get_action(state)``)."""
+    configure_gl()
+    import metaworld.policies as mp
+
+    name = "Sawyer" + "".join(p.capitalize() for p in task.removesuffix("-v3").split("-")) + "V3Policy"
+    if not hasattr(mp, name):
+        raise ValueError(f"MetaWorld has no scripted expert {name} for task {task!r}")
+    return getattr(mp, name)()

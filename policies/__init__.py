@@ -1,0 +1,1 @@
+"""Base policies (scripted experts, the tiny VLA, lerobot adapters) and heads (residual, edit)."""

@@ -1,0 +1,95 @@
+"""The unit of experience: one record per executed chunk of H ticks (DESIGN §5).
+
+Records of an episode are linked by ``(robot_id, episode_id, chunk_index)``; the learner forms TD
+tuples from consecutive records (the next record's ``state``/``features``/``base`` are s_{t+H} and
+the base proposal there). A final partial chunk is padded to H with ``valid`` false.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+# name -> (dtype, shape expressed with symbols H, A, S, F); images are carried separately.
+ARRAY_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "state": ("float32", ("S",)),
+    "features": ("float16", ("F",)),
+    "base": ("float32", ("H", "A")),
+    "head": ("float32", ("H", "A")),
+    "executed": ("float32", ("H", "A")),
+    "reward": ("float32", ("H",)),
+    "valid": ("bool", ("H",)),
+    "intervention": ("bool", ("H",)),
+    "takeover_start": ("bool", ("H",)),
+    "obs_time": ("float64", ("H",)),
+    "send_time": ("float64", ("H",)),
+}
+
+
+@dataclass
+class ChunkRecord:
+    """One executed chunk.
+
+    Attributes:
+        robot_id: which robot produced it.
+        episode_id: episode index within the robot's session (unique per robot and session).
+        chunk_index: position of the chunk in the episode (0, 1, ...).
+        task: the language instruction.
+        state: float32[S], proprio/sim state at the chunk's first tick.
+        features: float16[F], base policy embedding of the observation at the first tick (F may be 0).
+        base, head, executed: float32[H, A]; executed is after the safety filter (human actions too).
+        reward, valid: float32[H], bool[H] (valid false past the episode's end).
+        intervention, takeover_start: bool[H].
+        done: the episode ended in a true terminal within this chunk (no bootstrap).
+        truncated: the episode ended by a time limit or a stop within this chunk (bootstrap).
+        head_version, base_version: weights in use when the chunk started.
+        obs_time, send_time: float64[H] wall clock seconds.
+        images: optional JPEG bytes per camera key at the first tick.
+    """
+
+    robot_id: str
+    episode_id: int
+    chunk_index: int
+    task: str
+    state: np.ndarray
+    features: np.ndarray
+    base: np.ndarray
+    head: np.ndarray
+    executed: np.ndarray
+    reward: np.ndarray
+    valid: np.ndarray
+    intervention: np.ndarray
+    takeover_start: np.ndarray
+    done: bool
+    truncated: bool
+    head_version: int
+    base_version: int
+    obs_time: np.ndarray
+    send_time: np.ndarray
+    images: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def horizon(self) -> int:
+        """H."""
+        return int(self.base.shape[0])
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """(robot_id, episode_id, chunk_index)."""
+        return (self.robot_id, self.episode_id, self.chunk_index)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The array fields, by name, with their canonical dtypes."""
+        return {name: np.asarray(getattr(self, name), dtype) for name, (dtype, _) in ARRAY_FIELDS.items()}
+
+    def equals(self, other: ChunkRecord) -> bool:
+        """Field-by-field equality (arrays compared exactly, NaN-safe)."""
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
+                    return False
+            elif a != b:
+                return False
+        return True

@@ -1,0 +1,153 @@
+"""A robot session: build the parts from a RunConfig, run N episodes, write a summary.
+
+The robot is always disconnected and workers always stopped, whatever happens (``finally``); Ctrl-C
+ends the session after the current tick with the episode marked "stopped".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tandem.hardware.robot import Robot
+from tandem.policies.base import BasePolicy
+from tandem.registry import component_class
+from tandem.runtime.controller import Controller
+from tandem.runtime.inference import InferenceBackend, InlineBackend, ThreadBackend
+from tandem.runtime.loop import EpisodeResult, TickSink, run_episode
+from tandem.runtime.safety import SafetyFilter
+from tandem.runtime.scheduler import ChunkScheduler
+
+log = logging.getLogger(__name__)
+
+
+def make_robot(config: Any) -> Robot:
+    """The robot for a robot config (by its ``type``)."""
+    return component_class("robot", config.type)(config)
+
+
+def make_policy(config: Any, robot: Robot) -> BasePolicy:
+    """The base policy for a policy config, checked against the robot's action size."""
+    task_name = getattr(robot.config, "task", "") if hasattr(robot, "config") else ""
+    policy = component_class("policy", config.type)(config, task_name)
+    action_dim = robot.action_feature.shape[0]
+    if policy.action_dim != action_dim:
+        raise ValueError(
+            f"policy {policy.name!r} outputs {policy.action_dim}-D actions but robot {robot.name!r} "
+            f"takes {action_dim}-D actions; pick a policy trained for this robot"
+        )
+    return policy
+
+
+def make_backend(kind: str, policy: BasePolicy) -> InferenceBackend:
+    """Where inference runs: "inline" or "thread"."""
+    return {"inline": InlineBackend, "thread": ThreadBackend}[kind](policy)
+
+
+@dataclass
+class SessionSummary:
+    """What ``summary.json`` holds."""
+
+    robot: str
+    task: str
+    policy: str
+    episodes: list[dict] = field(default_factory=list)
+    success_rate: float = 0.0
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def default_run_dir() -> Path:
+    """runs/<date>_<time> under the current directory."""
+    return Path("runs") / time.strftime("%Y%m%d_%H%M%S")
+
+
+class Session:
+    """Owns the robot, the policy backend and the controller for a run of episodes.
+
+    Args:
+        config: a validated RunConfig.
+        sinks: tick consumers (recorder, chunk assembler, live view).
+        stop: set it to end the session after the current tick.
+    """
+
+    def __init__(self, config: Any, sinks: list[TickSink] | None = None, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.sinks = list(sinks or [])
+        self.stop = stop or threading.Event()
+        self.robot: Robot | None = None
+        self.policy: BasePolicy | None = None
+        self.backend: InferenceBackend | None = None
+        self.controller: Controller | None = None
+        self.safety: SafetyFilter | None = None
+
+    def build(self) -> None:
+        """Create the parts (the robot is not connected yet)."""
+        cfg = self.config
+        self.robot = make_robot(cfg.robot)
+        self.policy = make_policy(cfg.policy, self.robot)
+        self.backend = make_backend(cfg.session.backend, self.policy)
+        low, high = self.robot.action_feature.bounds()
+        self.safety = SafetyFilter(cfg.safety, low, high, self.robot.hold_action(None))
+        scheduler = ChunkScheduler(self.backend, cfg.scheduler, lookahead=cfg.session.horizon)
+        self.controller = Controller(scheduler, cfg.session.horizon, hold=self.safety.hold_action)
+
+    def run(self, on_episode: Any = None) -> SessionSummary:
+        """Connect, run the configured episodes, always disconnect. Returns the summary."""
+        cfg = self.config
+        if self.robot is None:
+            self.build()
+        robot = self.robot
+        summary = SessionSummary(robot=robot.name, task=robot.task, policy=self.policy.name)
+        max_steps = cfg.session.max_episode_steps or getattr(robot.config, "max_episode_steps", 1000)
+        t0 = time.perf_counter()
+        try:
+            robot.connect()
+            for i in range(cfg.session.episodes):
+                if self.stop.is_set():
+                    break
+                result: EpisodeResult = run_episode(
+                    robot,
+                    self.controller,
+                    self.safety,
+                    episode=i,
+                    hz=robot.fps,
+                    max_steps=max_steps,
+                    seed=cfg.session.seed + i,
+                    config=cfg.loop,
+                    sinks=self.sinks,
+                    stop=self.stop,
+                )
+                summary.episodes.append(asdict(result))
+                if on_episode is not None:
+                    on_episode(result)
+        except KeyboardInterrupt:
+            log.warning("interrupted: stopping the session")
+        finally:
+            try:
+                robot.disconnect()
+            finally:
+                self.backend.close()
+                self.policy.close()
+        n = len(summary.episodes)
+        summary.success_rate = sum(e["success"] for e in summary.episodes) / n if n else 0.0
+        summary.wall_s = round(time.perf_counter() - t0, 3)
+        return summary
+
+
+def write_summary(summary: SessionSummary, run_dir: Path) -> Path:
+    """Write ``summary.json`` into ``run_dir`` (created) and return its path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary.to_dict(), indent=2))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,105 @@
+"""The ``tandem`` command line. Each subcommand is a thin wrapper over an importable function.
+
+    tandem run [hydra overrides...]       a robot session (simulated by default)
+    tandem bench loop [--hz --seconds --load]   control-loop timing benchmark, JSON out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from tandem.errors import ConfigError
+
+
+def _install_sigint(stop: threading.Event) -> None:
+    """First Ctrl-C: finish the current tick and end the session cleanly. Second: abort."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this tick (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_run(overrides: list[str]) -> int:
+    """``tandem run``: compose the config, run the session, print results, write summary.json."""
+    from tandem.config import compose_run
+    from tandem.runtime.session import Session, default_run_dir, write_summary
+
+    cfg = compose_run(overrides)
+    stop = threading.Event()
+    _install_sigint(stop)
+    session = Session(cfg, stop=stop)
+
+    def on_episode(r: object) -> None:
+        t = r.timing
+        print(
+            f"episode {r.episode:3d}  seed {r.seed}  {r.outcome:8s}  steps {r.steps:4d}  "
+            f"reward {r.total_reward:8.2f}  takeovers {r.takeovers}  starved {r.starved_ticks}  "
+            f"lateness p99 {t['p99_lateness_ms']:.3f} ms  overruns {t['overruns']}",
+            flush=True,
+        )
+
+    print(f"tandem run: robot={cfg.robot.type} task={getattr(cfg.robot, 'task', '')} policy={cfg.policy.type} "
+          f"episodes={cfg.session.episodes}", flush=True)
+    summary = session.run(on_episode=on_episode)
+    run_dir = Path(cfg.session.run_dir) if cfg.session.run_dir else default_run_dir()
+    path = write_summary(summary, run_dir)
+    n = len(summary.episodes)
+    wins = sum(e["success"] for e in summary.episodes)
+    print(f"success rate {summary.success_rate:.0%} ({wins}/{n})  wall {summary.wall_s:.1f} s  summary {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``tandem bench <what>``: print one JSON object."""
+    if args.what == "loop":
+        from tandem.runtime.bench_loop import bench_loop
+
+        result = bench_loop(hz=args.hz, seconds=args.seconds, load=args.load)
+    else:  # argparse restricts the choices
+        raise AssertionError(args.what)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="tandem", description="Post-train VLA policies on real robots.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a robot session (Hydra overrides: robot.task=push-v3 ...)")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=5")
+    bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
+    bench.add_argument("what", choices=["loop"], help="which benchmark")
+    bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")
+    bench.add_argument("--seconds", type=float, default=10.0, help="duration (s)")
+    bench.add_argument("--load", type=int, default=0, help="busy worker processes beside the loop")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tandem`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return cmd_run(args.overrides)
+        if args.command == "bench":
+            return cmd_bench(args)
+    except ConfigError as exc:
+        print(f"tandem: config error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

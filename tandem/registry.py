@@ -1,0 +1,44 @@
+"""Name -> (config dataclass, component) tables for every config group, imported lazily.
+
+Each entry is ``"module:ConfigClass"`` and ``"module:ComponentClass"``. Adding a robot, policy,
+head or teleop device means writing the two classes and one line here (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tandem.validate import one_of
+
+ROBOTS: dict[str, tuple[str, str]] = {
+    "metaworld": ("tandem.hardware.metaworld_robot:MetaWorldRobotConfig", "tandem.hardware.metaworld_robot:MetaWorldRobot"),
+    "gym": ("tandem.hardware.gym_robot:GymRobotConfig", "tandem.hardware.gym_robot:GymRobot"),
+    "lerobot": ("tandem.hardware.lerobot_robot:LeRobotRobotConfig", "tandem.hardware.lerobot_robot:LeRobotRobot"),
+}
+
+POLICIES: dict[str, tuple[str, str]] = {
+    "scripted": ("tandem.policies.scripted:ScriptedPolicyConfig", "tandem.policies.scripted:ScriptedPolicy"),
+}
+
+GROUPS: dict[str, dict[str, tuple[str, str]]] = {"robot": ROBOTS, "policy": POLICIES}
+
+
+def load(path: str) -> Any:
+    """Import ``"module:attr"``."""
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def config_class(group: str, type_name: str) -> type:
+    """The config dataclass registered for ``group`` / ``type_name``."""
+    table = GROUPS[group]
+    one_of(f"{group}.type", type_name, table)
+    return load(table[type_name][0])
+
+
+def component_class(group: str, type_name: str) -> type:
+    """The component class registered for ``group`` / ``type_name``."""
+    table = GROUPS[group]
+    one_of(f"{group}.type", type_name, table)
+    return load(table[type_name][1])
