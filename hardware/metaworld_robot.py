@@ -47,7 +47,9 @@ class MetaWorldRobotConfig:
 
     Attributes:
         type: registry key, always "metaworld".
-        task: MetaWorld v3 task name (see ``TASK_INSTRUCTIONS``).
+        task: MetaWorld v3 task name (see ``TASK_INSTRUCTIONS``); the first task of a session.
+        suite: optional list of task names; episode i of a session runs ``suite[i % len(suite)]``
+            (empty: just ``task``).
         cameras: camera names to render (0..n of ``CAMERAS``).
         image_size: square image side in pixels.
         fps: control rate in Hz.
@@ -57,6 +59,7 @@ class MetaWorldRobotConfig:
 
     type: str = "metaworld"
     task: str = "pick-place-v3"
+    suite: list[str] = field(default_factory=list)
     cameras: list[str] = field(default_factory=lambda: ["corner"])
     image_size: int = 96
     fps: float = 50.0
@@ -65,6 +68,8 @@ class MetaWorldRobotConfig:
 
     def __post_init__(self) -> None:
         one_of("robot.task", self.task, TASK_INSTRUCTIONS)
+        for name in self.suite:
+            one_of("robot.suite", name, TASK_INSTRUCTIONS)
         for cam in self.cameras:
             one_of("robot.cameras", cam, CAMERAS)
         in_range("robot.image_size", self.image_size, 8, 1024)
@@ -77,7 +82,9 @@ class MetaWorldRobot(Robot):
 
     def __init__(self, config: MetaWorldRobotConfig) -> None:
         self.config = config
-        self.name = f"metaworld/{config.task}"
+        self.name = "metaworld"
+        self._task = config.task
+        self._sims: dict[str, tuple[object, object]] = {}  # task -> (env, renderer or None)
         self._env = None
         self._renderer = None
         self._obs: np.ndarray | None = None
@@ -102,8 +109,25 @@ class MetaWorldRobot(Robot):
 
     @property
     def task(self) -> str:
-        """The task's language instruction."""
-        return TASK_INSTRUCTIONS[self.config.task]
+        """The current task's language instruction."""
+        return TASK_INSTRUCTIONS[self._task]
+
+    @property
+    def task_name(self) -> str:
+        """The current MetaWorld task name."""
+        return self._task
+
+    @property
+    def tasks(self) -> list[str]:
+        """The suite (or just the configured task)."""
+        return list(self.config.suite) or [self.config.task]
+
+    def set_task(self, name: str) -> None:
+        """Switch task; its scene is built on first use and kept for the session."""
+        one_of("task", name, TASK_INSTRUCTIONS)
+        self._task = name
+        if self.is_connected:
+            self._activate(name)
 
     @property
     def fps(self) -> float:
@@ -122,13 +146,21 @@ class MetaWorldRobot(Robot):
 
     # -- lifecycle ----------------------------------------------------------------------------
     def connect(self) -> None:
-        """Build the MuJoCo scene and, if cameras are configured, the offscreen renderer."""
+        """Build the MuJoCo scene of the current task (and its offscreen renderer if cameras are set)."""
         configure_gl()
+        self._activate(self._task)
+
+    def _activate(self, name: str) -> None:
+        if name not in self._sims:
+            self._sims[name] = self._build(name)
+        self._env, self._renderer = self._sims[name]
+
+    def _build(self, name: str) -> tuple[object, object]:
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the Meta-World/* environments)
 
-        env = gym.make("Meta-World/MT1", env_name=self.config.task, seed=0, max_episode_steps=10_000)
-        self._env = env
+        env = gym.make("Meta-World/MT1", env_name=name, seed=0, max_episode_steps=10_000)
+        renderer = None
         if self.config.cameras:
             import mujoco
 
@@ -139,18 +171,23 @@ class MetaWorldRobot(Robot):
             model.vis.quality.offsamples = 0
             model.vis.quality.shadowsize = 0
             model.light_castshadow[:] = 0
-            self._renderer = mujoco.Renderer(model, height=size, width=size)
+            renderer = mujoco.Renderer(model, height=size, width=size)
+        return env, renderer
 
     def disconnect(self) -> None:
-        """Free the renderer and the simulation. Safe to call twice."""
-        renderer, env = self._renderer, self._env
-        self._renderer, self._env = None, None
-        try:
-            if renderer is not None:
-                renderer.close()
-        finally:
-            if env is not None:
-                env.close()
+        """Free renderers and simulations. Safe to call twice."""
+        sims, self._sims = self._sims, {}
+        self._env, self._renderer = None, None
+        errors = []
+        for env, renderer in sims.values():
+            for closer in (getattr(renderer, "close", None), getattr(env, "close", None)):
+                try:
+                    if closer is not None:
+                        closer()
+                except Exception as exc:  # keep closing the rest; report the first
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def reset(self, seed: int | None = None) -> None:
         """New episode; ``seed`` fixes the object and goal positions."""
@@ -197,7 +234,15 @@ class MetaWorldRobot(Robot):
     def expert_action(self) -> np.ndarray:
         """The task's scripted expert action for the current state (used by scripted policies/operators)."""
         self._require_connected()
-        return expert_for(self.config.task).get_action(self._obs).astype(np.float32)
+        return np.asarray(expert_for(self._task).get_action(self._obs), np.float32)
+
+
+def task_for_instruction(instruction: str) -> str:
+    """The MetaWorld task name whose language instruction is ``instruction``."""
+    for name, text in TASK_INSTRUCTIONS.items():
+        if text == instruction:
+            return name
+    raise ValueError(f"no MetaWorld task has the instruction {instruction!r}")
 
 
 def expert_for(task: str) -> object:

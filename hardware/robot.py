@@ -62,6 +62,16 @@ class Robot(abc.ABC):
         """Whether ``connect()`` succeeded and ``disconnect()`` has not run."""
 
     @property
+    def tasks(self) -> list[str]:
+        """Names of the tasks this robot can switch between (a suite); one entry for most robots."""
+        return [self.name]
+
+    def set_task(self, name: str) -> None:
+        """Switch to task ``name`` of :attr:`tasks` before the next ``reset()``."""
+        if name not in self.tasks:
+            raise ValueError(f"{self.name} has no task {name!r}; tasks: {self.tasks}")
+
+    @property
     def fps(self) -> float:
         """The rate the robot is meant to be driven at (Hz)."""
         return 50.0

@@ -44,7 +44,11 @@ class Chunk:
 
 
 class BasePolicy(abc.ABC):
-    """A base policy. Subclasses set ``chunk_length`` (P), ``action_dim`` (A), ``feature_dim`` (F)."""
+    """A base policy. Subclasses set ``chunk_length`` (P), ``action_dim`` (A), ``feature_dim`` (F).
+
+    Registered policies are constructed as ``Policy(config, robot)``; ``robot`` (not connected)
+    provides the observation and action schemas the policy must match.
+    """
 
     name: str = "policy"
     chunk_length: int = 1

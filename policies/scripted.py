@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tandem.hardware.features import STATE_KEY
-from tandem.hardware.metaworld_robot import ACTION_DIM, TASK_INSTRUCTIONS, expert_for
+from tandem.hardware.metaworld_robot import ACTION_DIM, TASK_INSTRUCTIONS, expert_for, task_for_instruction
 from tandem.policies.base import BasePolicy, Chunk
 from tandem.validate import in_range, non_negative, one_of
 
@@ -25,7 +25,7 @@ class ScriptedPolicyConfig:
 
     Attributes:
         type: registry key, always "scripted".
-        task: MetaWorld task whose expert to use ("auto": the robot's task).
+        task: MetaWorld task whose expert to use ("auto": the task named by each request's instruction).
         chunk_length: P, actions per chunk.
         noise_std: std of Gaussian noise added to every action element.
         bias: constant added to every action element.
@@ -47,23 +47,25 @@ class ScriptedPolicyConfig:
 
 
 class ScriptedPolicy(BasePolicy):
-    """MetaWorld expert as a chunking base policy (no features)."""
+    """MetaWorld expert as a chunking base policy (no features). ``robot`` is unused (the expert reads the state)."""
 
     name = "scripted"
 
-    def __init__(self, config: ScriptedPolicyConfig, task: str) -> None:
+    def __init__(self, config: ScriptedPolicyConfig, robot: object = None) -> None:
         self.config = config
-        self.task_name = task if config.task == "auto" else config.task
         self.chunk_length = config.chunk_length
         self.action_dim = ACTION_DIM
         self.feature_dim = 0
-        self._expert = expert_for(self.task_name)
+        self._experts: dict[str, object] = {}
         self._rng = np.random.default_rng(config.seed)
 
     def infer(self, observation: dict[str, np.ndarray], task: str) -> Chunk:
         """Expert action for ``observation.state``, held for P ticks, plus noise and bias."""
         t = time.perf_counter()
-        a = np.asarray(self._expert.get_action(observation[STATE_KEY]), np.float32)
+        name = self.config.task if self.config.task != "auto" else task_for_instruction(task)
+        if name not in self._experts:
+            self._experts[name] = expert_for(name)
+        a = np.asarray(self._experts[name].get_action(observation[STATE_KEY]), np.float32)
         actions = np.repeat(a[None], self.chunk_length, axis=0) + self.config.bias
         if self.config.noise_std > 0:
             actions = actions + self._rng.normal(0, self.config.noise_std, actions.shape).astype(np.float32)

@@ -32,9 +32,8 @@ def make_robot(config: Any) -> Robot:
 
 
 def make_policy(config: Any, robot: Robot) -> BasePolicy:
-    """The base policy for a policy config, checked against the robot's action size."""
-    task_name = getattr(robot.config, "task", "") if hasattr(robot, "config") else ""
-    policy = component_class("policy", config.type)(config, task_name)
+    """The base policy for a policy config (built for ``robot``'s schemas), checked against its action size."""
+    policy = component_class("policy", config.type)(config, robot)
     action_dim = robot.action_feature.shape[0]
     if policy.action_dim != action_dim:
         raise ValueError(
@@ -106,7 +105,7 @@ class Session:
         if self.robot is None:
             self.build()
         robot = self.robot
-        summary = SessionSummary(robot=robot.name, task=robot.task, policy=self.policy.name)
+        summary = SessionSummary(robot=robot.name, task=", ".join(robot.tasks), policy=self.policy.name)
         max_steps = cfg.session.max_episode_steps or getattr(robot.config, "max_episode_steps", 1000)
         t0 = time.perf_counter()
         try:
@@ -114,6 +113,9 @@ class Session:
             for i in range(cfg.session.episodes):
                 if self.stop.is_set():
                     break
+                suite = robot.tasks
+                if len(suite) > 1:
+                    robot.set_task(suite[i % len(suite)])
                 result: EpisodeResult = run_episode(
                     robot,
                     self.controller,
