@@ -160,6 +160,9 @@ class MetaWorldRobot(Robot):
         import metaworld  # noqa: F401  (registers the Meta-World/* environments)
 
         env = gym.make("Meta-World/MT1", env_name=name, seed=0, max_episode_steps=10_000)
+        selector = _task_selector(env)
+        if selector is not None:
+            selector.toggle_sample_tasks_on_reset(False)  # reset() picks the variation from its seed
         renderer = None
         if self.config.cameras:
             import mujoco
@@ -190,8 +193,13 @@ class MetaWorldRobot(Robot):
             raise errors[0]
 
     def reset(self, seed: int | None = None) -> None:
-        """New episode; ``seed`` fixes the object and goal positions."""
+        """New episode; ``seed`` picks the object and goal positions (one of MT1's 50 variations)."""
         self._require_connected()
+        selector = _task_selector(self._env)
+        if selector is not None:
+            # MT1 has 50 fixed variations (object and goal positions): the seed picks one.
+            index = int(np.random.default_rng(seed).integers(len(selector.tasks)))
+            selector.unwrapped.set_task(selector.tasks[index])
         obs, _ = self._env.reset(seed=seed)
         self._obs = np.asarray(obs, np.float32)
         self._status = EpisodeStatus()
@@ -235,6 +243,15 @@ class MetaWorldRobot(Robot):
         """The task's scripted expert action for the current state (used by scripted policies/operators)."""
         self._require_connected()
         return np.asarray(expert_for(self._task).get_action(self._obs), np.float32)
+
+
+def _task_selector(env: object) -> object | None:
+    """MetaWorld's task-sampling wrapper inside a gym.make() stack, if any."""
+    while env is not None:
+        if hasattr(env, "tasks") and hasattr(env, "toggle_sample_tasks_on_reset"):
+            return env
+        env = getattr(env, "env", None)
+    return None
 
 
 def task_for_instruction(instruction: str) -> str:

@@ -1,0 +1,65 @@
+"""The tandem CLI as a user runs it, in subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TANDEM = [sys.executable, "-m", "tandem.cli"]
+
+
+def run_cli(args, **kw):
+    return subprocess.run(TANDEM + args, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_tandem_run_prints_success_and_writes_summary(tmp_path):
+    out = run_cli(["run", "policy=scripted", "session.backend=inline", "robot.realtime=false",
+                   "session.episodes=2", "robot.task=reach-v3", f"session.run_dir={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "success rate" in out.stdout
+    assert out.stdout.count("episode ") >= 2
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["episodes"]) == 2
+    assert 0.0 <= summary["success_rate"] <= 1.0
+
+
+def test_bad_config_fails_at_start_with_field_name(tmp_path):
+    out = run_cli(["run", "policy=scripted", "robot.task=nosuch-v3", f"session.run_dir={tmp_path}"])
+    assert out.returncode == 2
+    assert "robot.task" in out.stderr and "one of" in out.stderr
+
+
+def test_bench_loop_prints_json():
+    out = run_cli(["bench", "loop", "--hz", "100", "--seconds", "1", "--load", "1"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    for key in ("hz", "ticks", "p50_lateness_ms", "p99_lateness_ms", "max_lateness_ms", "overruns"):
+        assert key in result
+    assert result["ticks"] == 100
+
+
+def test_ctrl_c_ends_session_cleanly_and_writes_summary(tmp_path):
+    proc = subprocess.Popen(
+        TANDEM + ["run", "policy=scripted", "session.backend=inline", "robot.realtime=true", "robot.task=reach-v3",
+                  "session.episodes=50", "loop.stop_on_success=false", f"session.run_dir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while not line.startswith("episode") and time.time() < deadline:
+            line = proc.stdout.readline()
+        assert line.startswith("episode"), "session never started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads((Path(tmp_path) / "summary.json").read_text())
+    assert summary["episodes"][-1]["outcome"] == "stopped"
+    assert len(summary["episodes"]) < 50

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from tandem.errors import ConfigError
+from tandem.runtime.safety import SafetyConfig, SafetyFilter
+
+
+def make(max_delta=0.5, watchdog_s=0.5):
+    return SafetyFilter(SafetyConfig(max_delta=max_delta, watchdog_s=watchdog_s),
+                        low=-np.ones(3, np.float32), high=np.ones(3, np.float32), hold=np.zeros(3, np.float32))
+
+
+def test_clips_to_limits():
+    f = make(max_delta=0)
+    out = f.filter(np.array([2.0, -3.0, 0.5]))
+    assert np.allclose(out, [1.0, -1.0, 0.5])
+    assert f.stats.clipped == 1
+
+
+def test_rate_limit_per_tick():
+    f = make(max_delta=0.1)
+    f.filter(np.zeros(3))
+    out = f.filter(np.array([1.0, -1.0, 0.05]))
+    assert np.allclose(out, [0.1, -0.1, 0.05])
+    out = f.filter(np.array([1.0, -1.0, 0.05]))
+    assert np.allclose(out, [0.2, -0.2, 0.05])
+    assert f.stats.rate_limited == 2
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_holds_last_safe_action(bad):
+    f = make(max_delta=0)
+    f.filter(np.array([0.3, 0.2, 0.1]))
+    out = f.filter(np.array([0.5, bad, 0.0]))
+    assert np.allclose(out, [0.3, 0.2, 0.1])
+    assert f.stats.nonfinite == 1
+
+
+def test_nonfinite_first_action_holds_hold_action():
+    f = make()
+    assert np.allclose(f.filter(np.full(3, np.nan)), 0.0)
+
+
+def test_watchdog_holds_when_input_stalls():
+    f = make(watchdog_s=0.05)
+    f.filter(np.array([0.2, 0.2, 0.2]), now=100.0)
+    assert not f.stalled(now=100.01)
+    out = f.filter(None, now=100.1)
+    assert f.stalled(now=100.1)
+    assert np.allclose(out, [0.2, 0.2, 0.2])
+    assert f.stats.watchdog_holds == 1
+    f.filter(np.array([0.1, 0.1, 0.1]), now=100.2)
+    assert not f.stalled(now=100.21)
+
+
+def test_wrong_shape_is_an_error():
+    with pytest.raises(ValueError, match="shape"):
+        make().filter(np.zeros(4))
+
+
+def test_reset_forgets_last_and_counters():
+    f = make(max_delta=0.1)
+    f.filter(np.ones(3))
+    f.filter(np.full(3, np.nan))
+    f.reset(np.zeros(3))
+    assert f.stats.nonfinite == 0
+    assert np.allclose(f.filter(np.full(3, 0.9)), 0.9)  # no rate limit against the old episode
+
+
+def test_config_validation_names_field():
+    with pytest.raises(ConfigError, match="safety.watchdog_s"):
+        SafetyConfig(watchdog_s=0)
