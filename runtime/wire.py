@@ -132,3 +132,43 @@ def decode(frames: list[Any], max_bytes: int = DEFAULT_MAX_BYTES, copy: bool = F
         arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
         arrays[name] = arr.copy() if copy else arr
     return Message(kind=kind, schema=schema, seq=seq, robot=robot, meta=meta, arrays=arrays)
+
+
+def digest_arrays(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 hex digest over a dict of arrays: names, dtypes, shapes and bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(msgpack.packb([name, str(arr.dtype), list(arr.shape)]))
+        h.update(memoryview(arr).cast("B") if arr.size else b"")
+    return h.hexdigest()
+
+
+_FRAME_COUNT = np.dtype("<u4")
+_FRAME_LEN = np.dtype("<u8")
+
+
+def pack_frames(frames: list[Any]) -> bytes:
+    """One byte string holding ``frames`` (for spools, logs and pieces): count, lengths, then the bytes."""
+    views = [memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B") for f in frames]
+    head = np.array([len(views)], _FRAME_COUNT).tobytes() + np.array([v.nbytes for v in views], _FRAME_LEN).tobytes()
+    return b"".join([head, *views])
+
+
+def unpack_frames(blob: bytes | memoryview, max_bytes: int = DEFAULT_MAX_BYTES + MAX_HEADER_BYTES) -> list[memoryview]:
+    """Inverse of :func:`pack_frames` (zero-copy views into ``blob``). Raises WireError if malformed."""
+    view = memoryview(blob).cast("B")
+    if view.nbytes < 4:
+        raise WireError("bad_pack", "too short")
+    count = int(np.frombuffer(view[:4], _FRAME_COUNT)[0])
+    if count > MAX_ARRAYS + 1 or view.nbytes < 4 + 8 * count:
+        raise WireError("bad_pack", f"{count} frames")
+    lengths = np.frombuffer(view[4 : 4 + 8 * count], _FRAME_LEN).astype(np.int64)
+    start = 4 + 8 * count
+    if int(lengths.sum()) != view.nbytes - start or int(lengths.sum()) > max_bytes:
+        raise WireError("bad_pack", f"lengths sum {int(lengths.sum())} vs {view.nbytes - start} bytes")
+    out = []
+    for n in lengths.tolist():
+        out.append(view[start : start + n])
+        start += n
+    return out

@@ -1,0 +1,425 @@
+"""Weights link, robot side: receive, check and stage new weights; the loop swaps them at a chunk edge.
+
+The subscriber's thread owns a SUB socket on the learner's weights PUB (latest only) and a DEALER on
+the learner's ROUTER for pulling large weights in pieces. Everything is checked on that thread: the
+header's schema hash against the consumer's :meth:`WeightsConsumer.weights_schema`, the sha256 of the
+arrays, finiteness of every float array. A set that passes is prepared (by the consumer, still off
+the control thread) and staged; :meth:`WeightsSubscriber.apply_staged`, registered in
+``Controller.boundary_callbacks``, hands it over at the next chunk boundary: a reference swap.
+A refused set is counted, logged and reported to the learner; the robot keeps its current weights.
+
+The learner's heartbeat (on the PUB) carries the latest version of each kind, so a robot that missed
+a publication (slow joiner, dropped by the PUB's high-water mark, reconnected) pulls it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from tandem.runtime.link_config import LinkConfig
+from tandem.runtime.link_security import open_socket
+from tandem.runtime.messages import HB, PIECE, PULL, REPORT, WEIGHTS, check_weights, weights_header, weights_schema_hash
+from tandem.runtime.wire import Message, WireError, decode, encode, unpack_frames
+
+log = logging.getLogger(__name__)
+
+WeightsSpec = dict[str, tuple[str, tuple[int, ...]]]
+
+
+class WeightsConsumer(Protocol):
+    """Something on the robot that runs on pushed weights (a head, a critic, the base policy)."""
+
+    def weights_schema(self) -> WeightsSpec:
+        """name -> (dtype, shape) of the arrays it accepts (the learner's schema hash must match)."""
+
+    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> Any:
+        """Build what :meth:`load_weights` will swap in. Runs off the control thread; may be slow."""
+
+    def load_weights(self, prepared: Any, version: int) -> None:
+        """Swap ``prepared`` in. Runs on the control thread at a chunk boundary: a reference swap."""
+
+
+class ArrayWeights:
+    """A WeightsConsumer that holds the latest arrays as they are (tests, inspection, simple heads).
+
+    Args:
+        schema: name -> (dtype, shape) accepted.
+        arrays: initial arrays (default: zeros of the schema).
+    """
+
+    def __init__(self, schema: WeightsSpec, arrays: dict[str, np.ndarray] | None = None) -> None:
+        self._schema = {k: (str(np.dtype(d)), tuple(s)) for k, (d, s) in schema.items()}
+        self.arrays = arrays or {k: np.zeros(s, d) for k, (d, s) in self._schema.items()}
+        self.version = 0
+
+    def weights_schema(self) -> WeightsSpec:
+        """The accepted schema."""
+        return dict(self._schema)
+
+    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> dict[str, np.ndarray]:
+        """Read-only copies of the arrays."""
+        out = {k: np.array(v) for k, v in arrays.items()}
+        for v in out.values():
+            v.flags.writeable = False
+        return out
+
+    def load_weights(self, prepared: dict[str, np.ndarray], version: int) -> None:
+        """Swap the dict."""
+        self.arrays, self.version = prepared, version
+
+
+class TorchModuleWeights:
+    """A WeightsConsumer around a torch module: a new module is built off-thread, then swapped in.
+
+    Args:
+        module: the module in use; its ``state_dict`` defines the schema. Read :attr:`module` at the
+            point of use (it is replaced, not mutated).
+    """
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.version = 0
+
+    def weights_schema(self) -> WeightsSpec:
+        """Names, dtypes and shapes of the module's state_dict."""
+        return {k: (str(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in self.module.state_dict().items()}
+
+    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> Any:
+        """A copy of the module with the new weights (torch imported here, off the control thread)."""
+        import torch
+
+        new = copy.deepcopy(self.module)
+        new.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        new.eval()
+        return new
+
+    def load_weights(self, prepared: Any, version: int) -> None:
+        """Swap the module reference."""
+        self.module, self.version = prepared, version
+
+
+@dataclass
+class WeightsStats:
+    """Counters of the weights link (read from any thread)."""
+
+    received: int = 0
+    accepted: int = 0
+    applied: int = 0
+    rejected: int = 0
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    malformed: int = 0
+    malformed_reasons: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0
+    pulls: int = 0
+    pieces: int = 0
+    disconnects: int = 0
+    learner_alive: bool = False
+    versions: dict[str, int] = field(default_factory=dict)
+    applied_versions: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class _Pull:
+    wkind: str
+    version: int = -1
+    run: str = ""
+    count: int = 0
+    blob_bytes: int = 0
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    requested: int = 0
+    last_activity: float = 0.0
+
+
+class WeightsSubscriber:
+    """Robot-side weights receiver.
+
+    Args:
+        config: the robot's LinkConfig.
+        consumers: weight kind ("head", "critic", "base") -> consumer. Other kinds are ignored.
+        context: zmq context to share.
+        on_staged, on_applied: optional hooks ``(kind, version)`` (metrics, benchmarks).
+    """
+
+    def __init__(
+        self,
+        config: LinkConfig,
+        consumers: dict[str, WeightsConsumer],
+        context: zmq.Context | None = None,
+        on_staged: Callable[[str, int], None] | None = None,
+        on_applied: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.consumers = dict(consumers)
+        self.expected = {k: weights_schema_hash(c.weights_schema()) for k, c in self.consumers.items()}
+        self.stats = WeightsStats()
+        self.history: dict[str, list[int]] = {k: [] for k in self.consumers}
+        self.on_staged = on_staged
+        self.on_applied = on_applied
+        self._context = context or zmq.Context.instance()
+        self._staged: dict[str, tuple[int, Any]] = {}
+        self._current: dict[str, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # ------------------------------------------------------------------ control thread
+
+    def apply_staged(self, chunk_index: int = 0) -> None:
+        """Swap in staged weights (a boundary callback: runs on the control thread, cheap)."""
+        if not self._staged:
+            return
+        for kind in list(self._staged):
+            item = self._staged.pop(kind, None)
+            if item is None:
+                continue
+            version, prepared = item
+            self.consumers[kind].load_weights(prepared, version)
+            self.stats.applied += 1
+            self.stats.applied_versions[kind] = version
+            if self.on_applied is not None:
+                self.on_applied(kind, version)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> WeightsSubscriber:
+        """Start the receiver thread (returns self)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"weights-{self.config.robot_id}", daemon=True)
+            self._thread.start()
+            self._ready.wait(10.0)
+            if self._error is not None:
+                raise self._error
+        return self
+
+    def close(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+            self._thread = None
+
+    # ------------------------------------------------------------------ receiver thread
+
+    def _run(self) -> None:
+        cfg = self.config
+        try:
+            sub = open_socket(
+                self._context, zmq.SUB, cfg.weights_endpoint, bind=False, max_message_bytes=cfg.max_message_bytes,
+                keys_dir=cfg.keys_dir, field="link.weights endpoint", options={zmq.RCVHWM: 8},
+            )
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            dealer = open_socket(
+                self._context, zmq.DEALER, cfg.experience_endpoint, bind=False, max_message_bytes=cfg.max_message_bytes,
+                keys_dir=cfg.keys_dir, field="link.experience endpoint",
+            )
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._ready.set()
+        pull: _Pull | None = None
+        last_heard = 0.0
+        poller = zmq.Poller()
+        for s in (sub, dealer, monitor):
+            poller.register(s, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(20))
+                if monitor in events:
+                    while monitor.poll(0):
+                        recv_monitor_message(monitor)
+                        self.stats.disconnects += 1
+                if sub in events:
+                    while True:
+                        try:
+                            frames = sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        msg = self._decode(frames)
+                        if msg is None:
+                            continue
+                        last_heard = time.monotonic()
+                        pull = self._on_broadcast(msg, dealer, pull)
+                if dealer in events:
+                    while True:
+                        try:
+                            frames = dealer.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        msg = self._decode(frames)
+                        if msg is not None:
+                            pull = self._on_piece(msg, dealer, pull)
+                now = time.monotonic()
+                self.stats.learner_alive = bool(last_heard) and now - last_heard < cfg.timeout_s
+                if pull is not None and now - pull.last_activity > cfg.timeout_s:
+                    log.warning("weights %s: pull of %s v%d stalled, restarting", cfg.robot_id, pull.wkind, pull.version)
+                    pull = self._start_pull(dealer, pull.wkind)
+        except Exception:
+            log.exception("weights subscriber %s failed", cfg.robot_id)
+        finally:
+            sub.disable_monitor()
+            monitor.close(0)
+            sub.close(0)
+            dealer.close(0)
+
+    def _decode(self, frames: list) -> Message | None:
+        try:
+            return decode(frames, self.config.max_message_bytes, copy=False)
+        except WireError as exc:
+            self.stats.malformed += 1
+            self.stats.malformed_reasons[exc.reason] = self.stats.malformed_reasons.get(exc.reason, 0) + 1
+            log.debug("weights %s: dropped malformed message (%s)", self.config.robot_id, exc)
+            return None
+
+    def _is_new(self, wkind: str, run: str, version: int) -> bool:
+        cur = self._current.get(wkind)
+        return cur is None or run != cur[0] or version > cur[1]
+
+    def _on_broadcast(self, msg: Message, dealer: zmq.Socket, pull: _Pull | None) -> _Pull | None:
+        if msg.kind == HB:
+            versions = msg.meta.get("versions", {})
+            if not isinstance(versions, dict):
+                return pull
+            for wkind, item in versions.items():
+                if wkind not in self.consumers or pull is not None:
+                    continue
+                if isinstance(item, list) and len(item) == 2 and isinstance(item[1], int) and isinstance(item[0], str):
+                    if self._is_new(wkind, item[0], item[1]):
+                        pull = self._start_pull(dealer, wkind)
+            return pull
+        if msg.kind != WEIGHTS:
+            self._malformed("unexpected_kind")
+            return pull
+        try:
+            wkind, version, run = weights_header(msg)
+        except WireError as exc:
+            self._reject(dealer, "?", -1, exc.reason, str(exc))
+            return pull
+        if wkind not in self.consumers:
+            self.stats.ignored += 1
+            return pull
+        if not self._is_new(wkind, run, version):
+            return pull
+        if msg.meta["pieces"] > 0:
+            if pull is None or pull.wkind != wkind or pull.version != version:
+                return self._start_pull(dealer, wkind)
+            return pull
+        self._accept(dealer, msg)
+        return pull
+
+    def _start_pull(self, dealer: zmq.Socket, wkind: str) -> _Pull:
+        """Ask for piece 0 of the latest ``wkind``; the answer says how many pieces follow."""
+        self.stats.pulls += 1
+        pull = _Pull(wkind=wkind, last_activity=time.monotonic())
+        self._request(dealer, pull, 0)
+        return pull
+
+    def _request(self, dealer: zmq.Socket, pull: _Pull, index: int) -> None:
+        req = Message(kind=PULL, robot=self.config.robot_id, meta={"wkind": pull.wkind, "version": pull.version, "index": index})
+        try:
+            dealer.send_multipart(encode(req), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        pull.requested = max(pull.requested, index + 1)
+
+    def _on_piece(self, msg: Message, dealer: zmq.Socket, pull: _Pull | None) -> _Pull | None:
+        if msg.kind != PIECE:
+            self._malformed("unexpected_kind")
+            return pull
+        m = msg.meta
+        try:
+            wkind, version, index, count, blob_bytes, run = (
+                m["wkind"], m["version"], m["index"], m["count"], m["blob_bytes"], m["run"]
+            )
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in (version, index, count, blob_bytes)):
+                raise TypeError
+            data = msg.arrays["data"]
+            if data.dtype != np.uint8 or not 0 <= index < count or count > 1_000_000:
+                raise TypeError
+        except (KeyError, TypeError):
+            self._malformed("bad_piece")
+            return pull
+        if pull is None or wkind != pull.wkind:
+            return pull  # an answer to a pull we gave up
+        if pull.version == -1 or version != pull.version or run != pull.run:
+            if index != 0:
+                return pull  # a piece of a version we no longer pull
+            pull.version, pull.run, pull.count, pull.blob_bytes, pull.pieces = version, run, count, blob_bytes, {}
+            pull.requested = 1
+        pull.pieces[index] = bytes(data)
+        pull.last_activity = time.monotonic()
+        self.stats.pieces += 1
+        while pull.requested < pull.count and pull.requested - len(pull.pieces) < self.config.pull_window:
+            self._request(dealer, pull, pull.requested)
+        if len(pull.pieces) < pull.count:
+            return pull
+        blob = b"".join(pull.pieces[i] for i in range(pull.count))
+        if len(blob) != pull.blob_bytes:
+            self._reject(dealer, wkind, version, "bad_size", f"{len(blob)} != {pull.blob_bytes}")
+            return None
+        try:
+            full = decode(unpack_frames(blob, self.config.max_message_bytes), self.config.max_message_bytes)
+            if weights_header(full) != (wkind, version, run):
+                raise WireError("bad_meta", "pieces do not match the announced weights")
+        except WireError as exc:
+            self._reject(dealer, wkind, version, exc.reason, str(exc))
+            return None
+        self._accept(dealer, full)
+        return None
+
+    def _accept(self, dealer: zmq.Socket, msg: Message) -> None:
+        wkind, version, run = weights_header(msg)
+        self.stats.received += 1
+        try:
+            arrays = check_weights(msg, self.expected[wkind])
+            prepared = self.consumers[wkind].prepare_weights(arrays, version)
+        except WireError as exc:
+            self._reject(dealer, wkind, version, exc.reason, str(exc))
+            return
+        except Exception as exc:  # a consumer that cannot build the weights refuses them
+            self._reject(dealer, wkind, version, "prepare_failed", repr(exc)[:200])
+            return
+        self._current[wkind] = (run, version)
+        self._staged[wkind] = (version, prepared)
+        self.history[wkind].append(version)
+        self.stats.accepted += 1
+        self.stats.versions[wkind] = version
+        self._report(dealer, wkind, version, "staged", "")
+        if self.on_staged is not None:
+            self.on_staged(wkind, version)
+
+    def _malformed(self, reason: str) -> None:
+        self.stats.malformed += 1
+        self.stats.malformed_reasons[reason] = self.stats.malformed_reasons.get(reason, 0) + 1
+
+    def _reject(self, dealer: zmq.Socket, wkind: str, version: int, reason: str, detail: str) -> None:
+        self.stats.rejected += 1
+        self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + 1
+        log.warning("weights %s: refused %s v%s (%s); keeping the current weights", self.config.robot_id, wkind, version, detail)
+        self._report(dealer, wkind, version, "refused", reason)
+
+    def _report(self, dealer: zmq.Socket, wkind: str, version: int, status: str, reason: str) -> None:
+        msg = Message(
+            kind=REPORT, robot=self.config.robot_id,
+            meta={"wkind": wkind, "version": int(version), "status": status, "reason": reason},
+        )
+        try:
+            dealer.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass

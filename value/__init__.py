@@ -1,0 +1,1 @@
+"""The learner side: replay store, objectives (critic, heads), training loop, checkpoints, link server."""

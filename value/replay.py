@@ -1,0 +1,270 @@
+"""The learner's replay store: a durable log of every chunk record plus in-memory buffers to sample.
+
+Durability: each accepted record is appended to a :class:`~tandem.runtime.durable_log.DurableLog`
+(the packed wire frames, as received) and :meth:`ReplayStore.commit` flushes and fsyncs a batch
+before the learner acks it. Restarting rebuilds the buffers and the duplicate filter from the log,
+so a SIGKILL loses nothing that was acked. Records whose content is invalid (NaN reward, wrong
+fields) are logged as tombstones: their seq is consumed so the robot's stream moves on, and they
+never reach a buffer.
+
+Buffers: "demo" (source "demo"), "takeover" (any intervention tick in the chunk) and "autonomous";
+each is a ring of ``capacity`` records held as stacked numpy arrays. :meth:`ReplayStore.sample` mixes
+them by the configured ratios (an empty buffer's share goes to the others).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tandem.runtime.chunk_record import ARRAY_FIELDS, ChunkRecord
+from tandem.runtime.durable_log import DurableLog
+from tandem.runtime.messages import message_to_record
+from tandem.runtime.wire import Message, WireError, decode, encode, pack_frames, unpack_frames
+from tandem.validate import in_range, non_negative
+
+log = logging.getLogger(__name__)
+
+BUFFERS = ("demo", "autonomous", "takeover")
+TOMBSTONE = "tombstone"
+STORED, DUPLICATE, GAP, REJECTED = "stored", "duplicate", "gap", "rejected"
+
+
+@dataclass
+class ReplayConfig:
+    """Replay store settings.
+
+    Attributes:
+        capacity: records per buffer kept in memory for sampling (the log keeps everything).
+        demo_ratio, autonomous_ratio, takeover_ratio: sampling mix (normalised over non-empty buffers).
+        fsync: fsync each committed batch (off: survive a process kill, not a power cut).
+        segment_mb: log segment size in MiB.
+    """
+
+    capacity: int = 100_000
+    demo_ratio: float = 0.5
+    autonomous_ratio: float = 0.25
+    takeover_ratio: float = 0.25
+    fsync: bool = True
+    segment_mb: int = 64
+
+    def __post_init__(self) -> None:
+        in_range("replay.capacity", self.capacity, 1, 100_000_000)
+        for name in ("demo_ratio", "autonomous_ratio", "takeover_ratio"):
+            non_negative(f"replay.{name}", getattr(self, name))
+        in_range("replay.ratio sum", self.demo_ratio + self.autonomous_ratio + self.takeover_ratio, 1e-9, 1e9)
+        in_range("replay.segment_mb", self.segment_mb, 1, 4096)
+
+    def ratios(self) -> dict[str, float]:
+        """Buffer -> configured weight."""
+        return {"demo": self.demo_ratio, "autonomous": self.autonomous_ratio, "takeover": self.takeover_ratio}
+
+
+def buffer_of(record: ChunkRecord, source: str) -> str:
+    """Which buffer a record belongs to: demo, takeover (any intervention tick) or autonomous."""
+    if source == "demo":
+        return "demo"
+    return "takeover" if bool(np.any(record.intervention)) else "autonomous"
+
+
+class RingBuffer:
+    """``capacity`` records as stacked arrays (allocated at the first record's sizes)."""
+
+    SCALARS = {"done": "bool", "truncated": "bool", "head_version": "int64", "base_version": "int64",
+               "episode_id": "int64", "chunk_index": "int64"}
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self.added = 0
+        self.data: dict[str, np.ndarray] = {}
+        self.robot: list[str] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def fits(self, record: ChunkRecord) -> bool:
+        """Same sizes as the records already held."""
+        return not self.shapes or all(np.shape(getattr(record, k)) == s for k, s in self.shapes.items())
+
+    def add(self, record: ChunkRecord) -> None:
+        """Insert (overwriting the oldest when full)."""
+        if not self.data:
+            for name, (dtype, _) in ARRAY_FIELDS.items():
+                shape = np.shape(getattr(record, name))
+                self.shapes[name] = shape
+                self.data[name] = np.zeros((self.capacity, *shape), dtype)
+            for name, dtype in self.SCALARS.items():
+                self.data[name] = np.zeros(self.capacity, dtype)
+            self.robot = [""] * self.capacity
+        i = self.added % self.capacity
+        for name in ARRAY_FIELDS:
+            self.data[name][i] = getattr(record, name)
+        for name in self.SCALARS:
+            self.data[name][i] = getattr(record, name)
+        self.robot[i] = record.robot_id
+        self.added += 1
+        self.size = min(self.added, self.capacity)
+
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows ``idx`` of every field."""
+        return {k: v[idx] for k, v in self.data.items()}
+
+
+def record_entries(directory: str | Path) -> Iterator[tuple[Message, ChunkRecord | None]]:
+    """Every entry of a store's log, oldest first: (message header, record or None for a tombstone)."""
+    log_ = DurableLog(Path(directory) / "log")
+    for _, _, _, payload in log_.scan():
+        msg = decode(unpack_frames(payload), copy=True)
+        yield msg, (None if msg.kind == TOMBSTONE else message_to_record(msg))
+    log_.close()
+
+
+class ReplayStore:
+    """Durable, deduplicating replay store (one per learner; thread-safe).
+
+    Args:
+        directory: where the log lives (created).
+        config: capacity, mixing ratios, fsync.
+    """
+
+    def __init__(self, directory: str | Path, config: ReplayConfig | None = None) -> None:
+        self.directory = Path(directory)
+        self.config = config or ReplayConfig()
+        self.buffers = {name: RingBuffer(self.config.capacity) for name in BUFFERS}
+        self.counts = {"stored": 0, "tombstones": 0, "incompatible": 0, "duplicates": 0, "gaps": 0}
+        self._last: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._log = DurableLog(self.directory / "log", self.config.segment_mb * 1024 * 1024)
+        self._dirty = False
+        recovered = 0
+        for _, _, _, payload in self._log.scan():
+            try:
+                msg = decode(unpack_frames(payload), copy=True)
+            except WireError as exc:  # cannot happen for entries this store wrote; keep going
+                log.error("replay %s: unreadable log entry skipped (%s)", self.directory, exc)
+                continue
+            key = (msg.robot, str(msg.meta.get("stream", "")))
+            self._last[key] = max(self._last.get(key, 0), msg.seq)
+            if msg.kind == TOMBSTONE:
+                self.counts["tombstones"] += 1
+            else:
+                self._insert(message_to_record(msg), str(msg.meta.get("source", "online")))
+            recovered += 1
+        if recovered:
+            log.info("replay %s: recovered %d records (%d streams)", self.directory, recovered, len(self._last))
+
+    # ------------------------------------------------------------------ ingest (link I/O thread)
+
+    def last_seq(self, robot: str, stream: str) -> int:
+        """Highest seq stored for (robot, stream); 0 if none."""
+        return self._last.get((robot, stream), 0)
+
+    def check_seq(self, robot: str, stream: str, seq: int) -> str:
+        """STORED if ``seq`` is the next one expected, else DUPLICATE or GAP (nothing is changed)."""
+        last = self.last_seq(robot, stream)
+        if seq <= last:
+            return DUPLICATE
+        return STORED if seq == last + 1 else GAP
+
+    def offer(self, msg: Message) -> str:
+        """Store a decoded ``chunk`` message if it is the next of its stream.
+
+        Returns STORED, DUPLICATE, GAP (nothing stored) or REJECTED (content invalid: a tombstone is
+        stored in its place). Durable only after :meth:`commit`.
+        """
+        stream = str(msg.meta.get("stream", ""))
+        verdict = self.check_seq(msg.robot, stream, msg.seq)
+        if verdict != STORED:
+            self.counts["duplicates" if verdict == DUPLICATE else "gaps"] += 1
+            return verdict
+        try:
+            record = message_to_record(msg)
+        except WireError as exc:
+            self._tombstone(msg, exc.reason)
+            return REJECTED
+        with self._lock:
+            self._log.append(msg.seq, pack_frames(encode(msg)))
+            self._dirty = True
+            self._last[(msg.robot, stream)] = msg.seq
+            self._insert(record, str(msg.meta.get("source", "online")))
+        return STORED
+
+    def _tombstone(self, msg: Message, reason: str) -> None:
+        stone = Message(kind=TOMBSTONE, seq=msg.seq, robot=msg.robot, meta={"stream": msg.meta.get("stream", ""), "reason": reason})
+        with self._lock:
+            self._log.append(msg.seq, pack_frames(encode(stone)))
+            self._dirty = True
+            self._last[(msg.robot, str(msg.meta.get("stream", "")))] = msg.seq
+            self.counts["tombstones"] += 1
+
+    def _insert(self, record: ChunkRecord, source: str) -> None:
+        buf = self.buffers[buffer_of(record, source)]
+        if not buf.fits(record):
+            self.counts["incompatible"] += 1
+            return
+        buf.add(record)
+        self.counts["stored"] += 1
+
+    def commit(self) -> None:
+        """Make everything offered so far durable (flush; fsync unless configured off)."""
+        with self._lock:
+            if self._dirty:
+                self._log.sync(self.config.fsync)
+                self._dirty = False
+
+    # ------------------------------------------------------------------ sampling (training thread)
+
+    @property
+    def size(self) -> int:
+        """Records available for sampling."""
+        return sum(b.size for b in self.buffers.values())
+
+    def sizes(self) -> dict[str, int]:
+        """Records per buffer."""
+        return {k: b.size for k, b in self.buffers.items()}
+
+    def split(self, batch_size: int) -> dict[str, int]:
+        """How many of ``batch_size`` come from each buffer (ratios over non-empty buffers)."""
+        ratios = {k: r for k, r in self.config.ratios().items() if self.buffers[k].size > 0 and r > 0}
+        if not ratios:
+            ratios = {k: 1.0 for k, b in self.buffers.items() if b.size > 0}
+        if not ratios:
+            return {k: 0 for k in BUFFERS}
+        total = sum(ratios.values())
+        exact = {k: batch_size * r / total for k, r in ratios.items()}
+        counts = {k: int(v) for k, v in exact.items()}
+        for k in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True)[: batch_size - sum(counts.values())]:
+            counts[k] += 1
+        return {k: counts.get(k, 0) for k in BUFFERS}
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A mixed batch: every record field stacked along axis 0, plus ``buffer`` (int8 index into BUFFERS).
+
+        Buffers are sampled uniformly with replacement. Raises ValueError when the store is empty or
+        the buffers hold records of different sizes.
+        """
+        with self._lock:
+            parts = []
+            for i, (name, n) in enumerate(self.split(batch_size).items()):
+                if n == 0:
+                    continue
+                buf = self.buffers[name]
+                rows = buf.take(rng.integers(0, buf.size, n))
+                rows["buffer"] = np.full(n, i, np.int8)
+                parts.append(rows)
+        if not parts:
+            raise ValueError("the replay store is empty")
+        shapes = {tuple(v.shape[1:]) for p in parts for k, v in p.items() if k == "base"}
+        if len(shapes) > 1:
+            raise ValueError(f"buffers hold records of different sizes {shapes}")
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def close(self) -> None:
+        """Commit and close the log."""
+        self.commit()
+        with self._lock:
+            self._log.close()
