@@ -65,12 +65,17 @@ class OperatorOutput:
         takeover_start: first tick of a takeover.
         blend: weight in [0, 1] of the policy's action during handback (1 = fully policy).
         events: operator events this tick ("success", "failure", "rerecord", "stop").
+        hold: ``action`` is a hold (the operator's device is lost), not a human action.
+        anchor: float32[A], what the policy's action is blended with when ``blend`` < 1 (None: the
+            last sent action).
     """
 
     action: np.ndarray | None = None
     takeover_start: bool = False
     blend: float = 1.0
     events: tuple[str, ...] = ()
+    hold: bool = False
+    anchor: np.ndarray | None = None
 
 
 class Operator(Protocol):
@@ -152,9 +157,10 @@ class Controller:
             decision.events = out.events
             if out.action is not None:
                 decision.action = np.asarray(out.action, np.float32)
-                decision.is_intervention = True
-                decision.takeover_start = out.takeover_start
+                decision.is_intervention = not out.hold
+                decision.takeover_start = out.takeover_start and not out.hold
                 decision.head_action = np.zeros_like(base_action)
             elif out.blend < 1.0 and policy_action is not None:
-                decision.action = out.blend * policy_action + (1 - out.blend) * hold
+                anchor = hold if out.anchor is None else np.asarray(out.anchor, np.float32)
+                decision.action = out.blend * policy_action + (1 - out.blend) * anchor
         return decision

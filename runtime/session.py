@@ -22,6 +22,7 @@ from tandem.runtime.inference import InferenceBackend, InlineBackend, ThreadBack
 from tandem.runtime.loop import EpisodeResult, TickSink, run_episode
 from tandem.runtime.safety import SafetyFilter
 from tandem.runtime.scheduler import ChunkScheduler
+from tandem.runtime.takeover import TakeoverOperator, make_operator
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Session:
         self.backend: InferenceBackend | None = None
         self.controller: Controller | None = None
         self.safety: SafetyFilter | None = None
+        self.operator: TakeoverOperator | None = None
 
     def build(self) -> None:
         """Create the parts (the robot is not connected yet)."""
@@ -97,7 +99,11 @@ class Session:
         low, high = self.robot.action_feature.bounds()
         self.safety = SafetyFilter(cfg.safety, low, high, self.robot.hold_action(None))
         scheduler = ChunkScheduler(self.backend, cfg.scheduler, lookahead=cfg.session.horizon)
-        self.controller = Controller(scheduler, cfg.session.horizon, hold=self.safety.hold_action)
+        safety = self.safety
+        self.operator = make_operator(getattr(cfg, "teleop", None), self.robot, last_sent=lambda: safety.last)
+        self.controller = Controller(
+            scheduler, cfg.session.horizon, hold=self.safety.hold_action, operator=self.operator
+        )
 
     def run(self, on_episode: Any = None) -> SessionSummary:
         """Connect, run the configured episodes, always disconnect. Returns the summary."""
@@ -110,6 +116,8 @@ class Session:
         t0 = time.perf_counter()
         try:
             robot.connect()
+            if self.operator is not None:
+                self.operator.connect()  # prints the device's controls
             for i in range(cfg.session.episodes):
                 if self.stop.is_set():
                     break
@@ -131,11 +139,17 @@ class Session:
                 summary.episodes.append(asdict(result))
                 if on_episode is not None:
                     on_episode(result)
+                if result.outcome == "stopped":
+                    break  # the operator's stop event (or Ctrl-C) ends the session
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the session")
         finally:
             try:
-                robot.disconnect()
+                try:
+                    if self.operator is not None:
+                        self.operator.disconnect()  # restores the terminal
+                finally:
+                    robot.disconnect()
             finally:
                 self.backend.close()
                 self.policy.close()

@@ -130,7 +130,9 @@ class SpoolSchema:
         row["base_action"] = record.base_action
         row["head_action"] = record.head_action
         if self.feature_dim:
-            row[POLICY_FEATURES_KEY] = record.features
+            features = record.features
+            # before the first chunk with features (or from a policy without them): zeros
+            row[POLICY_FEATURES_KEY] = features if np.shape(features) == (self.feature_dim,) else 0.0
         for key, (_, attr) in SCALAR_FIELDS.items():
             row[key] = getattr(record, attr)
         return row

@@ -57,6 +57,7 @@ class RunConfig:
 
     robot: Any = None
     policy: Any = None
+    teleop: Any = None  # a teleop config (``teleop=none|keyboard|gamepad|so101_leader|scripted``); None = none
     session: SessionConfig = field(default_factory=SessionConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -93,7 +94,7 @@ def build_group(group: str, values: dict | None) -> Any:
 def run_config_from_dict(values: dict) -> RunConfig:
     """Validate a plain dict (a composed Hydra config) into a RunConfig."""
     values = dict(values)
-    groups = {g: build_group(g, values.pop(g, None)) for g in ("robot", "policy")}
+    groups = {g: build_group(g, values.pop(g, None)) for g in ("robot", "policy", "teleop")}
     cfg = build_dataclass(RunConfig, values, "run")
     for name, value in groups.items():
         setattr(cfg, name, value)

@@ -21,7 +21,15 @@ POLICIES: dict[str, tuple[str, str]] = {
     "scripted": ("tandem.policies.scripted:ScriptedPolicyConfig", "tandem.policies.scripted:ScriptedPolicy"),
 }
 
-GROUPS: dict[str, dict[str, tuple[str, str]]] = {"robot": ROBOTS, "policy": POLICIES}
+TELEOPS: dict[str, tuple[str, str]] = {
+    "none": ("tandem.teleop.teleoperator:NoTeleopConfig", "tandem.teleop.teleoperator:NullTeleoperator"),
+    "keyboard": ("tandem.teleop.keyboard:KeyboardConfig", "tandem.teleop.keyboard:KeyboardTeleop"),
+    "gamepad": ("tandem.teleop.gamepad:GamepadConfig", "tandem.teleop.gamepad:GamepadTeleop"),
+    "leader": ("tandem.teleop.leader_arm:LeaderArmConfig", "tandem.teleop.leader_arm:LeaderArmTeleop"),
+    "scripted": ("tandem.teleop.scripted_operator:ScriptedOperatorConfig", "tandem.teleop.scripted_operator:ScriptedOperator"),
+}
+
+GROUPS: dict[str, dict[str, tuple[str, str]]] = {"robot": ROBOTS, "policy": POLICIES, "teleop": TELEOPS}
 
 
 def load(path: str) -> Any:
