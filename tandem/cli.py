@@ -2,6 +2,9 @@
 
     tandem run [hydra overrides...]       a robot session (simulated by default)
     tandem bench loop [--hz --seconds --load]   control-loop timing benchmark, JSON out
+    tandem bench recorder [--seconds --source]  recorder throughput/CPU benchmark, JSON out
+    tandem recover DIR                    roll a killed recording back and commit its spooled episodes
+    tandem replay DIR [--horizon]         chunk records rebuilt from a recorded dataset, summary out
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def cmd_run(overrides: list[str]) -> int:
     n = len(summary.episodes)
     wins = sum(e["success"] for e in summary.episodes)
     print(f"success rate {summary.success_rate:.0%} ({wins}/{n})  wall {summary.wall_s:.1f} s  summary {path}")
+    rec = getattr(summary, "recording", None)
+    if rec:
+        print(f"recorded {rec['episodes_committed']} episodes ({rec['frames_committed']} frames) into {rec['root']}"
+              f"  dropped ticks {rec['dropped']}" + (f"  errors {rec['errors']}" if rec["errors"] else ""))
     return 0
 
 
@@ -64,7 +71,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "loop":
         from tandem.runtime.bench_loop import bench_loop
 
-        result = bench_loop(hz=args.hz, seconds=args.seconds, load=args.load)
+        result = bench_loop(hz=args.hz, seconds=args.seconds or 10.0, load=args.load)
+    elif args.what == "recorder":
+        from tandem.runtime.bench_recorder import bench_recorder
+
+        result = bench_recorder(
+            seconds=args.seconds or 60.0, hz=args.hz, episode_s=args.episode_seconds, source=args.source
+        )
     else:  # argparse restricts the choices
         raise AssertionError(args.what)
     print(json.dumps(result, indent=2))
@@ -79,10 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a robot session (Hydra overrides: robot.task=push-v3 ...)")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=5")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
-    bench.add_argument("what", choices=["loop"], help="which benchmark")
+    bench.add_argument("what", choices=["loop", "recorder"], help="which benchmark")
     bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")
-    bench.add_argument("--seconds", type=float, default=10.0, help="duration (s)")
+    bench.add_argument("--seconds", type=float, default=None, help="duration (s; loop 10, recorder 60)")
     bench.add_argument("--load", type=int, default=0, help="busy worker processes beside the loop")
+    bench.add_argument("--source", choices=["synthetic", "metaworld"], default="synthetic",
+                       help="recorder: camera frames generated, or pre-rendered MetaWorld corner/topview")
+    bench.add_argument("--episode-seconds", type=float, default=10.0, help="recorder: episode length (s)")
+    recover = sub.add_parser("recover", help="make a dataset whose recording was killed loadable again")
+    recover.add_argument("root", help="dataset directory (record.root)")
+    recover.add_argument("--repo-id", default="", help="repo id (default local/<directory name>)")
+    replay = sub.add_parser("replay", help="rebuild chunk records from a recorded dataset; print a summary")
+    replay.add_argument("root", help="dataset directory")
+    replay.add_argument("--horizon", type=int, default=10, help="H, ticks per chunk record")
+    replay.add_argument("--robot-id", default="replay", help="robot id of the records")
     return parser
 
 
@@ -95,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args.overrides)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "recover":
+            from tandem.runtime.dataset_store import recover
+
+            print(json.dumps(recover(args.root, args.repo_id), indent=2))
+            return 0
+        if args.command == "replay":
+            from tandem.runtime.replay import replay_summary
+
+            print(json.dumps(replay_summary(args.root, args.horizon, args.robot_id), indent=2))
+            return 0
     except ConfigError as exc:
         print(f"tandem: config error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,453 @@
+"""Training objectives: the chunked critic, the residual head (ResFiT/TD3) and the edit head (EXPO/SAC).
+
+Each objective has the learner's shape: ``update(batch) -> dict[str, float]`` (one gradient step on
+everything it owns), ``state_dict()`` / ``load_state_dict()`` (resume, optimiser and RNG included),
+and ``publish() -> dict[str, np.ndarray]`` (what the robot needs, keys ``"<kind>/<param>"`` with kind
+"head" or "critic"; :func:`split_published` groups them per weights-link message).
+
+Batch keys (numpy arrays or tensors; B batch, H chunk ticks, A action size, S state size, F features):
+
+    state          float[B, S]     state at the chunk's first tick
+    features       float[B, F]     base-policy embedding there (float16 accepted)
+    base           float[B, H, A]  the base proposal for the chunk
+    executed       float[B, H, A]  what ran (human actions included); the critic's action
+    reward         float[B, H]     per-tick reward
+    valid          bool[B, H]      prefix of ticks inside the episode
+    done           bool[B]         true terminal in this chunk (no bootstrap)
+    truncated      bool[B]         time limit / stop in this chunk (bootstrap when a state exists)
+    takeover_start bool[B, H]      first tick of each human takeover (for the RLIF option)
+    next_state     float[B, S]     s_{t+h}: the next record's state (or a truncation state)
+    next_features  float[B, F]
+    next_base      float[B, H, A]  the base proposal at s_{t+h}
+    next_valid     bool[B]         a next record exists (false when the episode ended in this chunk)
+
+Extra keys are ignored. The TD target and its conventions are in ``tandem.value.targets``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tandem.errors import ConfigError
+from tandem.policies.heads import EditHead, ResidualHead
+from tandem.validate import non_negative, one_of, positive
+from tandem.value.critic import ChunkedCritic
+from tandem.value.targets import NextAction, best_of_candidates, critic_target
+
+BATCH_KEYS = ("state", "features", "base", "executed", "reward", "valid", "done", "truncated", "takeover_start",
+              "next_state", "next_features", "next_base", "next_valid")
+_BOOL_KEYS = frozenset({"valid", "done", "truncated", "takeover_start", "next_valid"})
+
+
+def to_tensors(batch: dict[str, Any], device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The BATCH_KEYS of ``batch`` as tensors on ``device``: floats as float32, flags as bool.
+
+    Raises:
+        KeyError: a required key is missing (``takeover_start`` and ``truncated`` default to all false).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key in BATCH_KEYS:
+        if key not in batch:
+            if key == "takeover_start":
+                out[key] = torch.zeros_like(out["valid"])
+                continue
+            if key == "truncated":
+                out[key] = torch.zeros_like(out["done"])
+                continue
+            raise KeyError(f"batch has no {key!r}; expected keys {BATCH_KEYS}")
+        v = batch[key]
+        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))
+        t = t.to(device, torch.bool) if key in _BOOL_KEYS else t.to(device, torch.float32)
+        out[key] = t
+    return out
+
+
+def split_published(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """{"head/x": a, "critic/y": b} -> {"head": {"x": a}, "critic": {"y": b}}."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, arr in arrays.items():
+        kind, _, name = key.partition("/")
+        out.setdefault(kind, {})[name] = arr
+    return out
+
+
+def _prefixed(kind: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{kind}/{k}": v for k, v in arrays.items()}
+
+
+def _grad_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
+               clip: float) -> float:
+    """zero_grad, backward, optional clip, step; returns the pre-clip global grad norm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        grads = [p.grad.norm() for p in params if p.grad is not None]
+        norm = torch.stack(grads).norm() if grads else torch.zeros(())
+    opt.step()
+    return float(norm)
+
+
+# ----------------------------------------------------------------------------------------------------
+# critic
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CriticObjectiveConfig:
+    """Critic training (optimiser settings, gamma and tau live in CriticConfig).
+
+    Attributes:
+        reward_scale: multiplier of the recorded task reward.
+        rlif_penalty: RLIF penalty at each takeover onset (0 = interventions are plain data, ALOE; 1 = RLIF).
+        warmup_steps: critic-only updates before head objectives start their own updates.
+        seed: seed of the objective's generator (aggregation subsets, sampling, target noise).
+    """
+
+    reward_scale: float = 1.0
+    rlif_penalty: float = 0.0
+    warmup_steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        non_negative("rlif_penalty", self.rlif_penalty)
+        non_negative("warmup_steps", self.warmup_steps)
+
+
+class CriticObjective:
+    """Chunked TD regression of the critic ensemble toward one pessimistic target, then a Polyak step.
+
+    Args:
+        critic: the critic (its config holds lr, weight decay, grad clip, gamma, tau).
+        config: objective settings.
+        next_action: a' at the bootstrap state (default: the next base proposal). Head objectives
+            replace it with their acting policy.
+    """
+
+    kind = "critic"
+
+    def __init__(self, critic: ChunkedCritic, config: CriticObjectiveConfig | None = None,
+                 next_action: NextAction | None = None) -> None:
+        self.critic = critic
+        self.config = config or CriticObjectiveConfig()
+        self.next_action = next_action
+        c = critic.config
+        self.optimizer = torch.optim.AdamW(critic.online.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.steps = 0
+
+    @property
+    def device(self) -> torch.device:
+        """The critic's device."""
+        return next(self.critic.online.parameters()).device
+
+    @property
+    def warming_up(self) -> bool:
+        """True during the first ``warmup_steps`` critic updates (heads wait)."""
+        return self.steps < self.config.warmup_steps
+
+    def update_tensors(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One critic step on a batch already converted by :func:`to_tensors`."""
+        critic, cfg = self.critic, self.config
+        y, w = critic_target(critic, b, self.next_action, cfg.reward_scale, cfg.rlif_penalty, self.generator)
+        loss, q = critic.td_loss(b["state"], b["features"], b["executed"], y, w)
+        norm = _grad_step(self.optimizer, loss, list(critic.online.parameters()), critic.config.grad_clip)
+        critic.polyak_update()
+        self.steps += 1
+        wsum = float(w.sum().clamp_min(1e-6))
+        return {
+            "critic/loss": float(loss.detach()),
+            "critic/td_abs": float(((q.mean(0) - y).abs() * w).sum()) / wsum,
+            "critic/q_mean": float((q.mean(0) * w).sum()) / wsum,
+            "critic/q_ens_std": float(q.std(0, correction=0).mean()) if q.shape[0] > 1 else 0.0,
+            "critic/target_mean": float((y * w).sum()) / wsum,
+            "critic/weight_frac": float(w.mean()),
+            "critic/grad_norm": norm,
+            "critic/steps": float(self.steps),
+        }
+
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One critic step; returns metrics (loss, mean |Q - y|, Q and target means, ensemble std, ...)."""
+        return self.update_tensors(to_tensors(batch, self.device))
+
+    def publish(self) -> dict[str, np.ndarray]:
+        """The critic's online weights, keys ``critic/<param>``."""
+        return _prefixed("critic", self.critic.weights())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: critic (online and target), optimiser, step count, RNG."""
+        return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict(), "steps": self.steps,
+                "generator": self.generator.get_state(), "critic_generator": self.critic.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = int(state["steps"])
+        self.generator.set_state(state["generator"])
+        self.critic.generator.set_state(state["critic_generator"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# residual head
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResidualObjectiveConfig:
+    """Residual head training (ResFiT: deterministic policy gradient through the critic, TD3 style).
+
+    Attributes:
+        lr, weight_decay: AdamW settings of the head.
+        actor_every: one head update every this many critic updates (TD3's policy delay / ResFiT's UTD).
+        target_noise: std of the Gaussian smoothing noise added to a' in the TD target (0 = off).
+        noise_clip: the smoothing noise is clipped to [-noise_clip, noise_clip] (action units).
+        actor_q: "aggregate" (maximise the pessimistic Q) or "mean" (the ensemble mean, as in ResFiT).
+        grad_clip: max gradient norm of the head (0 disables).
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    actor_every: int = 1
+    target_noise: float = 0.0
+    noise_clip: float = 0.1
+    actor_q: str = "aggregate"
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive("lr", self.lr)
+        positive("actor_every", self.actor_every)
+        non_negative("target_noise", self.target_noise)
+        non_negative("noise_clip", self.noise_clip)
+        one_of("actor_q", self.actor_q, ("aggregate", "mean"))
+        non_negative("grad_clip", self.grad_clip)
+
+
+def _actor_q(critic: ChunkedCritic, mode: str, state: torch.Tensor, features: torch.Tensor, chunk: torch.Tensor,
+             generator: torch.Generator) -> torch.Tensor:
+    q = critic.q_values(state, features, chunk)
+    return critic.aggregate(q, generator) if mode == "aggregate" else q.mean(0)
+
+
+class ResidualHeadObjective:
+    """Critic step, then (after the critic warm-up, every ``actor_every`` steps) a head step.
+
+    Head loss: L = -mean_b Q_pess(s_b, a_base_b + head(s_b, f_b, a_base_b)), gradients into the head only.
+    TD target a' = next_base + head(next_state, next_features, next_base) (+ clipped noise if enabled).
+
+    Args:
+        head: the residual head. critic_objective: the critic's objective (its next_action is replaced).
+        config: head settings.
+    """
+
+    kind = "head"
+
+    def __init__(self, head: ResidualHead, critic_objective: CriticObjective,
+                 config: ResidualObjectiveConfig | None = None) -> None:
+        self.head = head.to(critic_objective.device)
+        self.critic_objective = critic_objective
+        self.config = config or ResidualObjectiveConfig()
+        self.optimizer = torch.optim.AdamW(head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        critic_objective.next_action = self.target_action
+        self.head_steps = 0
+
+    def target_action(self, next_state: torch.Tensor, next_features: torch.Tensor,
+                      next_base: torch.Tensor) -> torch.Tensor:
+        """a' = base + head at the bootstrap state, with TD3 target smoothing when enabled: float[B, H, A]."""
+        a = self.head.act(next_state, next_features, next_base)
+        cfg = self.config
+        if cfg.target_noise > 0:
+            g = self.critic_objective.generator
+            noise = (torch.randn(a.shape, generator=g) * cfg.target_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+            a = a + noise.to(a.device)
+        return a
+
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One critic step and, when due, one head step; returns both sets of metrics."""
+        co = self.critic_objective
+        b = to_tensors(batch, co.device)
+        metrics = co.update_tensors(b)
+        if co.warming_up or co.steps % self.config.actor_every != 0:
+            return metrics
+        critic = co.critic
+        with critic.frozen():
+            correction = self.head(b["state"], b["features"], b["base"])
+            q = _actor_q(critic, self.config.actor_q, b["state"], b["features"], b["base"] + correction, co.generator)
+            loss = -q.mean()
+            norm = _grad_step(self.optimizer, loss, list(self.head.parameters()), self.config.grad_clip)
+        self.head_steps += 1
+        metrics.update({
+            "head/loss": float(loss.detach()),
+            "head/q_pi": float(q.mean()),
+            "head/correction_abs": float(correction.detach().abs().mean()),
+            "head/grad_norm": norm,
+            "head/steps": float(self.head_steps),
+        })
+        return metrics
+
+    def publish(self) -> dict[str, np.ndarray]:
+        """The head's weights, keys ``head/<param>`` (the residual head needs no critic on the robot)."""
+        self.head.sync_numpy()
+        return _prefixed("head", self.head.weights())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Critic objective state plus head, head optimiser and head step count."""
+        return {"critic_objective": self.critic_objective.state_dict(), "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "head_steps": self.head_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.critic_objective.load_state_dict(state["critic_objective"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.head_steps = int(state["head_steps"])
+        self.head.sync_numpy()
+
+
+# ----------------------------------------------------------------------------------------------------
+# edit head
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EditObjectiveConfig:
+    """Edit head training (EXPO: SAC-style loss on the edit policy, best-of-candidates in the target).
+
+    Attributes:
+        lr, weight_decay: AdamW settings of the head.
+        alpha_lr: learning rate of log alpha (the entropy temperature).
+        init_alpha: initial temperature.
+        target_entropy: target of the edit-space entropy -E[log pi_e(eps)]; None = -D/2 with D = H * A.
+        num_candidates: edits per state in the TD target's selection (None = the head's num_candidates).
+        actor_every: one head update every this many critic updates.
+        actor_q: "mean" (ensemble mean, as EXPO) or "aggregate" (the pessimistic Q).
+        grad_clip: max gradient norm of the head (0 disables).
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    alpha_lr: float = 3e-4
+    init_alpha: float = 0.1
+    target_entropy: float | None = None
+    num_candidates: int | None = None
+    actor_every: int = 1
+    actor_q: str = "mean"
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive("lr", self.lr)
+        positive("alpha_lr", self.alpha_lr)
+        positive("init_alpha", self.init_alpha)
+        if self.num_candidates is not None and self.num_candidates < 0:
+            raise ConfigError("num_candidates", self.num_candidates, "must be >= 0 or null")
+        positive("actor_every", self.actor_every)
+        one_of("actor_q", self.actor_q, ("aggregate", "mean"))
+        non_negative("grad_clip", self.grad_clip)
+
+
+class EditHeadObjective:
+    """Critic step (target a' = best of {base} + N edits under the target critic), then an edit-policy step.
+
+    Head loss (one reparameterised edit per state):
+        L = mean_b [ alpha * (log pi_e(eps_b) - D log beta) - Q(s_b, a_base_b + beta eps_b) ]
+    Temperature loss: L_alpha = -log alpha * mean_b (log pi_e(eps_b) + target_entropy), i.e. alpha is
+    tuned so the edit-space entropy tracks ``target_entropy``. The constant -D log beta (the change of
+    variables from eps to the action) does not change the head's gradient; it is reported in
+    ``head/log_prob_action``.
+
+    Args:
+        head: the edit head. critic_objective: the critic's objective (its next_action is replaced).
+        config: head settings.
+    """
+
+    kind = "head"
+
+    def __init__(self, head: EditHead, critic_objective: CriticObjective, config: EditObjectiveConfig | None = None
+                 ) -> None:
+        self.head = head.to(critic_objective.device)
+        self.critic_objective = critic_objective
+        self.config = config or EditObjectiveConfig()
+        cfg = self.config
+        self.optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=critic_objective.device, requires_grad=True)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        d = head.config.chunk_dim
+        self.target_entropy = -d / 2 if cfg.target_entropy is None else float(cfg.target_entropy)
+        self.log_beta_term = d * math.log(head.config.beta)
+        critic_objective.next_action = self.target_action
+        self.head_steps = 0
+
+    @property
+    def alpha(self) -> float:
+        """The current temperature."""
+        return float(self.log_alpha.exp())
+
+    def target_action(self, next_state: torch.Tensor, next_features: torch.Tensor,
+                      next_base: torch.Tensor) -> torch.Tensor:
+        """a' = argmax over {next_base} + N edits of the target critic's pessimistic Q: float[B, H, A]."""
+        co = self.critic_objective
+        cands = self.head.candidates(next_state, next_features, next_base, self.config.num_candidates, co.generator)
+        best, _, _ = best_of_candidates(co.critic, next_state, next_features, cands, target=True,
+                                        generator=co.generator)
+        return best
+
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One critic step and, when due, one edit-policy and temperature step; returns the metrics."""
+        co = self.critic_objective
+        b = to_tensors(batch, co.device)
+        metrics = co.update_tensors(b)
+        if co.warming_up or co.steps % self.config.actor_every != 0:
+            return metrics
+        critic, head = co.critic, self.head
+        with critic.frozen():
+            eps, log_prob = head.sample(b["state"], b["features"], b["base"], 1, co.generator)
+            eps, log_prob = eps[:, 0], log_prob[:, 0]
+            q = _actor_q(critic, self.config.actor_q, b["state"], b["features"], head.edit(b["base"], eps),
+                         co.generator)
+            alpha = self.log_alpha.exp().detach()
+            loss = (alpha * (log_prob - self.log_beta_term) - q).mean()
+            norm = _grad_step(self.optimizer, loss, list(head.parameters()), self.config.grad_clip)
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+        self.head_steps += 1
+        metrics.update({
+            "head/loss": float(loss.detach()),
+            "head/q_pi": float(q.mean()),
+            "head/entropy": float(-log_prob.mean()),
+            "head/log_prob_action": float((log_prob - self.log_beta_term).mean()),
+            "head/alpha": self.alpha,
+            "head/edit_abs": float((head.config.beta * eps).detach().abs().mean()),
+            "head/grad_norm": norm,
+            "head/steps": float(self.head_steps),
+        })
+        return metrics
+
+    def publish(self) -> dict[str, np.ndarray]:
+        """Head and critic weights (the robot scores candidates with the critic): ``head/*`` and ``critic/*``."""
+        self.head.sync_numpy()
+        return {**_prefixed("head", self.head.weights()), **self.critic_objective.publish()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Critic objective state plus head, optimisers, temperature and head step count."""
+        return {"critic_objective": self.critic_objective.state_dict(), "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "alpha_optimizer": self.alpha_optimizer.state_dict(), "head_steps": self.head_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.critic_objective.load_state_dict(state["critic_objective"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.head_steps = int(state["head_steps"])
+        self.head.sync_numpy()
