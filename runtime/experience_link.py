@@ -171,7 +171,7 @@ class ExperienceLink:
             now = time.monotonic()
             # 1. spool new records (seq assigned here)
             n_new = 0
-            while n_new < 4096:
+            while n_new < 256:  # small batches keep acks and heartbeats flowing
                 try:
                     rec = self._queue.get_nowait()
                 except queue.Empty:

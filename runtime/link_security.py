@@ -23,15 +23,19 @@ from typing import Any
 
 import zmq
 
-from tandem.errors import TandemError
+from tandem.errors import ConfigError
 
 SERVER = "server"
 CLIENT = "client"
 AUTHORIZED_DIR = "authorized"
 
 
-class LinkSecurityError(TandemError, ValueError):
+class LinkSecurityError(ConfigError):
     """An endpoint or key setup that tandem refuses to open. The message says what to do."""
+
+    def __init__(self, message: str, field: str = "link", value: object = None) -> None:
+        Exception.__init__(self, message)
+        self.field, self.value, self.allowed = field, value, message
 
 
 def endpoint_host(endpoint: str) -> str | None:

@@ -89,6 +89,13 @@ class TorchModuleWeights:
     def __init__(self, module: Any) -> None:
         self.module = module
         self.version = 0
+        self._template: Any = None
+
+    def _skeleton(self) -> Any:
+        """A data-less copy (meta tensors) of the module: cheap to deepcopy, filled by assignment."""
+        if self._template is None:
+            self._template = copy.deepcopy(self.module).to("meta")
+        return copy.deepcopy(self._template)
 
     def weights_schema(self) -> WeightsSpec:
         """Names, dtypes and shapes of the module's state_dict."""
@@ -98,9 +105,13 @@ class TorchModuleWeights:
         """A copy of the module with the new weights (torch imported here, off the control thread)."""
         import torch
 
-        new = copy.deepcopy(self.module)
-        new.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-        new.eval()
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}  # own the memory
+        new = self._skeleton()
+        new.load_state_dict(tensors, assign=True)
+        if any(t.is_meta for t in [*new.parameters(), *new.buffers()]):  # state outside the state_dict
+            new = copy.deepcopy(self.module)
+            new.load_state_dict(tensors)
+        new.train(self.module.training)
         return new
 
     def load_weights(self, prepared: Any, version: int) -> None:
@@ -172,6 +183,7 @@ class WeightsSubscriber:
         self._context = context or zmq.Context.instance()
         self._staged: dict[str, tuple[int, Any]] = {}
         self._current: dict[str, tuple[str, int]] = {}
+        self._refused: dict[str, tuple[str, int]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -288,6 +300,8 @@ class WeightsSubscriber:
             return None
 
     def _is_new(self, wkind: str, run: str, version: int) -> bool:
+        if self._refused.get(wkind) == (run, version):
+            return False  # refused once: not pulled again
         cur = self._current.get(wkind)
         return cur is None or run != cur[0] or version > cur[1]
 
@@ -390,19 +404,21 @@ class WeightsSubscriber:
             arrays = check_weights(msg, self.expected[wkind])
             prepared = self.consumers[wkind].prepare_weights(arrays, version)
         except WireError as exc:
+            self._refused[wkind] = (run, version)
             self._reject(dealer, wkind, version, exc.reason, str(exc))
             return
         except Exception as exc:  # a consumer that cannot build the weights refuses them
+            self._refused[wkind] = (run, version)
             self._reject(dealer, wkind, version, "prepare_failed", repr(exc)[:200])
             return
         self._current[wkind] = (run, version)
-        self._staged[wkind] = (version, prepared)
         self.history[wkind].append(version)
         self.stats.accepted += 1
         self.stats.versions[wkind] = version
-        self._report(dealer, wkind, version, "staged", "")
         if self.on_staged is not None:
             self.on_staged(wkind, version)
+        self._staged[wkind] = (version, prepared)  # from here the control thread may swap it in
+        self._report(dealer, wkind, version, "staged", "")
 
     def _malformed(self, reason: str) -> None:
         self.stats.malformed += 1

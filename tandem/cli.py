@@ -5,6 +5,9 @@
     tandem bench recorder [--seconds --source]  recorder throughput/CPU benchmark, JSON out
     tandem recover DIR                    roll a killed recording back and commit its spooled episodes
     tandem replay DIR [--horizon]         chunk records rebuilt from a recorded dataset, summary out
+    tandem learn [hydra overrides...]     the learner service (learner.store_dir=... learner.batch_size=...)
+    tandem keys DIR [--force]             CURVE keys for links on non-loopback addresses
+    tandem bench links [--pushes --records]  weight push latency (vs lerobot gRPC), experience throughput
 """
 
 from __future__ import annotations
@@ -66,6 +69,36 @@ def cmd_run(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_learn(overrides: list[str]) -> int:
+    """``tandem learn``: serve robots and train until SIGINT/SIGTERM (or max_updates / max_seconds)."""
+    from tandem.value.learner import Learner, compose_learner
+
+    cfg = compose_learner(overrides)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+
+    def ready(learner: object) -> None:
+        srv = learner.server
+        print(f"tandem learn: ready experience={srv.experience_endpoint} weights={srv.weights_endpoint} "
+              f"store={cfg.store_dir} step={learner.step}", flush=True)
+
+    summary = Learner(cfg, stop=stop).run(on_ready=ready)
+    print("tandem learn: summary " + json.dumps(summary), flush=True)
+    return 0
+
+
+def cmd_keys(directory: str, force: bool) -> int:
+    """``tandem keys DIR``: a learner and a robot CURVE key pair, and the robot authorised."""
+    from tandem.runtime.link_security import create_keys
+
+    for name, path in create_keys(directory, overwrite=force).items():
+        print(f"{name:24s} {path}")
+    print(f"learner: learner.keys_dir={directory}; robots: link.keys_dir={directory} (copy client.key_secret and "
+          "server.key to each robot; add more robots' public .key files to authorized/)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``tandem bench <what>``: print one JSON object."""
     if args.what == "loop":
@@ -78,6 +111,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_recorder(
             seconds=args.seconds or 60.0, hz=args.hz, episode_s=args.episode_seconds, source=args.source
         )
+    elif args.what == "links":
+        from tandem.value.bench_links import bench_links
+
+        result = bench_links(pushes=args.pushes, records=args.records)
     else:  # argparse restricts the choices
         raise AssertionError(args.what)
     print(json.dumps(result, indent=2))
@@ -92,13 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a robot session (Hydra overrides: robot.task=push-v3 ...)")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=5")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
-    bench.add_argument("what", choices=["loop", "recorder"], help="which benchmark")
+    bench.add_argument("what", choices=["loop", "recorder", "links"], help="which benchmark")
     bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")
     bench.add_argument("--seconds", type=float, default=None, help="duration (s; loop 10, recorder 60)")
     bench.add_argument("--load", type=int, default=0, help="busy worker processes beside the loop")
     bench.add_argument("--source", choices=["synthetic", "metaworld"], default="synthetic",
                        help="recorder: camera frames generated, or pre-rendered MetaWorld corner/topview")
     bench.add_argument("--episode-seconds", type=float, default=10.0, help="recorder: episode length (s)")
+    bench.add_argument("--pushes", type=int, default=100, help="links: weight pushes timed")
+    bench.add_argument("--records", type=int, default=20000, help="links: chunk records sent")
+    learn = sub.add_parser("learn", help="learner service (Hydra overrides: learner.store_dir=... learner.device=cuda)")
+    learn.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. learner.batch_size=256")
+    keys = sub.add_parser("keys", help="create CURVE keys for links on non-loopback addresses")
+    keys.add_argument("directory", help="where to write the keys")
+    keys.add_argument("--force", action="store_true", help="replace existing keys")
     recover = sub.add_parser("recover", help="make a dataset whose recording was killed loadable again")
     recover.add_argument("root", help="dataset directory (record.root)")
     recover.add_argument("--repo-id", default="", help="repo id (default local/<directory name>)")
@@ -118,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args.overrides)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "learn":
+            return cmd_learn(args.overrides)
+        if args.command == "keys":
+            return cmd_keys(args.directory, args.force)
         if args.command == "recover":
             from tandem.runtime.dataset_store import recover
 
