@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tandem.errors import TandemError
+
+
+class PolicyLoadError(TandemError, RuntimeError):
+    """A policy cannot be built: its directory is missing or corrupt, or it does not fit the robot."""
+
 
 @dataclass
 class Chunk:
@@ -59,6 +65,10 @@ class BasePolicy(abc.ABC):
     @abc.abstractmethod
     def infer(self, observation: dict[str, np.ndarray], task: str) -> Chunk:
         """Propose a chunk for ``observation`` and the language instruction ``task``."""
+
+    def infer_batch(self, observations: list[dict[str, np.ndarray]], tasks: list[str]) -> list[Chunk]:
+        """One chunk per (observation, task); policies that batch on the accelerator override this."""
+        return [self.infer(o, t) for o, t in zip(observations, tasks, strict=True)]
 
     def reset(self) -> None:
         """Forget per-episode state (called at each episode start)."""

@@ -30,6 +30,8 @@ class ScriptedPolicyConfig:
         noise_std: std of Gaussian noise added to every action element.
         bias: constant added to every action element.
         seed: noise seed.
+        latency_s: simulated inference time in seconds (sleeps in ``infer``): stands in for a heavy
+            VLA in tests and benchmarks of asynchronous inference.
     """
 
     type: str = "scripted"
@@ -38,12 +40,14 @@ class ScriptedPolicyConfig:
     noise_std: float = 0.0
     bias: float = 0.0
     seed: int = 0
+    latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task != "auto":
             one_of("policy.task", self.task, TASK_INSTRUCTIONS)
         in_range("policy.chunk_length", self.chunk_length, 1, 1000)
         non_negative("policy.noise_std", self.noise_std)
+        in_range("policy.latency_s", self.latency_s, 0.0, 600.0)
 
 
 class ScriptedPolicy(BasePolicy):
@@ -70,4 +74,6 @@ class ScriptedPolicy(BasePolicy):
         if self.config.noise_std > 0:
             actions = actions + self._rng.normal(0, self.config.noise_std, actions.shape).astype(np.float32)
         actions = np.clip(actions, -1.0, 1.0)
+        if self.config.latency_s > 0:
+            time.sleep(max(0.0, self.config.latency_s - (time.perf_counter() - t)))
         return Chunk(actions=actions, policy=self.name, version=self.version, infer_s=time.perf_counter() - t)

@@ -13,7 +13,9 @@ The scheduler keeps a *plan*: base actions indexed by absolute episode tick. Eac
    run out. Stale actions are never repeated: the caller holds a safe action instead.
 
 The backend runs inference; the scheduler never waits on it except for the first chunk of an
-episode (``prime``), during which the robot is not being commanded.
+episode (``prime``), during which the robot is not being commanded, and in ``synchronous`` mode:
+a robot on simulated time (``realtime=False``) waits for every reply, as if the simulation's clock
+stopped while the policy thinks, so sim runs are deterministic whichever backend runs the policy.
 """
 
 from __future__ import annotations
@@ -39,18 +41,24 @@ class SchedulerConfig:
         blend_ticks: ticks over which an arriving chunk is cross-faded into the old plan (0: switch).
         latency_window: number of recent inference delays used for the delay estimate.
         prime_timeout_s: how long to wait for an episode's first chunk before failing.
+        request_timeout_s: a request unanswered for this long (or 4x the slowest recent reply, if
+            longer) is abandoned (its reply, if it ever
+            comes, is dropped as stale) and a new one may be sent: a lost request or reply (a remote
+            link that dropped, a restarted server) must not starve the robot for the rest of the episode.
     """
 
     margin_ticks: int = 1
     blend_ticks: int = 3
     latency_window: int = 20
     prime_timeout_s: float = 60.0
+    request_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         non_negative("scheduler.margin_ticks", self.margin_ticks)
         non_negative("scheduler.blend_ticks", self.blend_ticks)
         positive("scheduler.latency_window", self.latency_window)
         positive("scheduler.prime_timeout_s", self.prime_timeout_s)
+        positive("scheduler.request_timeout_s", self.request_timeout_s)
 
 
 @dataclass
@@ -62,6 +70,7 @@ class SchedulerStats:
     stale_dropped: int = 0
     starved_ticks: int = 0
     skipped_steps: int = 0
+    timeouts: int = 0
 
     def to_dict(self) -> dict[str, int]:
         """JSON-ready dict."""
@@ -75,14 +84,19 @@ class ChunkScheduler:
         backend: where inference runs (inline, a thread, a worker process, a remote server).
         config: scheduler settings.
         lookahead: ticks of plan the caller needs beyond the current one (the execution horizon H).
+        synchronous: wait for each reply right after requesting it (simulated-time robots only).
     """
 
-    def __init__(self, backend: InferenceBackend, config: SchedulerConfig, lookahead: int = 0) -> None:
+    def __init__(
+        self, backend: InferenceBackend, config: SchedulerConfig, lookahead: int = 0, synchronous: bool = False
+    ) -> None:
         self.backend = backend
         self.config = config
         self.lookahead = lookahead
+        self.synchronous = synchronous
         self._next_id = 0
         self._delays: deque[int] = deque(maxlen=config.latency_window)
+        self._latencies_s: deque[float] = deque(maxlen=config.latency_window)
         self.reset()
 
     # -- episode lifecycle -------------------------------------------------------------------
@@ -93,19 +107,28 @@ class ChunkScheduler:
         self.features = np.zeros(0, np.float16)
         self.version = 0
         self._pending: tuple[int, int] | None = None  # (request id, tick of its observation)
+        self._pending_since = 0.0
         self.stats = SchedulerStats()
 
     def prime(self, observation: dict[str, np.ndarray], task: str) -> None:
         """Request the episode's first chunk for tick 0 and wait for it (robot not commanded yet)."""
         self._submit(observation, task, tick=0)
-        deadline = time.monotonic() + self.config.prime_timeout_s
+        self._wait_for_reply(tick=0, timeout_s=self.config.prime_timeout_s, what="scheduler.prime_timeout_s")
+
+    def _wait_for_reply(self, tick: int, timeout_s: float | None = None, what: str = "") -> None:
+        """Block until the pending request is answered (prime, synchronous mode)."""
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         while self._pending is not None:
             if time.monotonic() > deadline:
+                if not what:  # synchronous mode: abandon it like a timed-out request
+                    self._pending = None
+                    self.stats.timeouts += 1
+                    return
                 raise TimeoutError(
-                    f"no chunk from the base policy within scheduler.prime_timeout_s="
-                    f"{self.config.prime_timeout_s} s; is the policy worker running?"
+                    f"no chunk from the base policy within {what}={timeout_s} s; is the policy worker running?"
                 )
-            self._integrate(tick=0, wait_s=0.01)
+            self._integrate(tick=tick, wait_s=0.01)
 
     # -- per tick ------------------------------------------------------------------------------
     @property
@@ -115,6 +138,12 @@ class ChunkScheduler:
             return 0
         return int(math.ceil(float(np.percentile(np.asarray(self._delays), 95))))
 
+    @property
+    def request_timeout_s(self) -> float:
+        """Seconds after which an unanswered request is abandoned."""
+        slowest = max(self._latencies_s, default=0.0)
+        return max(self.config.request_timeout_s, 4.0 * slowest)
+
     def remaining(self, tick: int) -> int:
         """Planned ticks from ``tick`` on (inclusive)."""
         return max(0, self.plan_start + len(self.plan) - tick)
@@ -122,10 +151,15 @@ class ChunkScheduler:
     def step(self, observation: dict[str, np.ndarray], task: str, tick: int) -> np.ndarray | None:
         """Integrate arrivals, maybe request, and return the base action for ``tick`` (None: starved)."""
         self._integrate(tick)
+        if self._pending is not None and time.monotonic() - self._pending_since > self.request_timeout_s:
+            self._pending = None
+            self.stats.timeouts += 1
         need = self.delay_ticks + self.config.margin_ticks + self.lookahead
         if self._pending is None and self.remaining(tick) <= need:
             self._submit(observation, task, tick)
             self._integrate(tick)  # an inline backend answers at once
+            if self.synchronous:
+                self._wait_for_reply(tick)
         action = self.action_at(tick)
         if action is None:
             self.stats.starved_ticks += 1
@@ -155,6 +189,7 @@ class ChunkScheduler:
         rid = self._next_id
         self._next_id += 1
         self._pending = (rid, tick)
+        self._pending_since = time.monotonic()
         self.stats.requests += 1
         self.backend.submit(rid, observation, task)
 
@@ -166,6 +201,7 @@ class ChunkScheduler:
             obs_tick = self._pending[1]
             self._pending = None
             self._delays.append(tick - obs_tick)
+            self._latencies_s.append(time.monotonic() - self._pending_since)
             self._merge(chunk, obs_tick, tick)
 
     def _merge(self, chunk: Chunk, obs_tick: int, tick: int) -> None:

@@ -35,17 +35,22 @@ def make_robot(config: Any) -> Robot:
 def make_policy(config: Any, robot: Robot) -> BasePolicy:
     """The base policy for a policy config (built for ``robot``'s schemas), checked against its action size."""
     policy = component_class("policy", config.type)(config, robot)
+    check_action_dim(policy, robot)
+    return policy
+
+
+def check_action_dim(policy: BasePolicy, robot: Robot) -> None:
+    """Raise ValueError unless the policy's action size is the robot's."""
     action_dim = robot.action_feature.shape[0]
     if policy.action_dim != action_dim:
         raise ValueError(
             f"policy {policy.name!r} outputs {policy.action_dim}-D actions but robot {robot.name!r} "
             f"takes {action_dim}-D actions; pick a policy trained for this robot"
         )
-    return policy
 
 
 def make_backend(kind: str, policy: BasePolicy) -> InferenceBackend:
-    """Where inference runs: "inline" or "thread"."""
+    """Where an in-process policy runs: "inline" or "thread" ("process"/"remote": ``make_link_backend``)."""
     return {"inline": InlineBackend, "thread": ThreadBackend}[kind](policy)
 
 
@@ -94,11 +99,23 @@ class Session:
         """Create the parts (the robot is not connected yet)."""
         cfg = self.config
         self.robot = make_robot(cfg.robot)
-        self.policy = make_policy(cfg.policy, self.robot)
-        self.backend = make_backend(cfg.session.backend, self.policy)
+        if cfg.session.backend in ("process", "remote"):  # the policy is built in the worker / server
+            from tandem.runtime.policy_link import make_link_backend
+
+            self.backend, self.policy = make_link_backend(cfg.session.backend, cfg, self.robot)
+            try:
+                check_action_dim(self.policy, self.robot)
+            except BaseException:
+                self.backend.close()
+                raise
+        else:
+            self.policy = make_policy(cfg.policy, self.robot)
+            self.backend = make_backend(cfg.session.backend, self.policy)
         low, high = self.robot.action_feature.bounds()
         self.safety = SafetyFilter(cfg.safety, low, high, self.robot.hold_action(None))
-        scheduler = ChunkScheduler(self.backend, cfg.scheduler, lookahead=cfg.session.horizon)
+        scheduler = ChunkScheduler(
+            self.backend, cfg.scheduler, lookahead=cfg.session.horizon, synchronous=not self.robot.realtime
+        )
         safety = self.safety
         self.operator = make_operator(getattr(cfg, "teleop", None), self.robot, last_sent=lambda: safety.last)
         self.controller = Controller(

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import ConfigError
+from tandem.runtime.link_config import LinkConfig
 from tandem.runtime.loop import LoopConfig
+from tandem.runtime.policy_link import PolicyLinkConfig
+from tandem.runtime.recorder import RecordConfig
 from tandem.runtime.safety import SafetyConfig
 from tandem.runtime.scheduler import SchedulerConfig
 from tandem.validate import in_range, non_negative, one_of
@@ -33,7 +36,9 @@ class SessionConfig:
         seed: seed of the first episode (episode i uses seed + i).
         horizon: H, ticks per chunk record (the head's and the critic's chunk length).
         run_dir: where the run writes summary.json (empty: runs/<date>_<time>).
-        backend: where base inference runs: "inline" (in the loop; scripted policies), "thread".
+        backend: where base inference runs: "inline" (in the loop; scripted policies), "thread",
+            "process" (a worker process on this machine), "remote" (``tandem serve-policy`` at
+            ``policy_link.endpoint``).
         max_episode_steps: episode time limit in ticks (0: the robot's own).
     """
 
@@ -47,7 +52,7 @@ class SessionConfig:
     def __post_init__(self) -> None:
         in_range("session.episodes", self.episodes, 1, 1_000_000)
         in_range("session.horizon", self.horizon, 1, 1000)
-        one_of("session.backend", self.backend, ("inline", "thread"))
+        one_of("session.backend", self.backend, ("inline", "thread", "process", "remote"))
         non_negative("session.max_episode_steps", self.max_episode_steps)
 
 
@@ -62,6 +67,9 @@ class RunConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    policy_link: PolicyLinkConfig = field(default_factory=PolicyLinkConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)  # experience up / weights down to a learner
 
 
 def build_dataclass(cls: type, values: dict, prefix: str) -> Any:

@@ -19,6 +19,8 @@ ROBOTS: dict[str, tuple[str, str]] = {
 
 POLICIES: dict[str, tuple[str, str]] = {
     "scripted": ("tandem.policies.scripted:ScriptedPolicyConfig", "tandem.policies.scripted:ScriptedPolicy"),
+    "tiny_vla": ("tandem.policies.tiny_vla:TinyVLAPolicyConfig", "tandem.policies.tiny_vla:TinyVLAPolicy"),
+    "lerobot": ("tandem.policies.lerobot_adapter:LeRobotPolicyConfig", "tandem.policies.lerobot_adapter:LeRobotPolicy"),
 }
 
 TELEOPS: dict[str, tuple[str, str]] = {
