@@ -149,7 +149,7 @@ class CriticObjective:
 
     @property
     def warming_up(self) -> bool:
-        """True during the first ``warmup_steps`` critic updates (heads wait)."""
+        """True while fewer than ``warmup_steps`` critic updates are done (heads skip their step)."""
         return self.steps < self.config.warmup_steps
 
     def update_tensors(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -272,8 +272,9 @@ class ResidualHeadObjective:
         """One critic step and, when due, one head step; returns both sets of metrics."""
         co = self.critic_objective
         b = to_tensors(batch, co.device)
+        due = not co.warming_up and (co.steps + 1) % self.config.actor_every == 0
         metrics = co.update_tensors(b)
-        if co.warming_up or co.steps % self.config.actor_every != 0:
+        if not due:
             return metrics
         critic = co.critic
         with critic.frozen():
@@ -284,7 +285,7 @@ class ResidualHeadObjective:
         self.head_steps += 1
         metrics.update({
             "head/loss": float(loss.detach()),
-            "head/q_pi": float(q.mean()),
+            "head/q_pi": float(q.detach().mean()),
             "head/correction_abs": float(correction.detach().abs().mean()),
             "head/grad_norm": norm,
             "head/steps": float(self.head_steps),
@@ -386,7 +387,7 @@ class EditHeadObjective:
     @property
     def alpha(self) -> float:
         """The current temperature."""
-        return float(self.log_alpha.exp())
+        return float(self.log_alpha.detach().exp())
 
     def target_action(self, next_state: torch.Tensor, next_features: torch.Tensor,
                       next_base: torch.Tensor) -> torch.Tensor:
@@ -401,8 +402,9 @@ class EditHeadObjective:
         """One critic step and, when due, one edit-policy and temperature step; returns the metrics."""
         co = self.critic_objective
         b = to_tensors(batch, co.device)
+        due = not co.warming_up and (co.steps + 1) % self.config.actor_every == 0
         metrics = co.update_tensors(b)
-        if co.warming_up or co.steps % self.config.actor_every != 0:
+        if not due:
             return metrics
         critic, head = co.critic, self.head
         with critic.frozen():
@@ -420,9 +422,9 @@ class EditHeadObjective:
         self.head_steps += 1
         metrics.update({
             "head/loss": float(loss.detach()),
-            "head/q_pi": float(q.mean()),
-            "head/entropy": float(-log_prob.mean()),
-            "head/log_prob_action": float((log_prob - self.log_beta_term).mean()),
+            "head/q_pi": float(q.detach().mean()),
+            "head/entropy": float(-log_prob.detach().mean()),
+            "head/log_prob_action": float((log_prob.detach() - self.log_beta_term).mean()),
             "head/alpha": self.alpha,
             "head/edit_abs": float((head.config.beta * eps).detach().abs().mean()),
             "head/grad_norm": norm,

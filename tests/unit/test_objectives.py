@@ -1,0 +1,212 @@
+"""Critic, residual-head and edit-head objectives (tandem.value.objectives) and advantages."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from tandem.policies.heads import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
+from tandem.value.advantages import advantage, awr_weights, q_and_value, weighted_bc_loss
+from tandem.value.critic import ChunkedCritic, CriticConfig
+from tandem.value.objectives import (
+    CriticObjective,
+    CriticObjectiveConfig,
+    EditHeadObjective,
+    EditObjectiveConfig,
+    ResidualHeadObjective,
+    ResidualObjectiveConfig,
+    split_published,
+    to_tensors,
+)
+
+S, F, H, A = 5, 3, 4, 2
+DIMS = dict(state_dim=S, feature_dim=F, horizon=H, action_dim=A, hidden=(32, 32))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes small ops 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def batch(bsz=32, seed=0):
+    """A numpy batch as the replay would hand it over (float16 features, bool flags)."""
+    rng = np.random.default_rng(seed)
+    valid = np.ones((bsz, H), bool)
+    valid[0, 2:] = False
+    done = np.zeros(bsz, bool)
+    done[0] = True
+    onset = np.zeros((bsz, H), bool)
+    onset[1, 1] = True
+    return {
+        "state": rng.normal(size=(bsz, S)).astype(np.float32),
+        "features": rng.normal(size=(bsz, F)).astype(np.float16),
+        "base": rng.uniform(-1, 1, (bsz, H, A)).astype(np.float32),
+        "executed": rng.uniform(-1, 1, (bsz, H, A)).astype(np.float32),
+        "reward": rng.normal(size=(bsz, H)).astype(np.float32),
+        "valid": valid, "done": done, "truncated": np.zeros(bsz, bool), "takeover_start": onset,
+        "next_state": rng.normal(size=(bsz, S)).astype(np.float32),
+        "next_features": rng.normal(size=(bsz, F)).astype(np.float16),
+        "next_base": rng.uniform(-1, 1, (bsz, H, A)).astype(np.float32),
+        "next_valid": ~done,
+        "buffer": np.zeros(bsz, np.int8),  # extra keys are ignored
+    }
+
+
+def critic_objective(seed=0, lr=3e-4, warmup=0, rlif=0.0, **kw):
+    critic = ChunkedCritic(CriticConfig(**{**DIMS, "seed": seed, "lr": lr, **kw}))
+    return CriticObjective(critic, CriticObjectiveConfig(warmup_steps=warmup, rlif_penalty=rlif, seed=seed))
+
+
+def test_to_tensors_converts_and_names_missing_keys():
+    b = to_tensors(batch(), "cpu")
+    assert b["features"].dtype == torch.float32 and b["valid"].dtype == torch.bool
+    assert "buffer" not in b
+    partial = {k: v for k, v in batch().items() if k not in ("takeover_start", "truncated")}
+    assert not to_tensors(partial, "cpu")["takeover_start"].any()
+    with pytest.raises(KeyError, match="next_valid"):
+        to_tensors({k: v for k, v in batch().items() if k != "next_valid"}, "cpu")
+
+
+def test_critic_objective_step_metrics_and_rlif_option():
+    obj = critic_objective()
+    m = obj.update(batch())
+    for key in ("critic/loss", "critic/td_abs", "critic/q_mean", "critic/target_mean", "critic/grad_norm"):
+        assert np.isfinite(m[key])
+    assert obj.steps == 1 and m["critic/weight_frac"] == 1.0
+    # the RLIF penalty lowers the targets by exactly gamma^k / B summed over onsets (one onset at tick 1)
+    a, b = critic_objective(), critic_objective(rlif=1.0)
+    ma, mb = a.update(batch()), b.update(batch())
+    assert ma["critic/target_mean"] - mb["critic/target_mean"] == pytest.approx(0.99 / 32, abs=1e-5)
+    assert set(obj.publish()) == {f"critic/{k}" for k in obj.critic.weights()}
+
+
+def test_residual_objective_waits_for_warmup_then_raises_the_pessimistic_q():
+    co = critic_objective(lr=1e-9, warmup=3)  # the critic barely moves: a fixed landscape for the head
+    head = ResidualHead(ResidualHeadConfig(**DIMS, alpha=0.3))
+    obj = ResidualHeadObjective(head, co, ResidualObjectiveConfig(lr=3e-3))
+    before = [p.clone() for p in head.parameters()]
+    for _ in range(3):
+        assert "head/loss" not in obj.update(batch())
+    assert all(torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))
+    b = to_tensors(batch(), "cpu")
+    with torch.no_grad():
+        q0 = co.critic.q_pess(b["state"], b["features"], head.act(b["state"], b["features"], b["base"])).mean()
+    for _ in range(60):
+        m = obj.update(batch())
+    assert m["head/steps"] == 60.0 and m["head/correction_abs"] > 0
+    with torch.no_grad():
+        q1 = co.critic.q_pess(b["state"], b["features"], head.act(b["state"], b["features"], b["base"])).mean()
+    assert q1 > q0 + 1e-3
+    # the head step leaves the critic's gradients alone and its parameters trainable
+    assert all(p.requires_grad for p in co.critic.online.parameters())
+    pub = split_published(obj.publish())
+    assert set(pub) == {"head"} and set(pub["head"]) == set(head.weights())
+
+
+def test_residual_target_action_is_base_plus_head_with_optional_clipped_noise():
+    co = critic_objective()
+    head = ResidualHead(ResidualHeadConfig(**DIMS))
+    b = to_tensors(batch(), "cpu")
+    obj = ResidualHeadObjective(head, co)
+    torch.testing.assert_close(obj.target_action(b["next_state"], b["next_features"], b["next_base"]), b["next_base"])
+    noisy = ResidualHeadObjective(head, co, ResidualObjectiveConfig(target_noise=1.0, noise_clip=0.05))
+    diff = noisy.target_action(b["next_state"], b["next_features"], b["next_base"]) - b["next_base"]
+    assert diff.abs().max() <= 0.05 + 1e-7 and diff.abs().max() > 0.04
+    assert co.next_action == noisy.target_action
+
+
+def test_edit_objective_improves_q_and_tunes_alpha():
+    co = critic_objective(lr=1e-9)
+    head = EditHead(EditHeadConfig(**DIMS, beta=0.2, num_candidates=4, init_log_std=-1.0))
+    obj = EditHeadObjective(head, co, EditObjectiveConfig(lr=3e-3, init_alpha=1e-3, alpha_lr=1e-2, actor_q="aggregate"))
+    assert obj.target_entropy == -H * A / 2
+    b = to_tensors(batch(), "cpu")
+
+    def q_of_mean_edit():
+        with torch.no_grad():
+            mean, _ = head.dist_params(b["state"], b["features"], b["base"])
+            edited = head.edit(b["base"], torch.tanh(mean).reshape(-1, H, A))
+            return co.critic.q_pess(b["state"], b["features"], edited).mean()
+
+    q0 = q_of_mean_edit()
+    for _ in range(60):
+        m = obj.update(batch())
+    assert q_of_mean_edit() > q0 + 1e-3
+    assert m["head/log_prob_action"] == pytest.approx(-m["head/entropy"] - H * A * np.log(0.2), abs=1e-3)
+    pub = split_published(obj.publish())
+    assert set(pub) == {"head", "critic"}
+    # temperature: an unreachable entropy target raises alpha, a very low one lowers it
+    for target, up in ((50.0, True), (-500.0, False)):
+        co2 = critic_objective(lr=1e-9)
+        o = EditHeadObjective(EditHead(EditHeadConfig(**DIMS)), co2,
+                              EditObjectiveConfig(init_alpha=0.1, alpha_lr=0.05, target_entropy=target))
+        for _ in range(5):
+            o.update(batch())
+        assert (o.alpha > 0.1) == up
+
+
+def test_edit_target_action_is_the_target_critic_argmax_over_base_and_edits():
+    co = critic_objective()
+    head = EditHead(EditHeadConfig(**DIMS, num_candidates=5, beta=0.2))
+    obj = EditHeadObjective(head, co)
+    b = to_tensors(batch(), "cpu")
+    seed_state = co.generator.get_state()
+    a = obj.target_action(b["next_state"], b["next_features"], b["next_base"])
+    co.generator.set_state(seed_state)
+    cands = head.candidates(b["next_state"], b["next_features"], b["next_base"], None, co.generator)
+    with torch.no_grad():
+        scores = co.critic.q_values(b["next_state"], b["next_features"], cands, target=True).min(0).values
+    torch.testing.assert_close(a, cands[torch.arange(32), scores.argmax(1)])
+
+
+@pytest.mark.parametrize("kind", ["critic", "residual", "edit"])
+def test_state_dict_resume_is_exact(kind):
+    def build():
+        co = critic_objective(seed=0, loss="hl_gauss", bins=11, v_min=-5.0, v_max=5.0)
+        if kind == "critic":
+            return co
+        if kind == "residual":
+            return ResidualHeadObjective(ResidualHead(ResidualHeadConfig(**DIMS)), co,
+                                         ResidualObjectiveConfig(target_noise=0.1))
+        return EditHeadObjective(EditHead(EditHeadConfig(**DIMS, num_candidates=3)), co)
+
+    a = build()
+    for i in range(3):
+        a.update(batch(seed=i))
+    b = build()
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)  # as a checkpoint would (no tensors shared between a and b)
+    buf.seek(0)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    for i in range(3, 5):
+        ma, mb = a.update(batch(seed=i)), b.update(batch(seed=i))
+        assert ma == mb
+    for (ka, va), (kb, vb) in zip(sorted(a.publish().items()), sorted(b.publish().items()), strict=True):
+        assert ka == kb
+        np.testing.assert_array_equal(va, vb)
+
+
+def test_advantages_and_awr_weights():
+    critic = ChunkedCritic(CriticConfig(**DIMS, aggregation="min"))
+    b = to_tensors(batch(8), "cpu")
+    policy = torch.rand(8, 6, H, A)
+    q, v = q_and_value(critic, b["state"], b["features"], b["executed"], policy)
+    with torch.no_grad():
+        q_ref = critic.q_pess(b["state"], b["features"], b["executed"])
+        v_ref = torch.stack([critic.q_pess(b["state"], b["features"], policy[:, k]) for k in range(6)], 1).mean(1)
+    torch.testing.assert_close(q, q_ref)
+    torch.testing.assert_close(v, v_ref)
+    torch.testing.assert_close(advantage(critic, b["state"], b["features"], b["executed"], policy), q_ref - v_ref)
+    adv = torch.tensor([-1.0, 0.0, 0.5, 100.0])
+    w = awr_weights(adv, beta=0.5, w_max=20.0)
+    torch.testing.assert_close(w, torch.tensor([np.exp(-2.0), 1.0, np.e, 20.0], dtype=torch.float32))
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert weighted_bc_loss(loss, w).item() == pytest.approx(float((w * loss).sum() / 4))
+    assert weighted_bc_loss(loss, w, normalize=True).item() == pytest.approx(float((w * loss).sum() / w.sum()))
+    with pytest.raises(ValueError):
+        awr_weights(adv, beta=0.0, w_max=1.0)
