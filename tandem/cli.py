@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tandem.errors import ConfigError
+from tandem.errors import ConfigError, DeviceMissingError
 
 
 def _install_sigint(stop: threading.Event) -> None:
@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tandem: config error: {exc}", file=sys.stderr)
         return 2
+    except DeviceMissingError as exc:
+        print(f"tandem: device missing: {exc}", file=sys.stderr)
+        return 3
     return 1
 
 

@@ -137,8 +137,11 @@ class KeyboardTeleop(Teleoperator):
                 raise DeviceMissingError(f"teleop.tty={self.config.tty!r} cannot be opened: {exc}") from exc
             own = True
         else:
-            fd, own = sys.stdin.fileno(), False
-        if not os.isatty(fd):
+            try:
+                fd, own = sys.stdin.fileno(), False
+            except (AttributeError, OSError, ValueError):  # stdin replaced or closed
+                fd, own = -1, False
+        if fd < 0 or not os.isatty(fd):
             if own:
                 os.close(fd)
             raise DeviceMissingError(

@@ -122,6 +122,20 @@ def test_no_terminal_is_a_clear_error(tmp_path):
         KeyboardTeleop(KeyboardConfig(tty=str(path))).connect()
 
 
+def test_cli_reports_a_missing_terminal_and_exits(tmp_path, capsys):
+    import signal
+
+    from tandem.cli import main
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        rc = main(["run", "teleop=keyboard", "robot.cameras=[]", "robot.realtime=false", f"session.run_dir={tmp_path}"])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # main() installs its own Ctrl-C handler
+    assert rc == 3
+    assert "device missing: teleop=keyboard needs a terminal" in capsys.readouterr().err
+
+
 def read_until(fd: int, needle: bytes, buf: bytearray, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while needle not in buf and time.monotonic() < deadline:
