@@ -134,6 +134,7 @@ class WeightsStats:
     pulls: int = 0
     pieces: int = 0
     disconnects: int = 0
+    resubscribes: int = 0
     learner_alive: bool = False
     versions: dict[str, int] = field(default_factory=dict)
     applied_versions: dict[str, int] = field(default_factory=dict)
@@ -227,32 +228,55 @@ class WeightsSubscriber:
 
     # ------------------------------------------------------------------ receiver thread
 
-    def _run(self) -> None:
+    def _open(self, kind: int) -> zmq.Socket:
         cfg = self.config
-        try:
-            sub = open_socket(
+        if kind == zmq.SUB:
+            sock = open_socket(
                 self._context, zmq.SUB, cfg.weights_endpoint, bind=False, max_message_bytes=cfg.max_message_bytes,
                 keys_dir=cfg.keys_dir, field="link.weights endpoint", options={zmq.RCVHWM: 8},
             )
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            dealer = open_socket(
-                self._context, zmq.DEALER, cfg.experience_endpoint, bind=False, max_message_bytes=cfg.max_message_bytes,
-                keys_dir=cfg.keys_dir, field="link.experience endpoint",
-            )
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            return sock
+        return open_socket(
+            self._context, zmq.DEALER, cfg.experience_endpoint, bind=False, max_message_bytes=cfg.max_message_bytes,
+            keys_dir=cfg.keys_dir, field="link.experience endpoint",
+        )
+
+    def _run(self) -> None:
+        cfg = self.config
+        try:
+            socks = {"sub": self._open(zmq.SUB), "dealer": self._open(zmq.DEALER)}
         except BaseException as exc:
             self._error = exc
             self._ready.set()
             return
-        monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        socks["monitor"] = socks["sub"].get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._ready.set()
         pull: _Pull | None = None
-        last_heard = 0.0
+        last_heard, sub_born = 0.0, time.monotonic()
         poller = zmq.Poller()
-        for s in (sub, dealer, monitor):
+        for s in socks.values():
             poller.register(s, zmq.POLLIN)
+
+        def rebuild(name: str) -> None:
+            """A fresh socket: libzmq never reconnects a session it closed for a protocol error
+            (e.g. a frame over MAXMSGSIZE), so silence is answered by reconnecting ourselves."""
+            old = [name, "monitor"] if name == "sub" else [name]
+            if name == "sub":
+                socks["sub"].disable_monitor()
+            for n in old:
+                poller.unregister(socks[n])
+                socks[n].close(0)
+            socks[name] = self._open(zmq.SUB if name == "sub" else zmq.DEALER)
+            if name == "sub":
+                socks["monitor"] = socks["sub"].get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            for n in old:
+                poller.register(socks[n], zmq.POLLIN)
+
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(20))
+                sub, dealer, monitor = socks["sub"], socks["dealer"], socks["monitor"]
                 if monitor in events:
                     while monitor.poll(0):
                         recv_monitor_message(monitor)
@@ -279,16 +303,20 @@ class WeightsSubscriber:
                             pull = self._on_piece(msg, dealer, pull)
                 now = time.monotonic()
                 self.stats.learner_alive = bool(last_heard) and now - last_heard < cfg.timeout_s
+                if now - max(last_heard, sub_born) > cfg.timeout_s:
+                    rebuild("sub")
+                    sub_born = now
+                    self.stats.resubscribes += 1
                 if pull is not None and now - pull.last_activity > cfg.timeout_s:
                     log.warning("weights %s: pull of %s v%d stalled, restarting", cfg.robot_id, pull.wkind, pull.version)
-                    pull = self._start_pull(dealer, pull.wkind)
+                    rebuild("dealer")
+                    pull = self._start_pull(socks["dealer"], pull.wkind)
         except Exception:
             log.exception("weights subscriber %s failed", cfg.robot_id)
         finally:
-            sub.disable_monitor()
-            monitor.close(0)
-            sub.close(0)
-            dealer.close(0)
+            socks["sub"].disable_monitor()
+            for sock in socks.values():
+                sock.close(0)
 
     def _decode(self, frames: list) -> Message | None:
         try:

@@ -36,7 +36,7 @@ from tandem.runtime.link_security import (
     open_socket,
     start_authenticator,
 )
-from tandem.runtime.messages import ACK, CHUNK, HB, PIECE, PULL, REPORT, announcement, weights_message
+from tandem.runtime.messages import ACK, CHUNK, HB, PIECE, PULL, RECORD_SCHEMA, REPORT, announcement, weights_message
 from tandem.runtime.wire import Message, WireError, decode, encode, pack_frames
 from tandem.value.replay import DUPLICATE, GAP, REJECTED, ReplayStore
 
@@ -375,6 +375,9 @@ class LinkServer:
         if not isinstance(stream, str) or not stream or self.store is None:
             self._count("malformed", "bad_meta" if self.store is not None else "no_store")
             return
+        if msg.schema != RECORD_SCHEMA:  # another protocol version: not acked, the robot keeps it spooled
+            self._count("malformed", "wrong_schema")
+            return
         robot = self._robot(msg.robot)
         robot.streams.add(stream)
         verdict = self.store.offer(msg)
@@ -390,7 +393,7 @@ class LinkServer:
         elif verdict == REJECTED:
             robot.rejected += 1
             self.stats["rejected"] += 1
-            reason = "invalid_record"
+            reason = self.store.last_reject_reason
             self.stats["rejected_reasons"][reason] = self.stats["rejected_reasons"].get(reason, 0) + 1
         else:
             robot.stored += 1

@@ -140,6 +140,7 @@ class ReplayStore:
         self._lock = threading.Lock()
         self._log = DurableLog(self.directory / "log", self.config.segment_mb * 1024 * 1024)
         self._dirty = False
+        self.last_reject_reason = ""
         recovered = 0
         for _, _, _, payload in self._log.scan():
             try:
@@ -184,6 +185,7 @@ class ReplayStore:
         try:
             record = message_to_record(msg)
         except WireError as exc:
+            self.last_reject_reason = exc.reason
             self._tombstone(msg, exc.reason)
             return REJECTED
         with self._lock:

@@ -1,0 +1,117 @@
+"""Link protocol pieces: record/weights messages, packed frames, the durable log and the robot spool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from links_testkit import make_record
+
+from tandem.runtime.durable_log import DurableLog
+from tandem.runtime.messages import (
+    RECORD_SCHEMA,
+    check_weights,
+    message_to_record,
+    record_to_message,
+    weights_message,
+    weights_schema_hash,
+)
+from tandem.runtime.record_spool import RecordSpool
+from tandem.runtime.wire import WireError, decode, encode, pack_frames, unpack_frames
+
+
+def roundtrip(msg):
+    return decode([bytes(f) for f in encode(msg)], copy=True)
+
+
+def test_record_roundtrip_with_images():
+    rec = make_record("r1", 3, 7, intervention=True)
+    rec.images = {"corner": b"\xff\xd8jpeg-bytes"}
+    msg = roundtrip(record_to_message(rec, seq=5, stream="s1"))
+    assert msg.seq == 5 and msg.meta["stream"] == "s1" and msg.schema == RECORD_SCHEMA
+    back = message_to_record(msg)
+    assert back.equals(rec)
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda m: m.arrays.__setitem__("reward", np.full(10, np.nan, np.float32)), "non_finite"),
+        (lambda m: m.arrays.__setitem__("base", np.zeros((10, 5), np.float32)), "bad_shape"),
+        (lambda m: m.arrays.__setitem__("state", np.zeros(39, np.float64)), "bad_dtype"),
+        (lambda m: m.arrays.pop("valid"), "missing_field"),
+        (lambda m: setattr(m, "schema", "0" * 16), "wrong_schema"),
+        (lambda m: m.meta.__setitem__("episode", "one"), "bad_meta"),
+    ],
+)
+def test_invalid_records_are_refused_with_a_reason(mutate, reason):
+    msg = roundtrip(record_to_message(make_record("r1", 0, 0), 1, "s"))
+    mutate(msg)
+    with pytest.raises(WireError) as err:
+        message_to_record(msg)
+    assert err.value.reason == reason
+
+
+def test_weights_checks():
+    arrays = {"w": np.ones((3, 4), np.float32), "b": np.zeros(4, np.float32)}
+    expected = weights_schema_hash({"w": ("float32", (3, 4)), "b": ("float32", (4,))})
+    msg = roundtrip(weights_message("head", arrays, 2, "run"))
+    assert set(check_weights(msg, expected)) == {"w", "b"}
+    with pytest.raises(WireError, match="wrong_schema"):
+        check_weights(msg, weights_schema_hash({"w": ("float32", (4, 3)), "b": ("float32", (4,))}))
+    bad = roundtrip(weights_message("head", arrays, 2, "run"))
+    bad.meta["sha256"] = "0" * 64
+    with pytest.raises(WireError, match="bad_hash"):
+        check_weights(bad, expected)
+    nan = roundtrip(weights_message("head", {"w": np.full((3, 4), np.inf, np.float32), "b": arrays["b"]}, 3, "run"))
+    with pytest.raises(WireError, match="non_finite"):
+        check_weights(nan, expected)
+
+
+def test_pack_frames_roundtrip_and_malformed():
+    frames = encode(record_to_message(make_record("r", 0, 0), 1, "s"))
+    assert message_to_record(decode(unpack_frames(pack_frames(frames)))).equals(make_record("r", 0, 0))
+    blob = pack_frames(frames)
+    for broken in (blob[:3], blob[:-1], b"\xff\xff\xff\xff" + blob[4:]):
+        with pytest.raises(WireError):
+            unpack_frames(broken)
+
+
+def test_durable_log_truncates_a_torn_tail(tmp_path):
+    log = DurableLog(tmp_path, segment_bytes=200)
+    list(log.scan())
+    for i in range(1, 11):
+        log.append(i, bytes([i]) * 50)
+    log.sync()
+    log.close()
+    assert len(log.segments()) > 1
+    last = log.path(log.segments()[-1])
+    with open(last, "ab") as f:  # a write cut short by a kill
+        f.write(b"MDNT\x32\x00\x00\x00partial")
+    again = DurableLog(tmp_path, segment_bytes=200)
+    keys = [k for _, _, k, _ in again.scan()]
+    assert keys == list(range(1, 11)) and again.truncated_bytes > 0
+    again.append(11, b"x")
+    again.close()
+    assert [k for _, _, k, _ in DurableLog(tmp_path).scan()] == list(range(1, 12))
+
+
+def test_record_spool_keeps_unacked_records_across_restarts(tmp_path):
+    spool = RecordSpool(tmp_path, "r1", segment_bytes=4096)
+    payloads = {}
+    for _ in range(40):
+        seq = spool.next_seq
+        payloads[seq] = pack_frames(encode(record_to_message(make_record("r1", 0, seq), seq, spool.stream)))
+        spool.append(seq, payloads[seq])
+    spool.sync(True)
+    spool.ack(25)
+    spool.persist()
+    stream = spool.stream
+    spool.close()
+    again = RecordSpool(tmp_path, "r1", segment_bytes=4096)
+    assert again.stream == stream and again.acked == 25 and again.pending == 15 and again.next_seq == 41
+    assert again.read(30) == payloads[30] and again.read(10) is None
+    again.ack(40)
+    again.persist()
+    assert len(again._log.segments()) == 1  # acked segments are deleted
+    with pytest.raises(ValueError, match="belongs to robot"):
+        RecordSpool(tmp_path, "r2")

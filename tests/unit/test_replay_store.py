@@ -1,0 +1,124 @@
+"""Replay store (dedupe, buffers, mixing, recovery), checkpoints, the objective and learner resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from links_testkit import make_record
+
+from tandem.runtime.messages import record_to_message
+from tandem.runtime.wire import decode, encode
+from tandem.value.checkpoint import load_checkpoint, save_checkpoint
+from tandem.value.replay import DUPLICATE, GAP, REJECTED, STORED, ReplayConfig, ReplayStore, record_entries
+
+
+def msg(robot, seq, stream="s1", intervention=False, source="online", nan=False):
+    rec = make_record(robot, 0, seq, intervention=intervention)
+    if nan:
+        rec.reward[:] = np.nan
+    return decode([bytes(f) for f in encode(record_to_message(rec, seq, stream, source))], copy=True)
+
+
+def test_dedupe_gap_and_buffers(tmp_path):
+    store = ReplayStore(tmp_path, ReplayConfig(capacity=100))
+    assert store.offer(msg("a", 1)) == STORED
+    assert store.offer(msg("a", 1)) == DUPLICATE
+    assert store.offer(msg("a", 3)) == GAP
+    assert store.offer(msg("a", 2, intervention=True)) == STORED
+    assert store.offer(msg("a", 1, stream="s2", source="demo")) == STORED  # a new stream starts at 1
+    assert store.offer(msg("b", 1, nan=True)) == REJECTED
+    assert store.offer(msg("b", 2)) == STORED  # the rejected seq was consumed
+    store.commit()
+    assert store.sizes() == {"demo": 1, "autonomous": 2, "takeover": 1}
+    assert store.last_seq("a", "s1") == 2 and store.last_seq("b", "s1") == 2
+    store.close()
+    again = ReplayStore(tmp_path, ReplayConfig(capacity=100))  # recovery from the log
+    assert again.sizes() == {"demo": 1, "autonomous": 2, "takeover": 1}
+    assert again.last_seq("a", "s1") == 2 and again.last_seq("a", "s2") == 1 and again.last_seq("b", "s1") == 2
+    assert again.offer(msg("a", 2)) == DUPLICATE
+    entries = list(record_entries(tmp_path))
+    assert [m.kind for m, _ in entries].count("tombstone") == 1 and len(entries) == 5
+    again.close()
+
+
+def test_mixing_ratios(tmp_path):
+    store = ReplayStore(tmp_path, ReplayConfig(capacity=50, demo_ratio=0.5, autonomous_ratio=0.3, takeover_ratio=0.2))
+    assert store.split(10) == {"demo": 0, "autonomous": 0, "takeover": 0}
+    for i in range(1, 5):
+        store.offer(msg("a", i))
+    assert store.split(10) == {"demo": 0, "autonomous": 10, "takeover": 0}  # empty buffers give their share away
+    for i in range(1, 5):
+        store.offer(msg("d", i, source="demo"))
+        store.offer(msg("t", i, intervention=True))
+    assert store.split(10) == {"demo": 5, "autonomous": 3, "takeover": 2}
+    batch = store.sample(20, np.random.default_rng(0))
+    assert batch["executed"].shape == (20, 10, 4) and batch["state"].shape == (20, 39)
+    assert np.bincount(batch["buffer"], minlength=3).tolist() == [10, 6, 4]
+    assert batch["intervention"][batch["buffer"] == 2].any(axis=1).all()
+    assert not batch["intervention"][batch["buffer"] == 1].any()
+    store.close()
+
+
+def test_ring_buffer_capacity(tmp_path):
+    store = ReplayStore(tmp_path, ReplayConfig(capacity=3, fsync=False))
+    for i in range(1, 8):
+        store.offer(msg("a", i))
+    assert store.sizes()["autonomous"] == 3
+    assert sorted(store.buffers["autonomous"].data["chunk_index"].tolist()) == [5, 6, 7]
+    store.close()
+
+
+def test_checkpoint_write_then_rename_and_fallback(tmp_path):
+    import torch
+
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, {"step": step, "w": torch.full((3,), float(step))}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.pt")) == ["ckpt-00000003.pt", "ckpt-00000004.pt"]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert load_checkpoint(tmp_path)["step"] == 4
+    (tmp_path / "ckpt-00000004.pt").write_bytes(b"torn")  # corrupt the newest: fall back to the older one
+    assert load_checkpoint(tmp_path)["step"] == 3
+    (tmp_path / "latest.json").write_text("{not json")
+    assert load_checkpoint(tmp_path)["step"] == 3
+    assert load_checkpoint(tmp_path / "missing") is None
+
+
+def test_learner_trains_checkpoints_and_resumes(tmp_path):
+    """A real learner (sockets on free ports) trains, checkpoints, and resumes step, optimiser and versions."""
+    from tandem.value.learner import Learner, LearnerConfig
+    from tandem.value.objective import ObjectiveConfig
+
+    store = ReplayStore(tmp_path / "replay")
+    for i in range(1, 41):
+        store.offer(msg("a", i))
+    store.close()
+    cfg = dict(experience_port=0, weights_port=0, store_dir=str(tmp_path), device="cpu", batch_size=16, min_records=8,
+               publish_every_updates=10, checkpoint_every_updates=15, objective=ObjectiveConfig(hidden=32, lr=3e-3))
+    first = Learner(LearnerConfig(max_updates=30, **cfg)).run()
+    assert first["step"] == 30 and first["versions"] == {"critic": 3} and first["replay"]["autonomous"] == 40
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["step"] == 30
+    second = Learner(LearnerConfig(max_updates=45, **cfg)).run()
+    assert second["step"] == 45 and second["run"] == first["run"] and second["versions"] == {"critic": 4}
+    state = load_checkpoint(tmp_path / "checkpoints")
+    assert state["step"] == 45 and state["objective"]["updates"] == 45
+    assert next(iter(state["objective"]["optim"]["state"].values()))["step"].item() == 45
+    assert second["metrics"]["loss"] < 5.0  # it learns: predicting 0 costs E[sum of 10 U(0,1)]^2 ~ 26
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("device", "tpu"), ("piece_bytes", 10)])
+def test_learner_config_validation(field, value):
+    from tandem.errors import ConfigError
+    from tandem.value.learner import LearnerConfig
+
+    with pytest.raises(ConfigError, match=f"learner.{field}"):
+        LearnerConfig(**{field: value})
+
+
+def test_compose_learner_overrides():
+    from tandem.value.learner import compose_learner
+
+    cfg = compose_learner(["learner.batch_size=7", "learner.replay.takeover_ratio=0.5", "learner.objective.hidden=16"])
+    assert cfg.batch_size == 7 and cfg.replay.takeover_ratio == 0.5 and cfg.objective.hidden == 16
