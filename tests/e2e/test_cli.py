@@ -54,6 +54,7 @@ def test_ctrl_c_ends_session_cleanly_and_writes_summary(tmp_path):
         while not line.startswith("episode") and time.time() < deadline:
             line = proc.stdout.readline()
         assert line.startswith("episode"), "session never started"
+        time.sleep(1.5)  # well inside the next 10-second episode
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
