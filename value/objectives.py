@@ -1,9 +1,10 @@
 """Training objectives: the chunked critic, the residual head (ResFiT/TD3) and the edit head (EXPO/SAC).
 
-Each objective has the learner's shape: ``update(batch) -> dict[str, float]`` (one gradient step on
-everything it owns), ``state_dict()`` / ``load_state_dict()`` (resume, optimiser and RNG included),
-and ``publish() -> dict[str, np.ndarray]`` (what the robot needs, keys ``"<kind>/<param>"`` with kind
-"head" or "critic"; :func:`split_published` groups them per weights-link message).
+Each objective follows ``tandem.value.objective.Objective``: a ``name``, ``update(batch) -> dict[str, float]``
+(one gradient step on everything it owns), ``state_dict()`` / ``load_state_dict()`` (resume, optimiser
+and RNG included) and ``weights() -> {kind: {name: float32 array}}`` (what the robot needs: "critic",
+"head" or both). With ``distributed=True`` (several learner ranks, ``torch.distributed`` initialised)
+gradients are averaged over ranks with all-reduce before clipping, so every rank stays identical.
 
 Batch keys (numpy arrays or tensors; B batch, H chunk ticks, A action size, S state size, F features):
 
@@ -67,24 +68,32 @@ def to_tensors(batch: dict[str, Any], device: str | torch.device) -> dict[str, t
     return out
 
 
-def split_published(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """{"head/x": a, "critic/y": b} -> {"head": {"x": a}, "critic": {"y": b}}."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key, arr in arrays.items():
-        kind, _, name = key.partition("/")
-        out.setdefault(kind, {})[name] = arr
-    return out
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """All-reduce (mean) the gradients of ``params`` over the ranks of the default process group."""
+    import torch.distributed as dist
 
-
-def _prefixed(kind: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {f"{kind}/{k}": v for k, v in arrays.items()}
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    grads = [p.grad for p in params if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _grad_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
-               clip: float) -> float:
-    """zero_grad, backward, optional clip, step; returns the pre-clip global grad norm."""
+               clip: float, distributed: bool = False) -> float:
+    """zero_grad, backward, [all-reduce], optional clip, step; returns the pre-clip global grad norm."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if distributed:
+        average_gradients(params)
     if clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
     else:
@@ -128,13 +137,15 @@ class CriticObjective:
         config: objective settings.
         next_action: a' at the bootstrap state (default: the next base proposal). Head objectives
             replace it with their acting policy.
+        distributed: average gradients over ranks (torch.distributed initialised by the learner).
     """
 
-    kind = "critic"
+    name = "critic"
 
     def __init__(self, critic: ChunkedCritic, config: CriticObjectiveConfig | None = None,
-                 next_action: NextAction | None = None) -> None:
+                 next_action: NextAction | None = None, distributed: bool = False) -> None:
         self.critic = critic
+        self.distributed = distributed
         self.config = config or CriticObjectiveConfig()
         self.next_action = next_action
         c = critic.config
@@ -157,7 +168,8 @@ class CriticObjective:
         critic, cfg = self.critic, self.config
         y, w = critic_target(critic, b, self.next_action, cfg.reward_scale, cfg.rlif_penalty, self.generator)
         loss, q = critic.td_loss(b["state"], b["features"], b["executed"], y, w)
-        norm = _grad_step(self.optimizer, loss, list(critic.online.parameters()), critic.config.grad_clip)
+        norm = _grad_step(self.optimizer, loss, list(critic.online.parameters()), critic.config.grad_clip,
+                          self.distributed)
         critic.polyak_update()
         self.steps += 1
         wsum = float(w.sum().clamp_min(1e-6))
@@ -176,9 +188,9 @@ class CriticObjective:
         """One critic step; returns metrics (loss, mean |Q - y|, Q and target means, ensemble std, ...)."""
         return self.update_tensors(to_tensors(batch, self.device))
 
-    def publish(self) -> dict[str, np.ndarray]:
-        """The critic's online weights, keys ``critic/<param>``."""
-        return _prefixed("critic", self.critic.weights())
+    def weights(self) -> dict[str, dict[str, np.ndarray]]:
+        """{"critic": the online ensemble's parameters}."""
+        return {"critic": self.critic.weights()}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: critic (online and target), optimiser, step count, RNG."""
@@ -246,7 +258,7 @@ class ResidualHeadObjective:
         config: head settings.
     """
 
-    kind = "head"
+    name = "residual"
 
     def __init__(self, head: ResidualHead, critic_objective: CriticObjective,
                  config: ResidualObjectiveConfig | None = None) -> None:
@@ -281,7 +293,8 @@ class ResidualHeadObjective:
             correction = self.head(b["state"], b["features"], b["base"])
             q = _actor_q(critic, self.config.actor_q, b["state"], b["features"], b["base"] + correction, co.generator)
             loss = -q.mean()
-            norm = _grad_step(self.optimizer, loss, list(self.head.parameters()), self.config.grad_clip)
+            norm = _grad_step(self.optimizer, loss, list(self.head.parameters()), self.config.grad_clip,
+                              co.distributed)
         self.head_steps += 1
         metrics.update({
             "head/loss": float(loss.detach()),
@@ -292,10 +305,10 @@ class ResidualHeadObjective:
         })
         return metrics
 
-    def publish(self) -> dict[str, np.ndarray]:
-        """The head's weights, keys ``head/<param>`` (the residual head needs no critic on the robot)."""
+    def weights(self) -> dict[str, dict[str, np.ndarray]]:
+        """{"head": the head's parameters} (the residual head needs no critic on the robot)."""
         self.head.sync_numpy()
-        return _prefixed("head", self.head.weights())
+        return {"head": self.head.weights()}
 
     def state_dict(self) -> dict[str, Any]:
         """Critic objective state plus head, head optimiser and head step count."""
@@ -367,7 +380,7 @@ class EditHeadObjective:
         config: head settings.
     """
 
-    kind = "head"
+    name = "edit"
 
     def __init__(self, head: EditHead, critic_objective: CriticObjective, config: EditObjectiveConfig | None = None
                  ) -> None:
@@ -414,11 +427,9 @@ class EditHeadObjective:
                          co.generator)
             alpha = self.log_alpha.exp().detach()
             loss = (alpha * (log_prob - self.log_beta_term) - q).mean()
-            norm = _grad_step(self.optimizer, loss, list(head.parameters()), self.config.grad_clip)
+            norm = _grad_step(self.optimizer, loss, list(head.parameters()), self.config.grad_clip, co.distributed)
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-        self.alpha_optimizer.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_optimizer.step()
+        _grad_step(self.alpha_optimizer, alpha_loss, [self.log_alpha], 0.0, co.distributed)
         self.head_steps += 1
         metrics.update({
             "head/loss": float(loss.detach()),
@@ -432,10 +443,10 @@ class EditHeadObjective:
         })
         return metrics
 
-    def publish(self) -> dict[str, np.ndarray]:
-        """Head and critic weights (the robot scores candidates with the critic): ``head/*`` and ``critic/*``."""
+    def weights(self) -> dict[str, dict[str, np.ndarray]]:
+        """{"head": ..., "critic": ...}: the robot scores the candidates with the critic."""
         self.head.sync_numpy()
-        return {**_prefixed("head", self.head.weights()), **self.critic_objective.publish()}
+        return {"head": self.head.weights(), **self.critic_objective.weights()}
 
     def state_dict(self) -> dict[str, Any]:
         """Critic objective state plus head, optimisers, temperature and head step count."""

@@ -16,7 +16,6 @@ from tandem.value.objectives import (
     EditObjectiveConfig,
     ResidualHeadObjective,
     ResidualObjectiveConfig,
-    split_published,
     to_tensors,
 )
 
@@ -82,7 +81,8 @@ def test_critic_objective_step_metrics_and_rlif_option():
     a, b = critic_objective(), critic_objective(rlif=1.0)
     ma, mb = a.update(batch()), b.update(batch())
     assert ma["critic/target_mean"] - mb["critic/target_mean"] == pytest.approx(0.99 / 32, abs=1e-5)
-    assert set(obj.publish()) == {f"critic/{k}" for k in obj.critic.weights()}
+    assert obj.name == "critic" and set(obj.weights()) == {"critic"}
+    assert set(obj.weights()["critic"]) == set(obj.critic.schema()["params"])
 
 
 def test_residual_objective_waits_for_warmup_then_raises_the_pessimistic_q():
@@ -104,8 +104,8 @@ def test_residual_objective_waits_for_warmup_then_raises_the_pessimistic_q():
     assert q1 > q0 + 1e-3
     # the head step leaves the critic's gradients alone and its parameters trainable
     assert all(p.requires_grad for p in co.critic.online.parameters())
-    pub = split_published(obj.publish())
-    assert set(pub) == {"head"} and set(pub["head"]) == set(head.weights())
+    pub = obj.weights()
+    assert obj.name == "residual" and set(pub) == {"head"} and set(pub["head"]) == set(head.schema()["params"])
 
 
 def test_residual_target_action_is_base_plus_head_with_optional_clipped_noise():
@@ -138,8 +138,7 @@ def test_edit_objective_improves_q_and_tunes_alpha():
         m = obj.update(batch())
     assert q_of_mean_edit() > q0 + 1e-3
     assert m["head/log_prob_action"] == pytest.approx(-m["head/entropy"] - H * A * np.log(0.2), abs=1e-3)
-    pub = split_published(obj.publish())
-    assert set(pub) == {"head", "critic"}
+    assert obj.name == "edit" and set(obj.weights()) == {"head", "critic"}
     # temperature: an unreachable entropy target raises alpha, a very low one lowers it
     for target, up in ((50.0, True), (-500.0, False)):
         co2 = critic_objective(lr=1e-9)
@@ -186,9 +185,11 @@ def test_state_dict_resume_is_exact(kind):
     for i in range(3, 5):
         ma, mb = a.update(batch(seed=i)), b.update(batch(seed=i))
         assert ma == mb
-    for (ka, va), (kb, vb) in zip(sorted(a.publish().items()), sorted(b.publish().items()), strict=True):
-        assert ka == kb
-        np.testing.assert_array_equal(va, vb)
+    wa, wb = a.weights(), b.weights()
+    assert wa.keys() == wb.keys()
+    for kind in wa:
+        for name in wa[kind]:
+            np.testing.assert_array_equal(wa[kind][name], wb[kind][name])
 
 
 def test_advantages_and_awr_weights():
@@ -210,3 +211,60 @@ def test_advantages_and_awr_weights():
     assert weighted_bc_loss(loss, w, normalize=True).item() == pytest.approx(float((w * loss).sum() / w.sum()))
     with pytest.raises(ValueError):
         awr_weights(adv, beta=0.0, w_max=1.0)
+
+
+_RANK_SCRIPT = r"""
+import sys, numpy as np, torch, torch.distributed as dist
+sys.path.insert(0, {testdir!r})
+import test_objectives as t
+from tandem.policies.heads import ResidualHead, ResidualHeadConfig
+from tandem.value.objectives import ResidualHeadObjective
+rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+torch.set_num_threads(1)
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + port, rank=rank, world_size=2)
+co = t.critic_objective(lr=1e-3)
+co.distributed = True
+obj = ResidualHeadObjective(ResidualHead(ResidualHeadConfig(**t.DIMS)), co)
+for i in range(4):
+    full = t.batch(seed=i)
+    obj.update({{k: v[rank * 16:(rank + 1) * 16] for k, v in full.items()}})
+w = {{**obj.weights(), **co.weights()}}
+np.savez(out, **{{kind + "." + k: v for kind in w for k, v in w[kind].items()}})
+dist.destroy_process_group()
+"""
+
+
+def test_distributed_ranks_match_full_batch_training(tmp_path):
+    """Two gloo ranks on half batches end identical to each other and to one process on the full batch."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT.format(testdir=os.path.dirname(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), port, str(tmp_path / f"w{r}.npz")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, out.decode()[-2000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    co = critic_objective(lr=1e-3)
+    single = ResidualHeadObjective(ResidualHead(ResidualHeadConfig(**DIMS)), co)
+    for i in range(4):
+        single.update(batch(seed=i))
+    weights = {**single.weights(), **co.weights()}
+    ref = {f"{kind}.{k}": v for kind, arrays in weights.items() for k, v in arrays.items()}
+    assert set(w0.files) == set(ref)
+    for name in ref:
+        np.testing.assert_array_equal(w0[name], w1[name])
+        np.testing.assert_allclose(w0[name], ref[name], atol=1e-5)
