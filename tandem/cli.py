@@ -8,6 +8,11 @@
     tandem learn [hydra overrides...]     the learner service (learner.store_dir=... learner.batch_size=...)
     tandem keys DIR [--force]             CURVE keys for links on non-loopback addresses
     tandem bench links [--pushes --records]  weight push latency (vs lerobot gRPC), experience throughput
+    tandem serve-policy [hydra overrides...]   a base policy served to remote robots (session.backend=remote)
+    tandem demos [hydra overrides...]     scripted-expert demonstrations recorded into a LeRobotDataset
+    tandem pretrain [hydra overrides...]  behaviour cloning of the tiny VLA from a LeRobotDataset
+    tandem bench inference [--seconds --n]   base inference latency and loop lateness beside the worker
+    tandem bench learner [--batch-size --updates --threads]  critic updates/s, weight publication, head latency
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import threading
 from pathlib import Path
 
 from tandem.errors import ConfigError, DeviceMissingError
+from tandem.policies.base import PolicyLoadError
 
 
 def _install_sigint(stop: threading.Event) -> None:
@@ -88,6 +94,34 @@ def cmd_learn(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_serve_policy(overrides: list[str]) -> int:
+    """``tandem serve-policy``: build the policy (for the configured robot's schemas), warm it up, serve it."""
+    from tandem.config import compose_run
+    from tandem.runtime.policy_worker import serve_policy, warm_up
+    from tandem.runtime.session import make_policy, make_robot
+
+    cfg = compose_run(overrides)
+    link = cfg.policy_link
+    robot = make_robot(cfg.robot)
+    policy = make_policy(cfg.policy, robot)
+    warm_up(policy, robot, link.warmup)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+
+    def ready(endpoint: str) -> None:
+        print(f"tandem serve-policy: serving {policy.name} (P={policy.chunk_length} A={policy.action_dim} "
+              f"F={policy.feature_dim}) on {endpoint}; robots: session.backend=remote "
+              f"policy_link.endpoint={endpoint}", flush=True)
+
+    try:
+        stats = serve_policy(policy, robot, link.bind, link.keys_dir, link.max_message_bytes, stop, on_ready=ready)
+    finally:
+        policy.close()
+    print("tandem serve-policy: stopped " + json.dumps(stats.to_dict()), flush=True)
+    return 0
+
+
 def cmd_keys(directory: str, force: bool) -> int:
     """``tandem keys DIR``: a learner and a robot CURVE key pair, and the robot authorised."""
     from tandem.runtime.link_security import create_keys
@@ -138,8 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--episode-seconds", type=float, default=10.0, help="recorder: episode length (s)")
     bench.add_argument("--pushes", type=int, default=100, help="links: weight pushes timed")
     bench.add_argument("--records", type=int, default=20000, help="links: chunk records sent")
+    bench.add_argument("--batch-size", type=int, default=256, help="learner: batch size")
+    bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
+    bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
     learn = sub.add_parser("learn", help="learner service (Hydra overrides: learner.store_dir=... learner.device=cuda)")
     learn.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. learner.batch_size=256")
+    serve = sub.add_parser("serve-policy", help="serve a base policy to remote robots (policy_link.bind=...)")
+    serve.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. policy=tiny_vla policy.device=cuda")
     keys = sub.add_parser("keys", help="create CURVE keys for links on non-loopback addresses")
     keys.add_argument("directory", help="where to write the keys")
     keys.add_argument("--force", action="store_true", help="replace existing keys")
@@ -166,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_learn(args.overrides)
         if args.command == "keys":
             return cmd_keys(args.directory, args.force)
+        if args.command == "serve-policy":
+            return cmd_serve_policy(args.overrides)
         if args.command == "recover":
             from tandem.runtime.dataset_store import recover
 
@@ -182,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceMissingError as exc:
         print(f"tandem: device missing: {exc}", file=sys.stderr)
         return 3
+    except PolicyLoadError as exc:
+        print(f"tandem: policy error: {exc}", file=sys.stderr)
+        return 2
     return 1
 
 
