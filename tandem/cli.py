@@ -8,6 +8,7 @@
     tandem learn [hydra overrides...]     the learner service (learner.store_dir=... learner.batch_size=...)
     tandem keys DIR [--force]             CURVE keys for links on non-loopback addresses
     tandem bench links [--pushes --records]  weight push latency (vs lerobot gRPC), experience throughput
+    tandem bench learner [--batch-size --updates --threads]  critic updates/s, weight publication, head latency
     tandem serve-policy [hydra overrides...]   a base policy served to remote robots (session.backend=remote)
     tandem demos [hydra overrides...]     scripted-expert demonstrations recorded into a LeRobotDataset
     tandem pretrain [hydra overrides...]  behaviour cloning of the tiny VLA from a LeRobotDataset
@@ -149,6 +150,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from tandem.value.bench_links import bench_links
 
         result = bench_links(pushes=args.pushes, records=args.records)
+    elif args.what == "learner":
+        from tandem.value.bench_learner import bench_learner
+
+        result = bench_learner(batch_size=args.batch_size, updates=args.updates, threads=args.threads)
     else:  # argparse restricts the choices
         raise AssertionError(args.what)
     print(json.dumps(result, indent=2))
@@ -163,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a robot session (Hydra overrides: robot.task=push-v3 ...)")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=5")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
-    bench.add_argument("what", choices=["loop", "recorder", "links"], help="which benchmark")
+    bench.add_argument("what", choices=["loop", "recorder", "links", "learner"], help="which benchmark")
     bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")
     bench.add_argument("--seconds", type=float, default=None, help="duration (s; loop 10, recorder 60)")
     bench.add_argument("--load", type=int, default=0, help="busy worker processes beside the loop")
@@ -172,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--episode-seconds", type=float, default=10.0, help="recorder: episode length (s)")
     bench.add_argument("--pushes", type=int, default=100, help="links: weight pushes timed")
     bench.add_argument("--records", type=int, default=20000, help="links: chunk records sent")
+    bench.add_argument("--batch-size", type=int, default=256, help="learner: batch size")
+    bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
+    bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
     bench.add_argument("--batch-size", type=int, default=256, help="learner: batch size")
     bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
     bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
