@@ -13,7 +13,6 @@
     tandem demos [hydra overrides...]     scripted-expert demonstrations recorded into a LeRobotDataset
     tandem pretrain [hydra overrides...]  behaviour cloning of the tiny VLA from a LeRobotDataset
     tandem bench inference [--seconds --n]   base inference latency and loop lateness beside the worker
-    tandem bench learner [--batch-size --updates --threads]  critic updates/s, weight publication, head latency
 """
 
 from __future__ import annotations
@@ -177,9 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--episode-seconds", type=float, default=10.0, help="recorder: episode length (s)")
     bench.add_argument("--pushes", type=int, default=100, help="links: weight pushes timed")
     bench.add_argument("--records", type=int, default=20000, help="links: chunk records sent")
-    bench.add_argument("--batch-size", type=int, default=256, help="learner: batch size")
-    bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
-    bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
     bench.add_argument("--batch-size", type=int, default=256, help="learner: batch size")
     bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
     bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
