@@ -284,6 +284,14 @@ def seal_episode(dataset: Any) -> None:
         dataset.meta.latest_episode = None
 
 
+def _quiet_lerobot() -> None:
+    """Silence per-episode noise of lerobot's writer: ``datasets`` progress bars, bool-histogram warnings."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message="Converting input from bool", category=RuntimeWarning)
+
+
 def _check_features(root: Path, have: dict, want: dict, fps: Any, want_fps: int) -> None:
     def core(features: dict) -> dict:
         return {k: (v["dtype"], tuple(v["shape"])) for k, v in features.items()}
@@ -316,18 +324,29 @@ class DatasetStore:
         self.encoder_threads = encoder_threads
         self.journal = Journal(self.root)
         self._ds: Any = None
+        self._seq = -1
 
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self) -> dict:
         """Start from the last commit: write commit 0 if none, roll back, drop committed spool dirs."""
         self.journal.init()
         report = self.journal.rollback()
+        self._seq = int(self.journal.manifest()["seq"])
         committed = set(self.journal.manifest()["committed"])
         for path in list_spool(spool_dir(self.root)):
             if path.name in committed:
                 shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(state_dir(self.root) / "staging", ignore_errors=True)
         return report
+
+    def _sync(self) -> None:
+        """If another process committed since our last commit (a converter orphaned by a killed session,
+        or recovery), start again from the files: roll back any leftovers, reopen the dataset."""
+        seq = int(self.journal.manifest()["seq"])
+        if seq != self._seq:
+            self.close()
+            self.journal.rollback()
+            self._seq = seq
 
     def close(self) -> None:
         """Release the dataset object (its files are already sealed)."""
@@ -341,10 +360,13 @@ class DatasetStore:
     def abort(self) -> dict:
         """After a failed conversion: drop the dataset object and roll back to the last commit."""
         self.close()
-        return self.journal.rollback()
+        report = self.journal.rollback()
+        self._seq = int(self.journal.manifest()["seq"])
+        return report
 
     # -- conversion -----------------------------------------------------------------------------
     def _dataset(self, header: dict) -> Any:
+        _quiet_lerobot()
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         features, fps = header["features"], int(header["fps"])
@@ -395,6 +417,7 @@ class DatasetStore:
         n = len(rows)
         if n == 0:
             raise ValueError(f"spooled episode {episode.name} has no frames")
+        self._sync()
         header, end = episode.header, episode.end or {}
         features = header["features"]
         ds = self._dataset(header)
@@ -446,9 +469,10 @@ class DatasetStore:
             dirs.add((self.root / rel).parent)
         for d in dirs:
             fsync_dir(d)
+        self._seq = int(prev["seq"]) + 1
         self.journal.write(
             {
-                "seq": int(prev["seq"]) + 1,
+                "seq": self._seq,
                 "files": immutable,
                 "meta": meta,
                 "committed": [*prev["committed"], episode.name],
@@ -559,9 +583,16 @@ def serve(
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the recorder stops us
 
+    parent = os.getppid()
+    gone = False
+
     def emit(event: dict) -> None:
-        out.write(json.dumps(event) + "\n")
-        out.flush()
+        nonlocal gone
+        try:
+            out.write(json.dumps(event) + "\n")
+            out.flush()
+        except (BrokenPipeError, OSError, ValueError):  # the recorder died; recovery takes over
+            gone = True
 
     store = DatasetStore(root, repo_id, vcodec, encoder_threads)
     failed: set[str] = set()
@@ -570,6 +601,8 @@ def serve(
     emit({"event": "ready", "removed": len(rolled["removed"]), "restored": len(rolled["restored"])})
     convert_pending(store, lambda s: s != session, True, emit, failed)
     for line in commands:
+        if gone or os.getppid() != parent:  # orphaned: stop; the next session or `tandem recover` goes on
+            break
         command = line.strip()
         convert_pending(store, lambda s: s == session, False, emit, failed)
         if command == "stop":
@@ -593,9 +626,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per video otherwise
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    # lerobot's stats code warns on every bool feature of every episode
-    warnings.filterwarnings("ignore", message="Converting input from bool", category=RuntimeWarning)
     if args.nice:
         os.nice(args.nice)
     threads = args.encoder_threads if args.encoder_threads > 0 else None

@@ -53,7 +53,7 @@ class _Row:
     chunk_index: int
 
 
-def _column(table: object, name: str) -> np.ndarray:
+def column_to_numpy(table: object, name: str) -> np.ndarray:
     """A parquet column as numpy: fixed-size lists become [N, k] arrays."""
     import pyarrow as pa
 
@@ -79,7 +79,7 @@ def read_frames(root: Path | str) -> tuple[dict[str, np.ndarray], list[str], dic
         names = pq.read_schema(path).names
         tables.append(pq.read_table(path, columns=[c for c in _COLUMNS if c in names]))
     table = pa.concat_tables(tables, promote_options="default")
-    cols = {name: _column(table, name) for name in table.column_names}
+    cols = {name: column_to_numpy(table, name) for name in table.column_names}
     order = np.argsort(cols["index"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
     tasks_table = pq.read_table(root / "meta" / "tasks.parquet").to_pandas()
