@@ -99,14 +99,15 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
         publish, digest, nbytes = [], [], 0
         for rep in range(publish_reps + 2):
             t0 = time.perf_counter()
-            frames = []
+            frames, published = [], []
             for kind, module in (("head", head), ("critic", critic)):
                 arrays = module.weights()
+                published.append(arrays)
                 frames.append(encode(Message(kind="weights", schema=kind, seq=rep, meta={"kind": kind, "version": rep},
                                              arrays=arrays)))
             t1 = time.perf_counter()
-            for kind, module in (("head", head), ("critic", critic)):
-                digest_arrays(module.weights())
+            for arrays in published:
+                digest_arrays(arrays)
             t2 = time.perf_counter()
             if rep >= 2:
                 publish.append(t1 - t0)

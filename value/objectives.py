@@ -28,16 +28,16 @@ Extra keys are ignored. The TD target and its conventions are in ``tandem.value.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from tandem.errors import ConfigError
-from tandem.policies.heads import EditHead, ResidualHead
+from tandem.policies.heads import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.validate import non_negative, one_of, positive
-from tandem.value.critic import ChunkedCritic
+from tandem.value.critic import ChunkedCritic, CriticConfig
 from tandem.value.targets import NextAction, best_of_candidates, critic_target
 
 BATCH_KEYS = ("state", "features", "base", "executed", "reward", "valid", "done", "truncated", "takeover_start",
@@ -464,3 +464,43 @@ class EditHeadObjective:
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         self.head_steps = int(state["head_steps"])
         self.head.sync_numpy()
+
+
+# ----------------------------------------------------------------------------------------------------
+# factory
+# ----------------------------------------------------------------------------------------------------
+
+LEARNING_OBJECTIVES = ("critic", "residual", "edit")
+
+
+def make_learning_objective(kind: str, critic: CriticConfig, head: ResidualHeadConfig | EditHeadConfig | None = None,
+                            critic_objective: CriticObjectiveConfig | None = None,
+                            head_objective: ResidualObjectiveConfig | EditObjectiveConfig | None = None,
+                            device: str = "cpu", distributed: bool = False
+                            ) -> CriticObjective | ResidualHeadObjective | EditHeadObjective:
+    """Build one of LEARNING_OBJECTIVES ("critic", "residual", "edit") on ``device``.
+
+    Args:
+        kind: which objective.
+        critic: the critic's config (its ``device`` is replaced by ``device``).
+        head: the head's config (required for "residual" and "edit"; dims must match the critic's).
+        critic_objective, head_objective: objective settings (defaults when None).
+        device: torch device.
+        distributed: average gradients over torch.distributed ranks.
+    """
+    one_of("kind", kind, LEARNING_OBJECTIVES)
+    co = CriticObjective(ChunkedCritic(replace(critic, device=device)), critic_objective, distributed=distributed)
+    if kind == "critic":
+        return co
+    if head is None:
+        raise ConfigError("head", None, f"a head config is required for the {kind!r} objective")
+    for dim in ("state_dim", "feature_dim", "horizon", "action_dim"):
+        if getattr(head, dim) != getattr(critic, dim):
+            raise ConfigError(f"head.{dim}", getattr(head, dim), f"must equal critic.{dim}={getattr(critic, dim)}")
+    if kind == "residual":
+        if not isinstance(head, ResidualHeadConfig):
+            raise ConfigError("head", type(head).__name__, "ResidualHeadConfig for the 'residual' objective")
+        return ResidualHeadObjective(ResidualHead(head), co, head_objective)  # type: ignore[arg-type]
+    if not isinstance(head, EditHeadConfig):
+        raise ConfigError("head", type(head).__name__, "EditHeadConfig for the 'edit' objective")
+    return EditHeadObjective(EditHead(head), co, head_objective)  # type: ignore[arg-type]

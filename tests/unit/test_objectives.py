@@ -268,3 +268,29 @@ def test_distributed_ranks_match_full_batch_training(tmp_path):
     for name in ref:
         np.testing.assert_array_equal(w0[name], w1[name])
         np.testing.assert_allclose(w0[name], ref[name], atol=1e-5)
+
+
+def test_factory_builds_each_objective_and_checks_dims():
+    from tandem.errors import ConfigError
+    from tandem.value.objectives import make_learning_objective
+
+    ccfg = CriticConfig(**DIMS)
+    assert make_learning_objective("critic", ccfg).name == "critic"
+    assert make_learning_objective("residual", ccfg, ResidualHeadConfig(**DIMS)).name == "residual"
+    assert make_learning_objective("edit", ccfg, EditHeadConfig(**DIMS)).name == "edit"
+    with pytest.raises(ConfigError, match="head.horizon"):
+        make_learning_objective("edit", ccfg, EditHeadConfig(**{**DIMS, "horizon": H + 1}))
+    with pytest.raises(ConfigError, match="ResidualHeadConfig"):
+        make_learning_objective("residual", ccfg, EditHeadConfig(**DIMS))
+    with pytest.raises(ConfigError, match="kind"):
+        make_learning_objective("sac", ccfg)
+
+
+def test_bench_learner_smoke():
+    from tandem.value.bench_learner import bench_learner
+
+    out = bench_learner(batch_size=8, updates=2, threads=1, horizon=H, action_dim=A, state_dim=S, feature_dim=F,
+                        publish_reps=2, head_calls=5, num_candidates=2)
+    assert out["critic_updates_per_s"] > 0 and out["edit_updates_per_s"] > 0
+    assert out["publish"]["bytes"] > 4 * (out["params"]["head"] + out["params"]["critic"])
+    assert out["residual_head_boundary"]["n"] == 5
