@@ -150,15 +150,12 @@ def _fsync_file(path: Path) -> None:
 
 
 def _remove_empty_dirs(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+    for dirpath, _dirs, _files in os.walk(root, topdown=False):
         path = Path(dirpath)
         if path == root or STATE_DIR in path.relative_to(root).parts:
             continue
-        if not dirnames and not filenames:
-            try:
-                path.rmdir()
-            except OSError:
-                pass
+        if not any(path.iterdir()):  # children removed in this walk are gone by now
+            path.rmdir()
 
 
 class Journal:
@@ -421,14 +418,13 @@ class DatasetStore:
         header, end = episode.header, episode.end or {}
         features = header["features"]
         ds = self._dataset(header)
-        if not (rows["done"][-1, 0] or rows["truncated"][-1, 0]):
-            rows = rows.copy()
-            rows["truncated"][-1, 0] = True
+        cut_short = not (rows["done"][-1, 0] or rows["truncated"][-1, 0])
         task = header["task"]
-        image_keys = {k for k, v in features.items() if v["dtype"] in ("video", "image")}
         columns = {k: rows[k] for k in features}
         for i in range(n):
-            frame = {k: (np.ascontiguousarray(c[i]) if k in image_keys else c[i]) for k, c in columns.items()}
+            frame = {k: np.array(c[i]) for k, c in columns.items()}  # copies out of the memory-mapped spool
+            if cut_short and i == n - 1:
+                frame["truncated"] = np.ones(1, bool)
             frame["task"] = task
             ds.add_frame(frame)
         ds.save_episode(parallel_encoding=False)
@@ -593,6 +589,9 @@ def serve(
             out.flush()
         except (BrokenPipeError, OSError, ValueError):  # the recorder died; recovery takes over
             gone = True
+
+    _quiet_lerobot()
+    import lerobot.datasets.lerobot_dataset  # noqa: F401  (import while the first episode records)
 
     store = DatasetStore(root, repo_id, vcodec, encoder_threads)
     failed: set[str] = set()

@@ -274,21 +274,23 @@ class SpooledEpisode:
 
 
 def read_records(path: Path, dtype: np.dtype) -> tuple[np.ndarray, int]:
-    """Valid records of a tick file and the number of trailing bytes dropped.
+    """Valid records of a tick file (memory-mapped, read-only) and the number of trailing bytes dropped.
 
     Records are checked in order; the first one with a wrong magic or CRC ends the valid prefix.
     """
-    raw = np.fromfile(path, np.uint8) if path.exists() else np.zeros(0, np.uint8)
     size = dtype.itemsize
-    n = len(raw) // size
-    rows = raw[: n * size].view(dtype)
+    total = path.stat().st_size if path.exists() else 0
+    n = total // size
+    if n == 0:
+        return np.zeros(0, dtype), total
+    raw = np.memmap(path, np.uint8, mode="r", shape=(n * size,))
+    rows = raw.view(dtype)
     good = 0
     for i in range(n):
-        rec = raw[i * size : (i + 1) * size]
-        if rows["_magic"][i] != MAGIC or zlib.crc32(rec[8:]) != int(rows["_crc"][i]):
+        if rows["_magic"][i] != MAGIC or zlib.crc32(raw[i * size + 8 : (i + 1) * size]) != int(rows["_crc"][i]):
             break
         good += 1
-    return rows[:good].copy(), len(raw) - good * size
+    return rows[:good], total - good * size
 
 
 def read_spool_episode(directory: Path) -> SpooledEpisode | None:
