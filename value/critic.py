@@ -29,7 +29,7 @@ from torch import nn
 from tandem.errors import ConfigError
 from tandem.policies.heads import check_weights
 from tandem.validate import in_range, non_negative, one_of, positive
-from tandem.value.hl_gauss import HLGauss
+from tandem.value.hl_gauss import HLGauss, cross_entropy
 
 AGGREGATIONS = ("min_pair", "min", "lcb", "mean")
 LOSSES = ("mse", "hl_gauss")
@@ -188,6 +188,17 @@ class ChunkedCritic(nn.Module):
         self.version = 0
         self.to(config.device)
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module hook: keep the HL-Gauss support on our device
+        super()._apply(fn, recurse)
+        if self.hl is not None:
+            self.hl.edges, self.hl.centers = fn(self.hl.edges), fn(self.hl.centers)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the online parameters."""
+        return next(self.online.parameters()).device
+
     # -- evaluation ---------------------------------------------------------------------------------
 
     def _inputs(self, state: torch.Tensor, features: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
@@ -268,7 +279,7 @@ class ChunkedCritic(nn.Module):
         out = self.q_outputs(state, features, chunk)
         y = y.detach()
         if self.hl is not None:
-            per = self.hl.loss(out, y.unsqueeze(0).expand(out.shape[0], -1))  # [M, B]
+            per = cross_entropy(out, self.hl.project(y).unsqueeze(0))  # [M, B]
             q = self.hl.value(out)
         else:
             q = out.squeeze(-1)
@@ -339,8 +350,9 @@ class ChunkedCritic(nn.Module):
         Args:
             state: float32[S]; features: float[F]; candidates: float32[N, H, A].
         """
-        s = torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0)
-        f = torch.from_numpy(np.asarray(features, np.float32)).unsqueeze(0)
-        c = torch.from_numpy(np.asarray(candidates, np.float32)).unsqueeze(0)
-        return self.q_pess(s, f, c)[0].numpy()
+        d = self.device
+        s = torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0).to(d)
+        f = torch.from_numpy(np.asarray(features, np.float32)).unsqueeze(0).to(d)
+        c = torch.from_numpy(np.asarray(candidates, np.float32)).unsqueeze(0).to(d)
+        return self.q_pess(s, f, c)[0].cpu().numpy()
 

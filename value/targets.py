@@ -170,9 +170,10 @@ def make_selector(critic: ChunkedCritic) -> Callable[[np.ndarray, np.ndarray, np
 
     @torch.inference_mode()
     def selector(state: np.ndarray, features: np.ndarray, candidates: np.ndarray) -> int:
-        s = torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0)
-        f = torch.from_numpy(np.asarray(features, np.float32)).unsqueeze(0)
-        c = torch.from_numpy(np.asarray(candidates, np.float32)).unsqueeze(0)
+        d = critic.device
+        s = torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0).to(d)
+        f = torch.from_numpy(np.asarray(features, np.float32)).unsqueeze(0).to(d)
+        c = torch.from_numpy(np.asarray(candidates, np.float32)).unsqueeze(0).to(d)
         _, index, _ = best_of_candidates(critic, s, f, c, target=False)
         return int(index[0])
 
