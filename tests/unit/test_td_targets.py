@@ -19,6 +19,15 @@ from tandem.value.targets import (
 G = 0.5  # gamma chosen so the powers are exact in binary
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes small ops 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def t(x, dtype=torch.float32):
     return torch.tensor(x, dtype=dtype)
 
