@@ -62,11 +62,12 @@ class DurableLog:
         """File of ``segment``."""
         return self.directory / _name(segment)
 
-    def scan(self) -> Iterator[tuple[int, int, int, bytes]]:
+    def scan(self, repair: bool = True) -> Iterator[tuple[int, int, int, bytes]]:
         """Yield ``(segment, offset, key, payload)`` of every complete entry, oldest first.
 
-        A bad or torn entry ends its segment: the file is truncated there (later segments are still
-        read; only the last one can normally be torn).
+        A bad or torn entry ends its segment: with ``repair`` the file is truncated there (later
+        segments are still read; only the last one can normally be torn). ``repair=False`` only reads
+        (safe on a log another process is writing).
         """
         segments = self.segments()
         for seg in segments:
@@ -86,7 +87,7 @@ class DurableLog:
                     break
                 yield seg, offset, key, payload
                 offset = end
-            if offset < len(data):
+            if offset < len(data) and repair:
                 self.truncated_bytes += len(data) - offset
                 log.warning("log %s: truncating %d bytes of torn/corrupt tail at offset %d", path, len(data) - offset, offset)
                 with open(path, "r+b") as f:

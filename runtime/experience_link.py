@@ -49,6 +49,8 @@ class ExperienceStats:
     last_heard_s: float = -1.0
     malformed: int = 0
     malformed_reasons: dict[str, int] = field(default_factory=dict)
+    send_max_ms: float = 0.0  # the control thread's cost of send(): wall clock
+    send_cpu_max_ms: float = 0.0  # ... and CPU time of that thread (immune to preemption)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -81,10 +83,14 @@ class ExperienceLink:
 
     def send(self, record: ChunkRecord) -> None:
         """Hand a record to the I/O thread (non-blocking; safe from the control thread)."""
+        t0, c0 = time.perf_counter(), time.thread_time()
         if record.robot_id != self.robot_id:
             raise ValueError(f"record of robot {record.robot_id!r} sent on {self.robot_id!r}'s link")
         self.stats.queued += 1
         self._queue.put(record)
+        wall, cpu = (time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3
+        self.stats.send_max_ms = max(self.stats.send_max_ms, wall)
+        self.stats.send_cpu_max_ms = max(self.stats.send_cpu_max_ms, cpu)
 
     __call__ = send  # usable directly as ChunkAssembler's on_record
 

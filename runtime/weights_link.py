@@ -138,6 +138,8 @@ class WeightsStats:
     learner_alive: bool = False
     versions: dict[str, int] = field(default_factory=dict)
     applied_versions: dict[str, int] = field(default_factory=dict)
+    apply_max_ms: float = 0.0  # the control thread's cost of a swap: wall clock
+    apply_cpu_max_ms: float = 0.0  # ... and CPU time of that thread (immune to preemption)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -196,6 +198,7 @@ class WeightsSubscriber:
         """Swap in staged weights (a boundary callback: runs on the control thread, cheap)."""
         if not self._staged:
             return
+        t0, c0 = time.perf_counter(), time.thread_time()
         for kind in list(self._staged):
             item = self._staged.pop(kind, None)
             if item is None:
@@ -206,6 +209,8 @@ class WeightsSubscriber:
             self.stats.applied_versions[kind] = version
             if self.on_applied is not None:
                 self.on_applied(kind, version)
+        self.stats.apply_max_ms = max(self.stats.apply_max_ms, (time.perf_counter() - t0) * 1e3)
+        self.stats.apply_cpu_max_ms = max(self.stats.apply_cpu_max_ms, (time.thread_time() - c0) * 1e3)
 
     # ------------------------------------------------------------------ lifecycle
 

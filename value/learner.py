@@ -63,6 +63,7 @@ class LearnerConfig:
         torch_threads: torch intra-op threads (leave a core for the I/O thread on small machines).
         seed: seeds the network init and the sampler.
         status_every_s: how often ``status.json`` and the status log line are written.
+        bind_retry_s: while a port is busy, keep retrying this long (a hot standby for a running learner).
         replay: ReplayConfig.
         objective: ObjectiveConfig.
     """
@@ -91,6 +92,7 @@ class LearnerConfig:
     torch_threads: int = 1
     seed: int = 0
     status_every_s: float = 5.0
+    bind_retry_s: float = 0.0
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
@@ -112,7 +114,7 @@ class LearnerConfig:
         in_range("learner.batch_size", self.batch_size, 1, 1_000_000)
         in_range("learner.min_records", self.min_records, 1, 1_000_000_000)
         for name in ("max_updates", "max_seconds", "max_updates_per_s", "publish_every_updates", "publish_every_s",
-                     "checkpoint_every_updates", "keep_checkpoints"):
+                     "checkpoint_every_updates", "keep_checkpoints", "bind_retry_s"):
             non_negative(f"learner.{name}", getattr(self, name))
         in_range("learner.torch_threads", self.torch_threads, 1, 1024)
         positive("learner.status_every_s", self.status_every_s)
@@ -181,8 +183,11 @@ class Learner:
         last_publish = last_status = time.monotonic()
         try:
             if info.is_main:
+                # ports first: a hot-standby learner waits here until the running one is gone
+                self.server = LinkServer(cfg.server_config(), None).bind(cfg.bind_retry_s)
                 self.store = ReplayStore(self.root / "replay", cfg.replay)
-                self.server = LinkServer(cfg.server_config(), self.store).start()
+                self.server.store = self.store
+                self.server.start()
                 self.server.versions.update({k: (self.run_id, v) for k, v in self.versions.items()})
                 if on_ready is not None:
                     on_ready(self)

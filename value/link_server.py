@@ -137,10 +137,27 @@ class LinkServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> LinkServer:
-        """Bind the sockets (raising here on failure) and start the I/O thread."""
+    def bind(self, retry_s: float = 0.0) -> LinkServer:
+        """Bind the sockets (raising on failure). ``retry_s``: keep retrying while a port is busy
+        (a hot-standby learner waiting for a dying one to release its ports)."""
+        if self._sockets:
+            return self
+        deadline, warned = time.monotonic() + retry_s, False
+        while True:
+            try:
+                self._bind()
+                return self
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+                if not warned:
+                    log.info("learner: port busy (%s); retrying for up to %.0f s", exc, retry_s)
+                    warned = True
+                time.sleep(0.02)
+
+    def _bind(self) -> None:
         cfg = self.config
-        if cfg.keys_dir:
+        if cfg.keys_dir and self._auth is None:
             self._auth = start_authenticator(self._context, load_keys(cfg.keys_dir, "server"))
         common = dict(bind=True, max_message_bytes=cfg.max_message_bytes, keys_dir=cfg.keys_dir)
         try:
@@ -167,6 +184,10 @@ class LinkServer:
             raise
         self.experience_endpoint = bound_endpoint(router)
         self.weights_endpoint = bound_endpoint(pub)
+
+    def start(self) -> LinkServer:
+        """Bind (if :meth:`bind` was not called) and start the I/O thread."""
+        self.bind()
         self._thread = threading.Thread(target=self._run, name="learner-links", daemon=True)
         self._thread.start()
         log.info("learner links: experience %s, weights %s", self.experience_endpoint, self.weights_endpoint)

@@ -14,6 +14,7 @@ them by the configured ratios (an empty buffer's share goes to the others).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from collections.abc import Iterator
@@ -117,7 +118,7 @@ class RingBuffer:
 def record_entries(directory: str | Path) -> Iterator[tuple[Message, ChunkRecord | None]]:
     """Every entry of a store's log, oldest first: (message header, record or None for a tombstone)."""
     log_ = DurableLog(Path(directory) / "log")
-    for _, _, _, payload in log_.scan():
+    for _, _, _, payload in log_.scan(repair=False):
         msg = decode(unpack_frames(payload), copy=True)
         yield msg, (None if msg.kind == TOMBSTONE else message_to_record(msg))
     log_.close()
@@ -138,6 +139,13 @@ class ReplayStore:
         self.counts = {"stored": 0, "tombstones": 0, "incompatible": 0, "duplicates": 0, "gaps": 0}
         self._last: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._owner = open(self.directory / "LOCK", "a+")
+        try:  # one learner per store; the OS releases the lock when its process dies, even on SIGKILL
+            fcntl.flock(self._owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._owner.close()
+            raise RuntimeError(f"replay store {self.directory} is in use by another learner process") from None
         self._log = DurableLog(self.directory / "log", self.config.segment_mb * 1024 * 1024)
         self._dirty = False
         self.last_reject_reason = ""
@@ -270,3 +278,6 @@ class ReplayStore:
         self.commit()
         with self._lock:
             self._log.close()
+            if not self._owner.closed:
+                fcntl.flock(self._owner.fileno(), fcntl.LOCK_UN)
+                self._owner.close()
