@@ -10,7 +10,9 @@ and cycles those. Everything after the frame source is the production path.
 Reported: frames recorded per second of recording (``sustained_fps``), dropped ticks, the recorder's
 CPU (writer thread + converter process, i.e. process CPU minus the control thread's, plus children;
 converter start-up and the final drain included) as a share of one core, and the control thread's
-time per tick inside the recorder (``on_tick`` p50/p99/max, ms).
+time per tick inside the recorder (``on_tick`` p50/p99/max, ms; wall clock, and the thread's CPU time,
+which excludes time the OS gave to other processes). ``load_average_1min`` shows how busy the machine
+was: on a shared 2-core machine the wall-clock figures mostly measure the other load.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def bench_recorder(
     n_ticks = int(round(seconds * hz))
     per_episode = max(1, int(round(episode_s * hz)))
     on_tick_ms: list[float] = []
+    on_tick_cpu_ms: list[float] = []  # CPU time of the control thread in on_tick (wall minus preemption)
     edge_ms: list[float] = []
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -124,9 +127,10 @@ def bench_recorder(
                 features=np.zeros(0, np.float16), reward=0.0, success=False, done=False, truncated=last,
                 obs_time=now, send_time=now, lateness_ms=timer.lateness_ms[-1] if timer.lateness_ms else 0.0,
             )  # fmt: skip
-            t = time.perf_counter()
+            c, t = time.thread_time(), time.perf_counter()
             recorder.on_tick(record)
             on_tick_ms.append((time.perf_counter() - t) * 1e3)
+            on_tick_cpu_ms.append((time.thread_time() - c) * 1e3)
             tick += 1
             if last:
                 t = time.perf_counter()
@@ -170,6 +174,9 @@ def bench_recorder(
         "on_tick_p50_ms": round(percentile(on_tick_ms, 50), 4),
         "on_tick_p99_ms": round(percentile(on_tick_ms, 99), 4),
         "on_tick_max_ms": round(max(on_tick_ms, default=0.0), 4),
+        "on_tick_cpu_p50_ms": round(percentile(on_tick_cpu_ms, 50), 4),
+        "on_tick_cpu_p99_ms": round(percentile(on_tick_cpu_ms, 99), 4),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "episode_edge_max_ms": round(max(edge_ms, default=0.0), 4),
         "loop_p99_lateness_ms": timing["p99_lateness_ms"],
         "loop_overruns": timing["overruns"],

@@ -287,6 +287,8 @@ def _quiet_lerobot() -> None:
 
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", message="Converting input from bool", category=RuntimeWarning)
+    # datasets encodes lerobot's (1,)-shaped scalar features with int()/float() on 1-element arrays
+    warnings.filterwarnings("ignore", message="Conversion of an array with ndim > 0", category=DeprecationWarning)
 
 
 def _check_features(root: Path, have: dict, want: dict, fps: Any, want_fps: int) -> None:
