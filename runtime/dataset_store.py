@@ -60,6 +60,8 @@ COMMIT_LOCK = "commit.lock"
 OUTCOMES_PATH = "meta/tandem_episodes.jsonl"
 INFO_PATH = "meta/info.json"
 INTERRUPTED = "interrupted"
+# features every LeRobotDataset has (lerobot.datasets.utils.DEFAULT_FEATURES), not part of a recording's schema
+LEROBOT_IMPLICIT_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
 class DatasetBusyError(RuntimeError):
@@ -206,6 +208,20 @@ class Journal:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
 
+    @property
+    def pending_path(self) -> Path:
+        """Marker present while an episode is being written (between two commits)."""
+        return self.dir.parent / "pending.json"
+
+    def begin(self, spool: str) -> None:
+        """Mark that dataset files are about to change (a crash from here on is rolled back)."""
+        write_json_atomic(self.pending_path, {"spool": spool, "seq": int(self.manifest()["seq"])})
+
+    def end(self) -> None:
+        """The change is committed (or rolled back)."""
+        self.pending_path.unlink(missing_ok=True)
+        fsync_dir(self.pending_path.parent)
+
     def init(self) -> dict:
         """Write commit 0 from the current files if there is no commit yet (adopts an existing dataset)."""
         found = self.latest()
@@ -213,14 +229,18 @@ class Journal:
             return found[1]
         for stale in self.dir.glob("tmp-*") if self.dir.is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)
+        return self.adopt({"seq": -1, "committed": [], "last_session": 0})
+
+    def adopt(self, prev: dict) -> dict:
+        """Commit the dataset files as they are now (after ``prev``, whose spool bookkeeping is kept)."""
         files = dataset_files(self.root)
         info = self._info()
         manifest = {
-            "seq": 0,
+            "seq": int(prev["seq"]) + 1,
             "files": {k: v for k, v in files.items() if not is_meta_file(k)},
             "meta": sorted(k for k in files if is_meta_file(k)),
-            "committed": [],
-            "last_session": 0,
+            "committed": list(prev.get("committed", [])),
+            "last_session": int(prev.get("last_session", 0)),
             "episodes": int(info.get("total_episodes", 0)),
             "frames": int(info.get("total_frames", 0)),
         }
@@ -234,13 +254,29 @@ class Journal:
             return {}
 
     def rollback(self) -> dict:
-        """Make the dataset files equal to the last commit. Returns {"removed": [...], "restored": [...]}."""
+        """Make the dataset files equal to the last commit if an episode was being written (pending marker).
+
+        Without the marker nothing of tandem's was in flight: files that differ from the last commit were
+        changed by someone else (a README, lerobot's dataset tools) and are adopted as a new commit, never
+        deleted. Returns {"removed": [...], "restored": [...], "adopted": bool}.
+        """
         found = self.latest()
         if found is None:
             raise DatasetCorruptError(f"{self.root} has no commit record; nothing to roll back to")
         commit_dir, manifest = found
         removed, restored = [], []
         current = dataset_files(self.root)
+        if not self.pending_path.exists():
+            immutable = {k: v for k, v in current.items() if not is_meta_file(k)}
+            meta = sorted(k for k in current if is_meta_file(k))
+            same_meta = meta == manifest["meta"] and all(
+                (self.root / rel).read_bytes() == (commit_dir / "meta" / Path(rel).name).read_bytes() for rel in meta
+            )
+            if immutable == manifest["files"] and same_meta:
+                return {"removed": [], "restored": [], "adopted": False}
+            log.warning("%s changed outside tandem since its last commit; keeping the changes", self.root)
+            self.adopt(manifest)
+            return {"removed": [], "restored": [], "adopted": True}
         for rel in current:
             keep = rel in manifest["meta"] if is_meta_file(rel) else rel in manifest["files"]
             if not keep:
@@ -262,7 +298,8 @@ class Journal:
         bad = [rel for rel, size in manifest["files"].items() if now.get(rel) != size]
         if bad:
             raise DatasetCorruptError(f"committed files missing or changed in {self.root}: {bad[:5]}")
-        return {"removed": removed, "restored": restored}
+        self.end()
+        return {"removed": removed, "restored": restored, "adopted": False}
 
 
 def seal_episode(dataset: Any) -> None:
@@ -295,9 +332,7 @@ def _check_features(root: Path, have: dict, want: dict, fps: Any, want_fps: int)
     def core(features: dict) -> dict:
         return {k: (v["dtype"], tuple(v["shape"])) for k, v in features.items()}
 
-    from lerobot.datasets.utils import DEFAULT_FEATURES
-
-    have = {k: v for k, v in have.items() if k not in DEFAULT_FEATURES}
+    have = {k: v for k, v in have.items() if k not in LEROBOT_IMPLICIT_FEATURES}
     if core(have) != core(want) or int(fps) != int(want_fps):
         diff = sorted(set(core(have).items()) ^ set(core(want).items()))
         raise ValueError(
@@ -340,9 +375,10 @@ class DatasetStore:
 
     def _sync(self) -> None:
         """If another process committed since our last commit (a converter orphaned by a killed session,
-        or recovery), start again from the files: roll back any leftovers, reopen the dataset."""
+        or recovery) or died while writing (pending marker), start again from the files: roll back any
+        leftovers, reopen the dataset."""
         seq = int(self.journal.manifest()["seq"])
-        if seq != self._seq:
+        if seq != self._seq or self.journal.pending_path.exists():
             self.close()
             self.journal.rollback()
             self._seq = seq
@@ -419,6 +455,7 @@ class DatasetStore:
         self._sync()
         header, end = episode.header, episode.end or {}
         features = header["features"]
+        self.journal.begin(episode.name)
         ds = self._dataset(header)
         cut_short = not (rows["done"][-1, 0] or rows["truncated"][-1, 0])
         task = header["task"]
@@ -479,6 +516,7 @@ class DatasetStore:
                 "frames": total_frames,
             }
         )
+        self.journal.end()
         shutil.rmtree(episode.directory, ignore_errors=True)
         fsync_dir(episode.directory.parent)
 

@@ -56,6 +56,7 @@ from tandem.errors import ConfigError
 from tandem.hardware.features import Feature
 from tandem.runtime.dataset_store import (
     INFO_PATH,
+    LEROBOT_IMPLICIT_FEATURES,
     Journal,
     acquire_session_lock,
     default_repo_id,
@@ -211,7 +212,11 @@ class Recorder:
         if not info_path.exists():
             return
         info = json.loads(info_path.read_text())
-        have = {k: (v["dtype"], tuple(v["shape"])) for k, v in info["features"].items() if k in self.schema.features}
+        have = {
+            k: (v["dtype"], tuple(v["shape"]))
+            for k, v in info["features"].items()
+            if k not in LEROBOT_IMPLICIT_FEATURES
+        }
         want = {k: (v["dtype"], tuple(v["shape"])) for k, v in self.schema.features.items()}
         if info.get("total_episodes", 0) and (have != want or int(info["fps"]) != self.fps):
             raise ConfigError(

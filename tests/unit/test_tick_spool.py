@@ -119,7 +119,13 @@ def test_journal_rolls_back_to_the_last_commit(tmp_path):
     journal = Journal(root)
     assert journal.init()["seq"] == 0
 
+    # without a pending write, changes are someone else's: adopted, never deleted
+    (root / "README.md").write_text("my notes")
+    assert journal.rollback() == {"removed": [], "restored": [], "adopted": True}
+    assert journal.manifest()["seq"] == 1 and "README.md" in journal.manifest()["files"]
+
     # an episode being written when the process died: new files, rewritten meta, temporary images
+    journal.begin("000001-000000")
     (root / "data" / "chunk-000" / "file-001.parquet").write_bytes(b"no footer")
     (root / "meta" / "info.json").write_text('{"total_episodes": 2, "half-written')
     (root / "meta" / "tasks.parquet").write_bytes(b"new")
@@ -130,10 +136,12 @@ def test_journal_rolls_back_to_the_last_commit(tmp_path):
                                          "images/cam/episode-000001/frame-000000.png", "meta/tasks.parquet"]
     assert report["restored"] == ["meta/info.json"]
     assert (root / "meta" / "info.json").read_text() == '{"total_episodes": 1}'
-    assert not (root / "images").exists()
-    assert journal.rollback() == {"removed": [], "restored": []}
+    assert not (root / "images").exists() and (root / "README.md").exists()
+    assert not journal.pending_path.exists()
+    assert journal.rollback() == {"removed": [], "restored": [], "adopted": False}
 
     (root / "data" / "chunk-000" / "file-000.parquet").unlink()  # a committed file lost: say so
+    journal.begin("000001-000001")
     with pytest.raises(DatasetCorruptError, match="file-000.parquet"):
         journal.rollback()
 
