@@ -81,15 +81,19 @@ def cmd_learn(overrides: list[str]) -> int:
 
     cfg = compose_learner(overrides)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    learner = Learner(cfg, stop=stop)  # refuses a bad endpoint before anything starts
 
     def ready(learner: object) -> None:
         srv = learner.server
         print(f"tandem learn: ready experience={srv.experience_endpoint} weights={srv.weights_endpoint} "
               f"store={cfg.store_dir} step={learner.step}", flush=True)
 
-    summary = Learner(cfg, stop=stop).run(on_ready=ready)
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = learner.run(on_ready=ready)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print("tandem learn: summary " + json.dumps(summary), flush=True)
     return 0
 
