@@ -64,6 +64,7 @@ class SessionSummary:
     episodes: list[dict] = field(default_factory=list)
     success_rate: float = 0.0
     wall_s: float = 0.0
+    links: dict = field(default_factory=dict)  # experience/weights link stats when link.enabled
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -82,10 +83,22 @@ class Session:
         config: a validated RunConfig.
         sinks: tick consumers (recorder, chunk assembler, live view).
         stop: set it to end the session after the current tick.
+        weights_consumers: weight kind ("head", "critic", "base") -> WeightsConsumer fed by the learner
+            when ``link.enabled`` (swapped in at chunk boundaries).
     """
 
-    def __init__(self, config: Any, sinks: list[TickSink] | None = None, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        sinks: list[TickSink] | None = None,
+        stop: threading.Event | None = None,
+        weights_consumers: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
+        self.weights_consumers = dict(weights_consumers or {})
+        self.experience_link: Any = None
+        self.weights_link: Any = None
+        self._link_sink: Any = None
         self.sinks = list(sinks or [])
         self.stop = stop or threading.Event()
         self.robot: Robot | None = None
@@ -122,7 +135,54 @@ class Session:
             scheduler, cfg.session.horizon, hold=self.safety.hold_action, operator=self.operator
         )
 
+    def _start_links(self) -> None:
+        """``link.enabled``: chunk records -> ExperienceLink (a sink), learner weights -> boundary swaps."""
+        link = getattr(self.config, "link", None)
+        if link is None or not link.enabled:
+            return
+        from tandem.runtime.chunk_assembler import ChunkAssembler
+        from tandem.runtime.experience_link import ExperienceLink
+        from tandem.runtime.weights_link import WeightsSubscriber
+
+        self.experience_link = ExperienceLink(link).start()
+        try:
+            self.weights_link = WeightsSubscriber(link, self.weights_consumers).start()
+        except BaseException:
+            self.experience_link.close(0)
+            raise
+        self._link_sink = ChunkAssembler(link.robot_id, self.config.session.horizon, self.experience_link.send)
+        self.sinks.append(self._link_sink)
+        self.controller.boundary_callbacks.append(self.weights_link.apply_staged)
+
+    def _close_links(self) -> dict:
+        """Drain the experience link (up to ``link.drain_s``), stop both links; their stats."""
+        stats: dict = {}
+        if self._link_sink is not None:
+            self.sinks.remove(self._link_sink)
+            self._link_sink = None
+        if self.weights_link is not None:
+            if self.weights_link.apply_staged in self.controller.boundary_callbacks:
+                self.controller.boundary_callbacks.remove(self.weights_link.apply_staged)
+            self.weights_link.close()
+            stats["weights"] = self.weights_link.stats.to_dict()
+        if self.experience_link is not None:
+            stats["all_acked"] = self.experience_link.close()
+            stats["experience"] = self.experience_link.stats.to_dict()
+        return stats
+
     def run(self, on_episode: Any = None) -> SessionSummary:
+        """Connect, run the configured episodes, always disconnect (and drain the links). The summary."""
+        if self.robot is None:
+            self.build()
+        self._start_links()
+        try:
+            summary = self._run_episodes(on_episode)
+        finally:
+            links = self._close_links()
+        summary.links = links
+        return summary
+
+    def _run_episodes(self, on_episode: Any = None) -> SessionSummary:
         """Connect, run the configured episodes, always disconnect. Returns the summary."""
         cfg = self.config
         if self.robot is None:
