@@ -230,6 +230,8 @@ class Learner:
             if info.is_main and self.step > last_ckpt:
                 self._checkpoint(objective, rng)
             summary = self.summary(objective, info)
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.root / f"summary-rank{info.rank}.json", summary)
         finally:
             if self.server is not None:
                 self.server.stop()
