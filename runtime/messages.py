@@ -92,7 +92,7 @@ def message_to_record(msg: Message) -> ChunkRecord:
     dims = {"H": horizon, "A": action_dim}
     for name, (_, sym) in ARRAY_FIELDS.items():
         shape = a[name].shape
-        if horizon < 1 or len(shape) != len(sym) or any(s in dims and d != dims[s] for s, d in zip(sym, shape)):
+        if horizon < 1 or len(shape) != len(sym) or any(s in dims and d != dims[s] for s, d in zip(sym, shape, strict=True)):
             raise WireError("bad_shape", f"{name}: {shape} (H={horizon}, A={action_dim})")
     for name in FLOAT_FIELDS:
         if not np.isfinite(a[name]).all():

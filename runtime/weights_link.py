@@ -28,7 +28,16 @@ from zmq.utils.monitor import recv_monitor_message
 
 from tandem.runtime.link_config import LinkConfig
 from tandem.runtime.link_security import open_socket
-from tandem.runtime.messages import HB, PIECE, PULL, REPORT, WEIGHTS, check_weights, weights_header, weights_schema_hash
+from tandem.runtime.messages import (
+    HB,
+    PIECE,
+    PULL,
+    REPORT,
+    WEIGHTS,
+    check_weights,
+    weights_header,
+    weights_schema_hash,
+)
 from tandem.runtime.wire import Message, WireError, decode, encode, unpack_frames
 
 log = logging.getLogger(__name__)

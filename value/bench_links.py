@@ -100,7 +100,7 @@ def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
                 to_staged.append(staged[version] - t0)
         ok = all(
             np.array_equal(a.detach().numpy(), b.detach().numpy())
-            for a, b in zip(consumer.module.state_dict().values(), model.state_dict().values())
+            for a, b in zip(consumer.module.state_dict().values(), model.state_dict().values(), strict=True)
         )
     finally:
         stop.set()

@@ -36,7 +36,17 @@ from tandem.runtime.link_security import (
     open_socket,
     start_authenticator,
 )
-from tandem.runtime.messages import ACK, CHUNK, HB, PIECE, PULL, RECORD_SCHEMA, REPORT, announcement, weights_message
+from tandem.runtime.messages import (
+    ACK,
+    CHUNK,
+    HB,
+    PIECE,
+    PULL,
+    RECORD_SCHEMA,
+    REPORT,
+    announcement,
+    weights_message,
+)
 from tandem.runtime.wire import Message, WireError, decode, encode, pack_frames
 from tandem.value.replay import DUPLICATE, GAP, REJECTED, ReplayStore
 

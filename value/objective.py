@@ -71,7 +71,7 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> Any:
 
     dims = [in_dim] + [hidden] * layers
     mods: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
         mods += [nn.Linear(a, b), nn.ReLU()]
     mods.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*mods)

@@ -24,8 +24,8 @@ from links_testkit import free_port, wait_for
 from tandem.config import compose_run
 from tandem.hardware.features import STATE_KEY
 from tandem.runtime.chunk_assembler import ChunkAssembler
-from tandem.runtime.weights_link import ArrayWeights
 from tandem.runtime.session import Session
+from tandem.runtime.weights_link import ArrayWeights
 from tandem.value.objective import ObjectiveConfig, chunk_reward_schema
 from tandem.value.replay import record_entries
 
@@ -120,10 +120,13 @@ def run_killed_session(tmp_path: Path, ticks: int, kills: int) -> None:
     events: dict[str, list] = {"kills": [], "ready": []}
     learners = [learner, standby]
 
+    def acked_at_least(n: int) -> bool:
+        return session.experience_link is not None and session.experience_link.stats.acked >= n
+
     def killer() -> None:
         for k in range(kills):
-            link_up = wait_for(lambda: session.experience_link is not None and session.experience_link.stats.acked >= 5 * (k + 1), 60)
-            assert link_up
+            if not wait_for(lambda n=5 * (k + 1): acked_at_least(n), 60):
+                return
             learners[-2].kill()  # SIGKILL: no clean shutdown, no final fsync
             events["kills"].append((counter.ticks, session.experience_link.stats.acked, round(time.monotonic(), 3)))
             learners[-1].wait_ready()  # the standby takes the ports over and recovers the store
@@ -163,7 +166,7 @@ def run_killed_session(tmp_path: Path, ticks: int, kills: int) -> None:
     stored = [rec for _, rec in record_entries(store / "replay") if rec is not None]
     assert len(expected) == -(-ticks // HORIZON)
     assert [r.key for r in stored] == [r.key for r in expected]
-    assert all(a.equals(b) for a, b in zip(stored, expected))
+    assert all(a.equals(b) for a, b in zip(stored, expected, strict=True))
 
     # the learner's weights reached the robot and were swapped in at chunk boundaries
     assert links["weights"]["applied"] >= 1 and critic.version >= 1, (str(links["weights"]), "".join(learners[-1].lines[-20:]))

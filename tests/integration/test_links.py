@@ -101,12 +101,12 @@ def test_four_robots_one_learner(tmp_path):
         versions = list(range(1, 7))
         for v in versions:
             server.publish("head", weights(float(v)), v, "run-a")
-            for link, rid in zip(links, robots):
+            for link, rid in zip(links, robots, strict=True):
                 for c in range(25):
                     link.send(make_record(rid, v, c))
             time.sleep(0.05)
         assert wait_for(lambda: all(s.history["head"] == versions for s in subs), 5), [s.history for s in subs]
-        for sub, consumer in zip(subs, consumers):
+        for sub, consumer in zip(subs, consumers, strict=True):
             sub.apply_staged(0)  # the loop's boundary callback
             assert consumer.version == 6 and np.all(consumer.arrays["w"] == 6.0)
         assert all(link.wait_acked(10) for link in links)
