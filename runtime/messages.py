@@ -180,12 +180,13 @@ def weights_header(msg: Message) -> tuple[str, int, str]:
     return wkind, version, run
 
 
-def check_weights(msg: Message, expected_schema: str | None) -> dict[str, np.ndarray]:
+def check_weights(msg: Message, expected_schema: str | None, verify_hash: bool = True) -> dict[str, np.ndarray]:
     """Validate a complete ``weights`` message and return its arrays.
 
     Args:
         msg: a decoded message with arrays inline.
         expected_schema: the consumer's schema hash (None: accept any schema).
+        verify_hash: check the sha256 here (False: the caller checks it, e.g. on another thread).
 
     Raises:
         WireError: "wrong_schema" (header or arrays differ from the consumer's), "bad_hash" (sha256),
@@ -197,9 +198,15 @@ def check_weights(msg: Message, expected_schema: str | None) -> dict[str, np.nda
         raise WireError("wrong_schema", f"header {msg.schema} does not describe its arrays ({actual})")
     if expected_schema is not None and actual != expected_schema:
         raise WireError("wrong_schema", f"{actual} != consumer's {expected_schema}")
-    if digest_arrays(msg.arrays) != msg.meta["sha256"]:
-        raise WireError("bad_hash", "sha256 of the arrays differs from the header")
+    if verify_hash:
+        verify_digest(msg, digest_arrays(msg.arrays))
     for name, arr in msg.arrays.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise WireError("non_finite", name)
     return msg.arrays
+
+
+def verify_digest(msg: Message, digest: str) -> None:
+    """Raise WireError("bad_hash") unless ``digest`` (of the arrays) is the header's sha256."""
+    if digest != msg.meta.get("sha256"):
+        raise WireError("bad_hash", "sha256 of the arrays differs from the header")

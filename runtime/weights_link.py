@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -35,14 +36,16 @@ from tandem.runtime.messages import (
     REPORT,
     WEIGHTS,
     check_weights,
+    verify_digest,
     weights_header,
     weights_schema_hash,
 )
-from tandem.runtime.wire import Message, WireError, decode, encode, unpack_frames
+from tandem.runtime.wire import Message, WireError, decode, digest_arrays, encode, unpack_frames
 
 log = logging.getLogger(__name__)
 
 WeightsSpec = dict[str, tuple[str, tuple[int, ...]]]
+HASH_ASIDE_BYTES = 256 * 1024  # weight sets above this are hashed beside the consumer's preparation
 
 
 class WeightsConsumer(Protocol):
@@ -200,6 +203,7 @@ class WeightsSubscriber:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._hash_pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ control thread
 
@@ -239,6 +243,14 @@ class WeightsSubscriber:
         if self._thread is not None:
             self._thread.join(10.0)
             self._thread = None
+        if self._hash_pool is not None:
+            self._hash_pool.shutdown(wait=True)
+            self._hash_pool = None
+
+    def _hasher(self) -> ThreadPoolExecutor:
+        if self._hash_pool is None:
+            self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix=f"weights-hash-{self.config.robot_id}")
+        return self._hash_pool
 
     # ------------------------------------------------------------------ receiver thread
 
@@ -443,8 +455,14 @@ class WeightsSubscriber:
         wkind, version, run = weights_header(msg)
         self.stats.received += 1
         try:
-            arrays = check_weights(msg, self.expected[wkind])
+            # large sets: hash on a helper thread while the consumer prepares (both release the GIL);
+            # nothing is staged before the hash is confirmed
+            big = int(msg.meta.get("nbytes", 0)) > HASH_ASIDE_BYTES
+            digest = self._hasher().submit(digest_arrays, msg.arrays) if big else None
+            arrays = check_weights(msg, self.expected[wkind], verify_hash=not big)
             prepared = self.consumers[wkind].prepare_weights(arrays, version)
+            if digest is not None:
+                verify_digest(msg, digest.result())
         except WireError as exc:
             self._refused[wkind] = (run, version)
             self._reject(dealer, wkind, version, exc.reason, str(exc))

@@ -5,8 +5,8 @@ Three measurements in one process, all on 127.0.0.1:
 1. Weight push: a ~1M-parameter torch MLP head, from ``state_dict`` on the learner to the new module
    swapped in on the robot. The clock starts before the tensors are converted to numpy and stops
    when :meth:`WeightsSubscriber.apply_staged` has swapped the module in, on a thread standing in for
-   the control loop that reaches a chunk boundary every 0.2 ms (the wait for a real boundary, up to
-   H ticks, is a property of the loop, not the link, and is excluded).
+   the control loop that reaches a chunk boundary as soon as a set is staged (the wait for a real
+   boundary, up to H ticks, is a property of the loop, not the link, and is excluded).
 2. The same state_dict pushed through lerobot 0.4.4's own actor-learner transport: a real gRPC
    server running lerobot's ``LearnerService`` servicer (``StreamParameters``, 2 MiB pieces via
    ``send_bytes_in_chunks``), a client draining the stream with ``receive_bytes_in_chunks``, then
@@ -47,11 +47,14 @@ def _stats(values_s: list[float]) -> dict[str, float]:
     return {"p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3), "max_ms": round(max(ms), 3)}
 
 
-def _boundary_thread(apply: Any, stop: threading.Event) -> threading.Thread:
+def _boundary_thread(apply: Any, staged: threading.Event, stop: threading.Event) -> threading.Thread:
+    """Stands in for the control loop: reaches a chunk boundary as soon as a set is staged."""
+
     def run() -> None:
         while not stop.is_set():
-            apply(0)
-            time.sleep(0.0002)
+            if staged.wait(0.05):
+                staged.clear()
+                apply(0)
 
     t = threading.Thread(target=run, name="bench-boundaries", daemon=True)
     t.start()
@@ -69,13 +72,18 @@ def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
     consumer = TorchModuleWeights(head_mlp(seed=1))
     staged: dict[int, float] = {}
     applied: dict[int, float] = {}
+    staged_event = threading.Event()
+
+    def on_staged(kind: str, version: int) -> None:
+        staged[version] = time.perf_counter()
+        staged_event.set()
+
     sub = WeightsSubscriber(
-        cfg, {"head": consumer},
-        on_staged=lambda k, v: staged.__setitem__(v, time.perf_counter()),
+        cfg, {"head": consumer}, on_staged=on_staged,
         on_applied=lambda k, v: applied.__setitem__(v, time.perf_counter()),
     ).start()
     stop = threading.Event()
-    boundary = _boundary_thread(sub.apply_staged, stop)
+    boundary = _boundary_thread(sub.apply_staged, staged_event, stop)
     to_applied, to_staged = [], []
     try:
         version = 0
