@@ -285,3 +285,31 @@ def test_many_learner_restarts_under_load(tmp_path):
         store.close()
     keys = stored_keys(tmp_path / "replay")
     assert keys == [("r1", i // 100, i % 100) for i in range(20000)]
+
+
+def test_large_weights_with_a_bad_hash_are_never_staged(tmp_path):
+    """Above HASH_ASIDE_BYTES the hash is checked beside the consumer's preparation: still refused."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    cfg = LinkConfig(robot_id="r1", experience_port=free_port(), weights_port=port)
+    consumer = ArrayWeights({"w": ("float32", (300, 300))})
+    sub = WeightsSubscriber(cfg, {"head": consumer}).start()
+    hb = [bytes(f) for f in encode(Message(kind=HB, meta={"learner": "x", "versions": {}}))]
+    try:
+        assert wait_for(lambda: (pub.send_multipart(hb), sub.stats.learner_alive)[1], 5, interval=0.05)
+        tampered = weights_message("head", {"w": np.ones((300, 300), np.float32)}, 1, "run")
+        tampered.arrays["w"] = np.full((300, 300), 2.0, np.float32)
+        pub.send_multipart(encode(tampered))
+        assert wait_for(lambda: sub.stats.rejected_reasons.get("bad_hash") == 1, 5), sub.stats
+        sub.apply_staged(0)
+        assert consumer.version == 0 and not consumer.arrays["w"].any()
+        pub.send_multipart(encode(weights_message("head", {"w": np.full((300, 300), 3.0, np.float32)}, 2, "run")))
+        assert wait_for(lambda: sub.stats.accepted == 1, 5), sub.stats
+        sub.apply_staged(1)
+        assert consumer.version == 2 and np.all(consumer.arrays["w"] == 3.0)
+    finally:
+        sub.close()
+        pub.close(0)
+        ctx.term()
