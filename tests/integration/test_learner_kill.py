@@ -96,7 +96,8 @@ class TickCount:
         pass
 
 
-def run_killed_session(tmp_path: Path, ticks: int, kills: int) -> None:
+def run_killed_session(tmp_path: Path, ticks: int, kills: int, episodes: int = 1) -> None:
+    """``episodes`` episodes of ``ticks`` ticks; the learner is SIGKILLed ``kills`` times along the way."""
     exp_port, w_port = free_port(), free_port()
     store = tmp_path / "learner"
     learner = Learner(store, exp_port, w_port)
@@ -104,7 +105,7 @@ def run_killed_session(tmp_path: Path, ticks: int, kills: int) -> None:
     standby = Learner(store, exp_port, w_port, standby=True)
     standby.wait_standing_by()
     cfg = compose_run([
-        "policy=scripted", "robot.realtime=true", "robot.cameras=[]", "session.episodes=1",
+        "policy=scripted", "robot.realtime=true", "robot.cameras=[]", f"session.episodes={episodes}",
         f"session.max_episode_steps={ticks}", f"session.horizon={HORIZON}", "loop.stop_on_success=false",
         "link.enabled=true", "link.robot_id=sim0", f"link.experience_port={exp_port}", f"link.weights_port={w_port}",
         f"link.spool_dir={tmp_path / 'spool'}", "link.drain_s=60", "link.timeout_s=0.5",
@@ -144,27 +145,27 @@ def run_killed_session(tmp_path: Path, ticks: int, kills: int) -> None:
     finally:
         rcs = [lrn.terminate() for lrn in reversed(learners)][::-1]
     assert len(events["kills"]) == kills, events
-    assert all(k[0] < ticks for k in events["kills"]), events  # killed mid-session
+    assert all(k[0] < ticks * episodes for k in events["kills"]), events  # killed mid-session
     assert rcs[-1] == 0, "".join(learners[-1].lines[-30:])
 
     # the robot never stopped ticking, and the link never held up the control thread
-    episode, links = summary.episodes[0], summary.links
-    assert episode["steps"] == ticks and counter.ticks == ticks
+    links = summary.links
+    assert [e["steps"] for e in summary.episodes] == [ticks] * episodes and counter.ticks == ticks * episodes
     exp, wts = links["experience"], links["weights"]
     assert exp["send_cpu_max_ms"] < 0.5 and wts["apply_cpu_max_ms"] < 0.5, (exp, wts)
-    detail = str((episode["timing"], events, sorted(counter.late)[-8:], load, exp))
+    timings = [e["timing"] for e in summary.episodes]
+    detail = str((timings, events, sorted(counter.late)[-8:], load, exp))
     if load < os.cpu_count():
         # lateness is only meaningful when this machine is not oversubscribed by other jobs: on a saturated
         # machine a session without any link overruns too (measured), and that is not the link's doing
-        assert episode["timing"]["overruns"] == 0, detail
-        assert episode["timing"]["p99_lateness_ms"] < 5.0, detail
+        assert all(t["overruns"] == 0 and t["p99_lateness_ms"] < 5.0 for t in timings), detail
         assert exp["send_max_ms"] < 5.0 and wts["apply_max_ms"] < 5.0, detail
     assert links["all_acked"], links
     assert links["experience"]["reconnects"] + links["experience"]["learner_changes"] >= kills
 
     # every chunk record is in the replay store exactly once, intact
     stored = [rec for _, rec in record_entries(store / "replay") if rec is not None]
-    assert len(expected) == -(-ticks // HORIZON)
+    assert len(expected) == episodes * -(-ticks // HORIZON)
     assert [r.key for r in stored] == [r.key for r in expected]
     assert all(a.equals(b) for a, b in zip(stored, expected, strict=True))
 
@@ -178,4 +179,4 @@ def test_learner_sigkill_mid_session_loses_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_learner_killed_three_times_in_a_long_session(tmp_path):
-    run_killed_session(tmp_path, ticks=1500, kills=3)
+    run_killed_session(tmp_path, ticks=450, kills=3, episodes=3)
