@@ -101,7 +101,7 @@ def recorded_session(tmp_path_factory):
     """A recorded MetaWorld session: 2 episodes, 2 cameras, a scripted operator taking over a poor policy."""
     root = tmp_path_factory.mktemp("rec") / "demos"
     cfg = compose_run([
-        "robot.task=pick-place-v3", "robot.cameras=[corner,topview]", "robot.realtime=false",
+        "policy=scripted", "robot.task=pick-place-v3", "robot.cameras=[corner,topview]", "robot.realtime=false",
         "robot.max_episode_steps=50", "session.episodes=2", "session.horizon=10", "teleop=scripted",
         "safety.max_delta=0.4", *POOR_POLICY, "record.enabled=true", f"record.root={root}",
     ])  # fmt: skip

@@ -29,7 +29,7 @@ from tandem.runtime.replay import read_outcomes
 
 CHILD = Path(__file__).with_name("recorder_crash_child.py")
 FPS = 50
-BASE = ["robot.task=reach-v3", "robot.realtime=true", "robot.max_episode_steps=40", "session.episodes=1000",
+BASE = ["policy=scripted", "robot.task=reach-v3", "robot.realtime=true", "robot.max_episode_steps=40", "session.episodes=1000",
         "policy.noise_std=0.1"]
 
 
