@@ -22,18 +22,24 @@ videos), ``action`` (executed, after the safety filter), ``base_action``, ``head
 ``chunk_index``, ``chunk_step``, ``head_version``, ``base_version``, ``reward``, ``tick_lateness_ms``,
 ``wall_time`` (= ``obs_time``), ``obs_time``, ``send_time`` (float64 wall clock, s) and
 ``policy_features`` (float32[F], only if the base policy has F > 0 features). The task string is the
-language instruction. The episode outcome is in ``meta/tandem_episodes.jsonl``. lerobot's torch
+language instruction. The episode outcome is in ``meta/tandem_episodes.jsonl`` (one JSON object per
+dataset episode: ``outcome`` success/failure/timeout/stopped/rerecord, or "interrupted" for an episode
+whose process died, recovered up to its last spooled tick and its last frame marked ``truncated``;
+rerecorded episodes are kept, filter them by outcome). lerobot's torch
 transform casts float64 to float32 (``ds[i]``); read ``ds.hf_dataset.with_format(None)`` for exact
 times. Chunk records are rebuilt from a dataset by ``tandem.runtime.replay.load_chunk_records``.
 
 Recording a dataset from the command line (e.g. scripted expert demonstrations)::
 
-    tandem run robot.realtime=false session.episodes=50 record.enabled=true record.root=data/demos
+    tandem run policy=scripted robot.realtime=false session.episodes=50 \
+        record.enabled=true record.root=data/demos
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     ds = LeRobotDataset("local/demos", root="data/demos")
 
-Running again with the same ``record.root`` appends episodes (the features must match).
+Running again with the same ``record.root`` appends episodes (the features must match); only one
+session records into a dataset at a time. In code: ``Recorder(...).start()``, pass it to the loop as a
+sink, ``close()`` in ``finally`` (``Session`` does this when ``record.enabled``).
 """
 
 from __future__ import annotations
