@@ -64,6 +64,7 @@ class SessionSummary:
     episodes: list[dict] = field(default_factory=list)
     success_rate: float = 0.0
     wall_s: float = 0.0
+    recording: dict = field(default_factory=dict)  # Recorder.stats() when record.enabled
     links: dict = field(default_factory=dict)  # experience/weights link stats when link.enabled
 
     def to_dict(self) -> dict:
@@ -135,6 +136,17 @@ class Session:
             scheduler, cfg.session.horizon, hold=self.safety.hold_action, operator=self.operator
         )
 
+    def _start_recorder(self) -> Any:
+        """The episode recorder (``record.enabled``), started and added to the sinks; else None."""
+        record = getattr(self.config, "record", None)
+        if record is None or not record.enabled:
+            return None
+        from tandem.runtime.recorder import make_recorder
+
+        recorder = make_recorder(record, self.robot, self.policy).start()
+        self.sinks.append(recorder)
+        return recorder
+
     def _start_links(self) -> None:
         """``link.enabled``: chunk records -> ExperienceLink (a sink), learner weights -> boundary swaps."""
         link = getattr(self.config, "link", None)
@@ -188,10 +200,12 @@ class Session:
         if self.robot is None:
             self.build()
         robot = self.robot
+        recorder = None
         summary = SessionSummary(robot=robot.name, task=", ".join(robot.tasks), policy=self.policy.name)
         max_steps = cfg.session.max_episode_steps or getattr(robot.config, "max_episode_steps", 1000)
         t0 = time.perf_counter()
         try:
+            recorder = self._start_recorder()  # recovers what a killed session left, in its converter
             robot.connect()
             if self.operator is not None:
                 self.operator.connect()  # prints the device's controls
@@ -228,8 +242,13 @@ class Session:
                 finally:
                     robot.disconnect()
             finally:
-                self.backend.close()
-                self.policy.close()
+                try:
+                    self.backend.close()
+                    self.policy.close()
+                finally:
+                    if recorder is not None:  # flush the spool, wait for the last episodes' commits
+                        self.sinks.remove(recorder)
+                        summary.recording = recorder.close()
         n = len(summary.episodes)
         summary.success_rate = sum(e["success"] for e in summary.episodes) / n if n else 0.0
         summary.wall_s = round(time.perf_counter() - t0, 3)
