@@ -216,9 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve-policy":
             return cmd_serve_policy(args.overrides)
         if args.command == "recover":
-            from tandem.runtime.dataset_store import recover
+            from tandem.runtime.dataset_store import DatasetBusyError, DatasetCorruptError, recover
 
-            print(json.dumps(recover(args.root, args.repo_id), indent=2))
+            try:
+                report = recover(args.root, args.repo_id)
+            except (DatasetBusyError, DatasetCorruptError, FileNotFoundError) as exc:
+                print(f"tandem recover: {exc}", file=sys.stderr)
+                return 1
+            print(json.dumps(report, indent=2))
             return 0
         if args.command == "replay":
             from tandem.runtime.replay import replay_summary
