@@ -48,6 +48,17 @@ WeightsSpec = dict[str, tuple[str, tuple[int, ...]]]
 HASH_ASIDE_BYTES = 256 * 1024  # weight sets above this are hashed beside the consumer's preparation
 
 
+def latest_only(messages: list[Message]) -> list[Message]:
+    """Drop every ``weights`` message followed by a newer one of the same kind (a backlog after a
+    stall is not validated set by set); heartbeats and everything else are kept, in order."""
+    last: dict[str, int] = {}
+    for i, msg in enumerate(messages):
+        if msg.kind == WEIGHTS and isinstance(msg.meta.get("wkind"), str):
+            last[msg.meta["wkind"]] = i
+    return [m for i, m in enumerate(messages)
+            if not (m.kind == WEIGHTS and isinstance(m.meta.get("wkind"), str) and last[m.meta["wkind"]] != i)]
+
+
 class WeightsConsumer(Protocol):
     """Something on the robot that runs on pushed weights (a head, a critic, the base policy)."""
 
@@ -308,15 +319,17 @@ class WeightsSubscriber:
                         recv_monitor_message(monitor)
                         self.stats.disconnects += 1
                 if sub in events:
+                    backlog: list[Message] = []
                     while True:
                         try:
                             frames = sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
                         msg = self._decode(frames)
-                        if msg is None:
-                            continue
-                        last_heard = time.monotonic()
+                        if msg is not None:
+                            last_heard = time.monotonic()
+                            backlog.append(msg)
+                    for msg in latest_only(backlog):
                         pull = self._on_broadcast(msg, dealer, pull)
                 if dealer in events:
                     while True:

@@ -178,6 +178,10 @@ class Learner:
             self.versions = {k: int(v) for k, v in state["versions"].items()}
             objective.load_state_dict(state["objective"])
             rng.bit_generator.state = json.loads(state["rng"])
+            published = self._published()
+            if published.get("run") == self.run_id:
+                for kind, v in published.get("versions", {}).items():
+                    self.versions[kind] = max(self.versions.get(kind, 0), int(v))
             log.info("learner: resumed at update %d (run %s, versions %s)", self.step, self.run_id, self.versions)
         last_ckpt, t_start = self.step, time.monotonic()
         last_publish = last_status = time.monotonic()
@@ -242,10 +246,22 @@ class Learner:
         return summary
 
     def publish(self, weights: dict[str, dict[str, np.ndarray]]) -> None:
-        """Publish each weight kind with the next version number."""
-        for kind, arrays in weights.items():
+        """Publish each weight kind with the next version number.
+
+        The numbers are recorded in ``published.json`` first, so a learner resumed from an older
+        checkpoint never reuses a number that robots already hold for different weights.
+        """
+        for kind in weights:
             self.versions[kind] = self.versions.get(kind, 0) + 1
+        write_json_atomic(self.root / "published.json", {"run": self.run_id, "versions": self.versions})
+        for kind, arrays in weights.items():
             self.server.publish(kind, arrays, self.versions[kind], self.run_id)
+
+    def _published(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / "published.json").read_text())
+        except (OSError, ValueError):
+            return {}
 
     def _checkpoint(self, objective: Any, rng: np.random.Generator) -> None:
         state = {

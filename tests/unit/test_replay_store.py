@@ -122,3 +122,32 @@ def test_compose_learner_overrides():
 
     cfg = compose_learner(["learner.batch_size=7", "learner.replay.takeover_ratio=0.5", "learner.objective.hidden=16"])
     assert cfg.batch_size == 7 and cfg.replay.takeover_ratio == 0.5 and cfg.objective.hidden == 16
+
+
+def test_resume_from_an_older_checkpoint_never_reuses_a_published_version(tmp_path):
+    from tandem.value.learner import Learner, LearnerConfig
+    from tandem.value.objective import ObjectiveConfig
+
+    store = ReplayStore(tmp_path / "replay")
+    for i in range(1, 21):
+        store.offer(msg("a", i))
+    store.close()
+    cfg = dict(experience_port=0, weights_port=0, store_dir=str(tmp_path), device="cpu", batch_size=8, min_records=8,
+               publish_every_updates=10, checkpoint_every_updates=15, objective=ObjectiveConfig(hidden=8))
+    assert Learner(LearnerConfig(max_updates=30, **cfg)).run()["versions"] == {"critic": 3}
+    # as if killed after publishing v3 but before checkpointing update 30: only update 15 (v1) survives
+    (tmp_path / "checkpoints" / "ckpt-00000030.pt").unlink()
+    (tmp_path / "checkpoints" / "latest.json").unlink()
+    resumed = Learner(LearnerConfig(max_updates=20, **cfg)).run()
+    assert resumed["step"] == 20 and resumed["versions"] == {"critic": 4}
+
+
+def test_latest_only_keeps_the_newest_weights_per_kind():
+    from tandem.runtime.weights_link import latest_only
+    from tandem.runtime.wire import Message
+
+    msgs = [Message("weights", meta={"wkind": "head", "version": 1}), Message("hb"),
+            Message("weights", meta={"wkind": "critic", "version": 1}), Message("weights", meta={"wkind": "head", "version": 2})]
+    kept = latest_only(msgs)
+    assert [(m.kind, m.meta.get("wkind"), m.meta.get("version")) for m in kept] == [
+        ("hb", None, None), ("weights", "critic", 1), ("weights", "head", 2)]
