@@ -126,6 +126,25 @@ def cmd_serve_policy(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_demos(overrides: list[str]) -> int:
+    """``tandem demos``: ``tandem run`` with the demonstration defaults (scripted expert, recorder on) first."""
+    from tandem.policies.demos import DEMO_OVERRIDES
+
+    return cmd_run([*DEMO_OVERRIDES, *overrides])
+
+
+def cmd_pretrain(overrides: list[str]) -> int:
+    """``tandem pretrain``: behaviour cloning from a LeRobotDataset into a tiny VLA checkpoint."""
+    from tandem.policies.pretrain import compose_pretrain, pretrain
+
+    cfg = compose_pretrain(overrides)
+    meta = pretrain(cfg)
+    last = meta["history"][-1]
+    print(f"tandem pretrain: wrote {cfg.out} (version {meta['version']}, {meta['steps']} steps, "
+          f"{meta['frames']} frames, {meta['train_s']} s) " + json.dumps(last), flush=True)
+    return 0
+
+
 def cmd_keys(directory: str, force: bool) -> int:
     """``tandem keys DIR``: a learner and a robot CURVE key pair, and the robot authorised."""
     from tandem.runtime.link_security import create_keys
@@ -153,6 +172,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from tandem.value.bench_links import bench_links
 
         result = bench_links(pushes=args.pushes, records=args.records)
+    elif args.what == "inference":
+        from tandem.runtime.bench_inference import bench_inference
+
+        result = bench_inference(seconds=args.seconds or 20.0, n=args.n, hz=args.hz, policy_overrides=args.overrides)
     elif args.what == "learner":
         from tandem.value.bench_learner import bench_learner
 
@@ -171,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a robot session (Hydra overrides: robot.task=push-v3 ...)")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=5")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
-    bench.add_argument("what", choices=["loop", "recorder", "links", "learner"], help="which benchmark")
+    bench.add_argument("what", choices=["loop", "recorder", "links", "learner", "inference"], help="which benchmark")
     bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")
     bench.add_argument("--seconds", type=float, default=None, help="duration (s; loop 10, recorder 60)")
     bench.add_argument("--load", type=int, default=0, help="busy worker processes beside the loop")
@@ -183,8 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=256, help="learner: batch size")
     bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
     bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
+    bench.add_argument("--n", type=int, default=200, help="inference: chunks timed")
+    bench.add_argument("overrides", nargs="*", help="inference: policy overrides (default policy=tiny_vla "
+                       "policy.device=cpu)")
     learn = sub.add_parser("learn", help="learner service (Hydra overrides: learner.store_dir=... learner.device=cuda)")
     learn.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. learner.batch_size=256")
+    demos = sub.add_parser("demos", help="record scripted-expert demonstrations into a LeRobotDataset")
+    demos.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=90 record.root=data/demos")
+    pretrain = sub.add_parser("pretrain", help="train the tiny VLA by behaviour cloning from a LeRobotDataset")
+    pretrain.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=data/demos steps=3000")
     serve = sub.add_parser("serve-policy", help="serve a base policy to remote robots (policy_link.bind=...)")
     serve.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. policy=tiny_vla policy.device=cuda")
     keys = sub.add_parser("keys", help="create CURVE keys for links on non-loopback addresses")
@@ -215,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_keys(args.directory, args.force)
         if args.command == "serve-policy":
             return cmd_serve_policy(args.overrides)
+        if args.command == "demos":
+            return cmd_demos(args.overrides)
+        if args.command == "pretrain":
+            return cmd_pretrain(args.overrides)
         if args.command == "recover":
             from tandem.runtime.dataset_store import DatasetBusyError, DatasetCorruptError, recover
 
