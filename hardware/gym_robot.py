@@ -242,16 +242,6 @@ class GymRobot(Robot):
         return self.config.instruction
 
     @property
-    def fps(self) -> float:
-        """Configured control rate."""
-        return self.config.fps
-
-    @property
-    def realtime(self) -> bool:
-        """Whether the loop paces on the wall clock."""
-        return self.config.realtime
-
-    @property
     def is_connected(self) -> bool:
         """True once the env is built."""
         return self._env is not None

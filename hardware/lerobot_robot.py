@@ -308,11 +308,6 @@ class LeRobotRobot(Robot):
         return self.config.instruction
 
     @property
-    def fps(self) -> float:
-        """Configured control rate."""
-        return self.config.fps
-
-    @property
     def is_connected(self) -> bool:
         """lerobot's own view: the bus and every camera are connected."""
         return self._robot is not None and bool(self._robot.is_connected)

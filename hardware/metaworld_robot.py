@@ -130,16 +130,6 @@ class MetaWorldRobot(Robot):
             self._activate(name)
 
     @property
-    def fps(self) -> float:
-        """Configured control rate."""
-        return self.config.fps
-
-    @property
-    def realtime(self) -> bool:
-        """Whether the loop paces on the wall clock."""
-        return self.config.realtime
-
-    @property
     def is_connected(self) -> bool:
         """True once the simulation is built."""
         return self._env is not None

@@ -73,13 +73,13 @@ class Robot(abc.ABC):
 
     @property
     def fps(self) -> float:
-        """The rate the robot is meant to be driven at (Hz)."""
-        return 50.0
+        """The rate the robot is meant to be driven at (Hz): ``config.fps`` if the robot has one, else 50."""
+        return float(getattr(getattr(self, "config", None), "fps", 50.0))
 
     @property
     def realtime(self) -> bool:
-        """True if the control loop must pace ticks on the wall clock (always for real robots)."""
-        return True
+        """True if the loop must pace ticks on the wall clock: ``config.realtime`` if set, else True (real robots)."""
+        return bool(getattr(getattr(self, "config", None), "realtime", True))
 
     @abc.abstractmethod
     def connect(self) -> None:

@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from tandem.durable import fsync_path
 from tandem.runtime.tick_spool import (
     SpooledEpisode,
     fsync_dir,
@@ -143,14 +144,6 @@ def dataset_files(root: Path) -> dict[str, int]:
     return out
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_empty_dirs(root: Path) -> None:
     for dirpath, _dirs, _files in os.walk(root, topdown=False):
         path = Path(dirpath)
@@ -198,7 +191,7 @@ class Journal:
         for rel in manifest["meta"]:
             dst = tmp / "meta" / Path(rel).name
             shutil.copyfile(self.root / rel, dst)
-            _fsync_file(dst)
+            fsync_path(dst)
         fsync_dir(tmp / "meta")
         write_json_atomic(tmp / "manifest.json", manifest)
         final = self.dir / f"{seq:08d}"
@@ -289,7 +282,7 @@ class Journal:
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_name(dst.name + ".restore")
             shutil.copyfile(src, tmp)
-            _fsync_file(tmp)
+            fsync_path(tmp)
             os.replace(tmp, dst)
             fsync_dir(dst.parent)
             restored.append(rel)
@@ -500,7 +493,7 @@ class DatasetStore:
         meta = sorted(k for k in files if is_meta_file(k))
         dirs = set()
         for rel in [k for k in immutable if k not in prev["files"]] + meta:
-            _fsync_file(self.root / rel)
+            fsync_path(self.root / rel)
             dirs.add((self.root / rel).parent)
         for d in dirs:
             fsync_dir(d)

@@ -16,6 +16,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from tandem.durable import fsync_path
+
 log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("<IIIQ")
@@ -105,7 +107,7 @@ class DurableLog:
         self._segment = segment
         self._file = open(self.path(segment), "ab", buffering=1 << 20)
         self._size = self._file.tell()
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def append(self, key: int, payload: bytes | memoryview) -> tuple[int, int]:
         """Buffer one entry; returns ``(segment, offset)``. Durable only after :meth:`sync`."""
@@ -174,12 +176,3 @@ class DurableLog:
         for fd in self._readers.values():
             os.close(fd)
         self._readers.clear()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory so a new or renamed file's name is durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

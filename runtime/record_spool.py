@@ -14,22 +14,12 @@ are never reused within a stream. Used only by the experience link's I/O thread.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 
+from tandem.durable import write_json_atomic
 from tandem.runtime.durable_log import DurableLog
-
-
-def write_json_atomic(path: Path, value: dict) -> None:
-    """Write JSON to a temp file, fsync, rename over ``path`` (never a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 class RecordSpool:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tandem.durable import fsync_path, write_json_atomic  # noqa: F401  (re-exported for dataset_store)
 from tandem.hardware.features import ACTION_KEY, Feature
 
 MAGIC = 0x54445331  # "TDS1"
@@ -158,24 +159,7 @@ def features_from_json(features: dict) -> dict[str, dict]:
     return {k: {**v, "shape": tuple(v["shape"])} for k, v in features.items()}
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so entries created or renamed in it are durable."""
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to ``path`` via a temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+fsync_dir = fsync_path  # a directory fsync; the one implementation lives in tandem.durable
 
 
 def episode_name(session: int, seq: int) -> str:

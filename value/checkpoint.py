@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from tandem.durable import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +32,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
@@ -67,9 +50,9 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    _write_atomic(path, data)
+    write_bytes_atomic(path, data)
     latest = {"file": path.name, "step": int(step), "sha256": hashlib.sha256(data).hexdigest()}
-    _write_atomic(root / LATEST, json.dumps(latest).encode())
+    write_bytes_atomic(root / LATEST, json.dumps(latest).encode())
     for old in sorted(root.glob("ckpt-*.pt"))[:-keep] if keep > 0 else []:
         if old.name != path.name:
             old.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tandem.runtime.record_spool import write_json_atomic
+from tandem.durable import write_json_atomic
 from tandem.runtime.wire import digest_arrays
 from tandem.validate import in_range, non_negative, one_of, positive
 from tandem.value import ddp

@@ -1,0 +1,36 @@
+"""Durable file writes: fsync a path, replace a file atomically. Used by every crash-safe store.
+
+The pattern is always: write ``<name>.tmp``, flush and fsync it, ``os.replace`` it over the target
+(atomic on POSIX), then fsync the directory so the new name itself survives a power loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or a directory (a directory fsync makes created/renamed entries durable)."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: never a half-written file, durable once this returns."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """``write_bytes_atomic`` of ``data`` as JSON."""
+    write_bytes_atomic(path, json.dumps(data, indent=1).encode())
