@@ -317,8 +317,24 @@ class ProcessBackend(LinkBackend):
                 self._stop_process()
 
 
+def check_observation_schema(info: dict[str, Any], robot: Any, where: str) -> None:
+    """Raise PolicyLoadError unless the robot observes everything the served policy expects, as it expects."""
+    have = {k: [f.dtype, list(f.shape)] for k, f in robot.observation_features.items()}
+    for key, spec in info.get("observation", {}).items():
+        if have.get(key) != list(spec):
+            raise PolicyLoadError(
+                f"the policy served at {where} expects {key} as {spec[0]}{spec[1]} but this robot gives "
+                f"{'nothing' if key not in have else have[key][0] + str(have[key][1])}; serve it with this "
+                "robot's config (same robot.* overrides on both machines)"
+            )
+
+
 def make_link_backend(kind: str, run_config: Any, robot: Any) -> tuple[LinkBackend, PolicyProxy]:
-    """The backend for ``session.backend`` "process" or "remote" and a proxy holding the policy's sizes."""
+    """The backend for ``session.backend`` "process" or "remote" and a proxy holding the policy's sizes.
+
+    Raises:
+        PolicyLoadError: the policy could not be started or reached, or its observation schema is not the robot's.
+    """
     link: PolicyLinkConfig = getattr(run_config, "policy_link", None) or PolicyLinkConfig()
     if kind == "process":
         backend: LinkBackend = ProcessBackend(run_config.robot, run_config.policy, link)
@@ -326,4 +342,9 @@ def make_link_backend(kind: str, run_config: Any, robot: Any) -> tuple[LinkBacke
         backend = RemoteBackend(link)
     else:
         raise ValueError(f"kind={kind!r}: one of 'process', 'remote'")
+    try:
+        check_observation_schema(backend.info, robot, backend.endpoint)
+    except BaseException:
+        backend.close()
+        raise
     return backend, PolicyProxy(backend.info)

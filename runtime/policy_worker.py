@@ -21,7 +21,8 @@ info    both ways         request / reply: ``meta`` holds the policy's name and 
 ======= ================= ==========================================================================
 
 Requests that queue up while the policy is busy are superseded: per client only the newest one is
-answered (the robot's scheduler drops replies to older ids anyway). A malformed message is counted
+answered (the robot's scheduler drops replies to older ids anyway). Requests from several clients
+(robots sharing one policy server) that are waiting together go through one ``infer_batch`` call. A malformed message is counted
 and dropped; an observation that does not match the policy's schema gets an ``error`` reply.
 """
 
@@ -48,14 +49,15 @@ INFER, CHUNK, ERROR, INFO = "infer", "chunk", "error", "info"
 LINK_SCHEMA = schema_hash({"link": "policy", "kinds": [INFER, CHUNK, ERROR, INFO], "v": 1})
 
 
-def policy_info(policy: BasePolicy) -> dict[str, Any]:
-    """What a client needs to know about a served policy (JSON-able)."""
+def policy_info(policy: BasePolicy, features: dict[str, Feature] | None = None) -> dict[str, Any]:
+    """What a client needs to know about a served policy (JSON-able): name, sizes, observation schema."""
     return {
         "name": policy.name,
         "chunk_length": int(policy.chunk_length),
         "action_dim": int(policy.action_dim),
         "feature_dim": int(policy.feature_dim),
         "version": int(policy.version),
+        "observation": {k: [f.dtype, list(f.shape)] for k, f in (features or {}).items()},
     }
 
 
@@ -116,7 +118,7 @@ class PolicyServer:
         self.features = features
         self.max_bytes = max_bytes
         self.stats = ServerStats()
-        self.info = policy_info(policy)
+        self.info = policy_info(policy, features)
 
     def _send(self, identity: Any, message: Message) -> None:
         import zmq
@@ -157,42 +159,48 @@ class PolicyServer:
                 latest[key] = (frames, msg)
             else:
                 self.stats.malformed += 1
-        sent = 0
-        for frames, msg in latest.values():
-            sent += self._answer(frames[0], msg)
-        return sent
+        return self._answer([(frames[0], msg) for frames, msg in latest.values()])
 
-    def _answer(self, identity: Any, msg: Message) -> int:
-        task = msg.meta.get("task", "")
-        problem = check_observation(msg.arrays, self.features)
-        if not isinstance(task, str):
-            problem = "meta.task must be a string"
-        if problem:
-            self.stats.errors += 1
-            self._send(identity, Message(kind=ERROR, schema=LINK_SCHEMA, seq=msg.seq, meta={"error": problem}))
+    def _error(self, identity: Any, seq: int, error: str) -> None:
+        self.stats.errors += 1
+        self._send(identity, Message(kind=ERROR, schema=LINK_SCHEMA, seq=seq, meta={"error": error[:2000]}))
+
+    def _answer(self, requests: list[tuple[Any, Message]]) -> int:
+        """Answer one request per client; several clients (robots) are batched into one ``infer_batch``."""
+        ok = []
+        for identity, msg in requests:
+            task = msg.meta.get("task", "")
+            problem = check_observation(msg.arrays, self.features)
+            if not isinstance(task, str):
+                problem = "meta.task must be a string"
+            if problem:
+                self._error(identity, msg.seq, problem)
+            else:
+                ok.append((identity, msg, task))
+        if not ok:
             return 0
         t0 = time.perf_counter()
         try:
-            chunk = self.policy.infer(msg.arrays, task)
-        except Exception as exc:  # reported to the robot, which stops with this message
-            self.stats.errors += 1
+            chunks = self.policy.infer_batch([m.arrays for _, m, _ in ok], [t for _, _, t in ok])
+        except Exception as exc:  # reported to the robots, which stop with this message
             log.exception("policy server: inference failed")
-            err = f"{type(exc).__name__}: {exc}"[:2000]
-            self._send(identity, Message(kind=ERROR, schema=LINK_SCHEMA, seq=msg.seq, meta={"error": err}))
+            for identity, msg, _ in ok:
+                self._error(identity, msg.seq, f"{type(exc).__name__}: {exc}")
             return 0
         self.stats.infer_ms.append((time.perf_counter() - t0) * 1e3)
         if len(self.stats.infer_ms) > 10_000:
             del self.stats.infer_ms[:5000]
-        reply = Message(
-            kind=CHUNK,
-            schema=LINK_SCHEMA,
-            seq=msg.seq,
-            meta={"policy": chunk.policy, "version": int(chunk.version), "infer_s": float(chunk.infer_s)},
-            arrays={"actions": chunk.actions.astype(np.float32), "features": chunk.features.astype(np.float16)},
-        )
-        self._send(identity, reply)
-        self.stats.replies += 1
-        return 1
+        for (identity, msg, _), chunk in zip(ok, chunks, strict=True):
+            reply = Message(
+                kind=CHUNK,
+                schema=LINK_SCHEMA,
+                seq=msg.seq,
+                meta={"policy": chunk.policy, "version": int(chunk.version), "infer_s": float(chunk.infer_s)},
+                arrays={"actions": chunk.actions.astype(np.float32), "features": chunk.features.astype(np.float16)},
+            )
+            self._send(identity, reply)
+            self.stats.replies += 1
+        return len(ok)
 
     def serve(self, should_stop: Callable[[], bool], poll_ms: int = 50) -> None:
         """Serve until ``should_stop()`` is true (checked at least every ``poll_ms``)."""
@@ -273,7 +281,8 @@ def worker_main(spec_json: str, conn: Any) -> None:  # pragma: no cover - runs i
     ``{"ok": true, "endpoint", "info", "warmup_s"}`` once serving, or ``{"ok": false, "error"}``.
     The worker stops when the parent sends anything, closes the pipe, or dies.
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s policy-worker: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s policy-worker: %(message)s")
+    log.setLevel(logging.INFO)
     spec = json.loads(spec_json)
     parent = os.getppid()
     try:

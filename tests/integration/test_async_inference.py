@@ -14,7 +14,7 @@ import pytest
 
 from tandem.config import compose_run
 from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
-from tandem.policies.base import BasePolicy, Chunk
+from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
 from tandem.policies.scripted import ScriptedPolicy, ScriptedPolicyConfig
 from tandem.runtime.inference import ThreadBackend
 from tandem.runtime.policy_link import LinkBackend, PolicyLinkConfig, ProcessBackend, RemoteBackend
@@ -216,3 +216,53 @@ def test_zmq_link_never_blocks_the_caller_when_the_server_is_gone():
         assert link.stats.send_dropped == 100  # not queued: nothing stale is delivered on reconnect
     finally:
         link.close()
+
+
+def test_remote_policy_for_another_robot_schema_fails_at_start():
+    served_for = MetaWorldRobot(MetaWorldRobotConfig(cameras=["corner"]))
+    server = ServerThread(ScriptedPolicy(ScriptedPolicyConfig()), served_for)
+    try:
+        with pytest.raises(PolicyLoadError, match="expects observation.images.corner as uint8\\[96, 96, 3\\]"):
+            session(["robot.realtime=false", "session.backend=remote", f"policy_link.endpoint={server.endpoint}"])
+    finally:
+        server.close()
+
+
+class BatchSizes(BasePolicy):
+    """Records the batch size of every call; each call takes 0.2 s."""
+
+    name, chunk_length, action_dim = "batch", 2, 4
+
+    def __init__(self):
+        self.sizes = []
+
+    def infer(self, observation, task):
+        return self.infer_batch([observation], [task])[0]
+
+    def infer_batch(self, observations, tasks):
+        self.sizes.append(len(observations))
+        time.sleep(0.2)
+        return [Chunk(actions=np.zeros((2, 4), np.float32)) for _ in observations]
+
+
+def test_requests_from_several_robots_are_batched():
+    policy = BatchSizes()
+    server = ServerThread(policy, MetaWorldRobot(MetaWorldRobotConfig(cameras=[])))
+    links = [RemoteBackend(PolicyLinkConfig(endpoint=server.endpoint, start_timeout_s=10)) for _ in range(2)]
+    try:
+        obs = {"observation.state": np.zeros(39, np.float32)}
+        links[0].submit(0, obs, "x")  # keeps the server busy while both robots ask
+        time.sleep(0.05)
+        links[0].submit(1, obs, "x")
+        links[1].submit(1, obs, "x")
+        got = [[], []]
+        deadline = time.monotonic() + 5
+        while (len(got[0]) < 2 or not got[1]) and time.monotonic() < deadline:
+            for i, link in enumerate(links):
+                got[i] += [rid for rid, _ in link.poll(0.02)]
+    finally:
+        for link in links:
+            link.close()
+        server.close()
+    assert got == [[0, 1], [1]]
+    assert policy.sizes == [1, 2]
