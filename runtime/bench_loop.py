@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from tandem.runtime.priority import elevate, restore
 from tandem.runtime.safety import SafetyConfig, SafetyFilter
 from tandem.runtime.timing import TickTimer
 
@@ -24,8 +25,12 @@ def _burn(stop: mp.Event) -> None:  # pragma: no cover - runs in a child process
             x = (x * 1103515245 + 12345) & 0x7FFFFFFF
 
 
-def bench_loop(hz: float = 50.0, seconds: float = 10.0, load: int = 0) -> dict:
-    """Run the loop for ``seconds`` at ``hz`` with ``load`` busy processes; return timing stats."""
+def bench_loop(hz: float = 50.0, seconds: float = 10.0, load: int = 0, rt_priority: int = 10) -> dict:
+    """Run the loop for ``seconds`` at ``hz`` with ``load`` busy processes; return timing stats.
+
+    ``rt_priority`` is the SCHED_FIFO priority asked for the loop (0: normal scheduling), as a
+    session does with ``loop.rt_priority``; the JSON reports what was granted.
+    """
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     workers = [ctx.Process(target=_burn, args=(stop,), daemon=True) for _ in range(load)]
@@ -37,6 +42,7 @@ def bench_loop(hz: float = 50.0, seconds: float = 10.0, load: int = 0) -> dict:
         safety = SafetyFilter(SafetyConfig(max_delta=0.1), -np.ones(dim, np.float32), np.ones(dim, np.float32),
                               np.zeros(dim, np.float32))
         state = np.zeros(dim, np.float32)
+        granted = elevate(rt_priority)
         timer = TickTimer(hz)
         n = int(round(hz * seconds))
         timer.start()
@@ -49,6 +55,7 @@ def bench_loop(hz: float = 50.0, seconds: float = 10.0, load: int = 0) -> dict:
                 timer.wait()
         s = timer.summary().to_dict()
     finally:
+        restore()
         stop.set()
         for w in workers:
             w.join(timeout=2)
@@ -60,6 +67,7 @@ def bench_loop(hz: float = 50.0, seconds: float = 10.0, load: int = 0) -> dict:
         "seconds": seconds,
         "load": load,
         "cpus": os.cpu_count(),
+        "priority": granted,
         "ticks": s["ticks"],
         "p50_lateness_ms": s["p50_lateness_ms"],
         "p99_lateness_ms": s["p99_lateness_ms"],

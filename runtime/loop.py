@@ -16,6 +16,7 @@ import numpy as np
 
 from tandem.hardware.robot import Robot
 from tandem.runtime.controller import Controller
+from tandem.runtime.priority import elevate, restore
 from tandem.runtime.safety import SafetyFilter
 from tandem.runtime.timing import TickTimer
 
@@ -94,10 +95,13 @@ class LoopConfig:
     Attributes:
         spin_s: the last part of each wait, in seconds, is a busy spin (sub-ms deadlines).
         stop_on_success: end the episode at the first tick the task reports success.
+        rt_priority: SCHED_FIFO priority asked for the control thread while a paced (realtime)
+            episode ticks (0: normal scheduling). Falls back to nice, then to nothing, without root.
     """
 
     spin_s: float = 0.002
     stop_on_success: bool = True
+    rt_priority: int = 10
 
 
 def run_episode(
@@ -130,10 +134,53 @@ def run_episode(
     for sink in sinks:
         sink.start_episode(episode, task)
     timer = TickTimer(hz, spin_s=config.spin_s, paced=robot.realtime)
+    # Elevated priority only while paced ticks run: threads and processes started before keep theirs.
+    priority = elevate(config.rt_priority) if robot.realtime else "none"
+    try:
+        timer.start()
+        outcome, success, steps, total_reward, takeovers, intervention_ticks = _tick_loop(
+            robot, controller, safety, timer, task, observation, episode, max_steps, config, sinks, stop
+        )
+    finally:
+        if priority != "none":
+            restore()
+    result = EpisodeResult(
+        episode=episode,
+        seed=seed,
+        steps=steps,
+        success=success,
+        outcome=outcome,
+        total_reward=round(total_reward, 4),
+        takeovers=takeovers,
+        intervention_ticks=intervention_ticks,
+        starved_ticks=controller.scheduler.stats.starved_ticks,
+        timing=timer.summary().to_dict(),
+        safety=safety.stats.to_dict(),
+        scheduler=controller.scheduler.stats.to_dict(),
+        wall_s=round(time.perf_counter() - t_start, 3),
+    )
+    for sink in sinks:
+        sink.end_episode(result)
+    return result
+
+
+def _tick_loop(
+    robot: Robot,
+    controller: Controller,
+    safety: SafetyFilter,
+    timer: TickTimer,
+    task: str,
+    observation: dict[str, np.ndarray],
+    episode: int,
+    max_steps: int,
+    config: LoopConfig,
+    sinks: list[TickSink] | tuple,
+    stop: threading.Event | None,
+) -> tuple[str, bool, int, float, int, int]:
+    """The ticks of one episode; returns (outcome, success, steps, total reward, takeovers, intervention ticks)."""
     total_reward, takeovers, intervention_ticks = 0.0, 0, 0
     outcome, success, steps = "timeout", False, 0
     lateness = 0.0
-    timer.start()
     for tick in range(max_steps):
         obs_time = time.time()
         if tick > 0:
@@ -197,21 +244,4 @@ def run_episode(
                 outcome = "success" if success else "timeout"
             break
         lateness = timer.wait()
-    result = EpisodeResult(
-        episode=episode,
-        seed=seed,
-        steps=steps,
-        success=success,
-        outcome=outcome,
-        total_reward=round(total_reward, 4),
-        takeovers=takeovers,
-        intervention_ticks=intervention_ticks,
-        starved_ticks=controller.scheduler.stats.starved_ticks,
-        timing=timer.summary().to_dict(),
-        safety=safety.stats.to_dict(),
-        scheduler=controller.scheduler.stats.to_dict(),
-        wall_s=round(time.perf_counter() - t_start, 3),
-    )
-    for sink in sinks:
-        sink.end_episode(result)
-    return result
+    return outcome, success, steps, total_reward, takeovers, intervention_ticks
