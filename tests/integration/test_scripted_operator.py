@@ -45,7 +45,7 @@ class RecordingOperator:
 
 
 def session(overrides, sinks=()):
-    cfg = compose_run(["robot.realtime=false", "robot.cameras=[]", *overrides])
+    cfg = compose_run(["policy=scripted", "robot.realtime=false", "robot.cameras=[]", *overrides])
     return Session(cfg, sinks=list(sinks))
 
 

@@ -129,7 +129,7 @@ def test_cli_reports_a_missing_terminal_and_exits(tmp_path, capsys):
 
     handler = signal.getsignal(signal.SIGINT)
     try:
-        rc = main(["run", "teleop=keyboard", "robot.cameras=[]", "robot.realtime=false", f"session.run_dir={tmp_path}"])
+        rc = main(["run", "policy=scripted", "teleop=keyboard", "robot.cameras=[]", "robot.realtime=false", f"session.run_dir={tmp_path}"])
     finally:
         signal.signal(signal.SIGINT, handler)  # main() installs its own Ctrl-C handler
     assert rc == 3
@@ -156,7 +156,7 @@ def test_cli_shows_keys_and_obeys_takeover_success_stop(tmp_path):
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [
-        sys.executable, "-m", "tandem.cli", "run", "teleop=keyboard", "robot.cameras=[]", "session.episodes=3",
+        sys.executable, "-m", "tandem.cli", "run", "policy=scripted", "teleop=keyboard", "robot.cameras=[]", "session.episodes=3",
         "policy.bias=0.6", f"session.run_dir={tmp_path}", "teleop.ramp_ticks=2",
     ]
     proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True)
