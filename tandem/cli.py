@@ -12,7 +12,7 @@
     tandem serve-policy [hydra overrides...]   a base policy served to remote robots (session.backend=remote)
     tandem demos [hydra overrides...]     scripted-expert demonstrations recorded into a LeRobotDataset
     tandem pretrain [hydra overrides...]  behaviour cloning of the tiny VLA from a LeRobotDataset
-    tandem bench inference [--seconds --n]   base inference latency and loop lateness beside the worker
+    tandem bench inference [policy overrides] [--seconds --n]   inference latency, loop lateness beside the worker
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def cmd_run(overrides: list[str]) -> int:
             flush=True,
         )
 
-    print(f"tandem run: robot={cfg.robot.type} task={getattr(cfg.robot, 'task', '')} policy={cfg.policy.type} "
+    tasks = ",".join(getattr(cfg.robot, "suite", None) or [getattr(cfg.robot, "task", "")])
+    print(f"tandem run: robot={cfg.robot.type} task={tasks} policy={cfg.policy.type} "
           f"episodes={cfg.session.episodes}", flush=True)
     summary = session.run(on_episode=on_episode)
     run_dir = Path(cfg.session.run_dir) if cfg.session.run_dir else default_run_dir()
@@ -207,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
     bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
     bench.add_argument("--n", type=int, default=200, help="inference: chunks timed")
-    bench.add_argument("overrides", nargs="*", help="inference: policy overrides (default policy=tiny_vla "
-                       "policy.device=cpu)")
+    bench.add_argument("overrides", nargs="*", help="inference: policy overrides, right after the word inference "
+                       "(default policy=tiny_vla policy.device=cpu)")
     learn = sub.add_parser("learn", help="learner service (Hydra overrides: learner.store_dir=... learner.device=cuda)")
     learn.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. learner.batch_size=256")
     demos = sub.add_parser("demos", help="record scripted-expert demonstrations into a LeRobotDataset")
