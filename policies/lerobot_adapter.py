@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 
-from tandem.hardware.features import STATE_KEY
 from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
 from tandem.validate import non_negative
 
@@ -244,7 +243,7 @@ class LeRobotPolicy(BasePolicy):
             batch[key] = img
         if self._state_key is not None:
             batch[self._state_key] = torch.from_numpy(np.asarray(observation[self._state_key], np.float32))
-        for key, feat in self.policy.config.input_features.items():  # other inputs pass through as float
+        for key in self.policy.config.input_features:  # other inputs pass through as float
             if key not in batch and key in observation:
                 batch[key] = torch.from_numpy(np.asarray(observation[key], np.float32))
         return batch
@@ -254,7 +253,6 @@ class LeRobotPolicy(BasePolicy):
         batch = {k: v for k, v in batch.items() if v is not None and (k.startswith("observation") or k == "task")}
         if self.lerobot_type == "diffusion":
             import torch
-
             from lerobot.policies.utils import populate_queues
 
             if self.policy.config.image_features:
