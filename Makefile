@@ -25,8 +25,13 @@ test: install  ## run the fast test suite (what CI runs)
 test-full: install  ## run every test, the slow ones too
 	$(BIN)/python -m pytest -q -m "not manual"
 
-bench: install  ## run the performance benchmarks (JSON out)
+bench: install  ## run the performance benchmarks (JSON out, a few minutes)
 	$(BIN)/tandem bench loop --hz 50 --seconds 10 --load 1
+	$(BIN)/tandem bench loop --hz 200 --seconds 10 --load 1
+	$(BIN)/tandem bench inference --seconds 20
+	$(BIN)/tandem bench recorder --seconds 60
+	$(BIN)/tandem bench links --pushes 100 --records 20000
+	$(BIN)/tandem bench learner
 
 lint: install  ## ruff
 	$(BIN)/ruff check .
