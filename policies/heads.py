@@ -112,6 +112,28 @@ class NumpyMLP:
         return self.layers[0][1], self.layers[0][2]
 
 
+class _MLPWeights:
+    """Weights-link plumbing shared by the heads: ``self.mlp`` is trained in torch, ``self._np`` is its
+    numpy copy for the control loop, ``self.schema()`` describes ``weights()``."""
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Parameters as float32 numpy arrays (copies), by name."""
+        return {n: p.detach().to("cpu", torch.float32).numpy().copy() for n, p in self.mlp.named_parameters()}
+
+    def load_weights(self, arrays: dict[str, np.ndarray], version: int) -> None:
+        """Validate and install ``weights()`` output. Raises ValueError on a schema mismatch or NaN."""
+        check_weights(self.schema()["params"], arrays)
+        with torch.no_grad():
+            for name, p in self.mlp.named_parameters():
+                p.copy_(torch.from_numpy(np.asarray(arrays[name])))
+        self.sync_numpy()
+        self.version = int(version)
+
+    def sync_numpy(self) -> None:
+        """Refresh the numpy inference copy from the torch parameters (after training steps)."""
+        self._np = NumpyMLP(self.mlp)
+
+
 def _schema(kind: str, cfg: object, module: nn.Module, arch_keys: tuple[str, ...]) -> dict:
     arch = {k: v for k, v in asdict(cfg).items() if k in arch_keys}
     arch["hidden"] = list(arch["hidden"])
@@ -176,7 +198,7 @@ class ResidualHeadConfig:
         return self.state_dim + self.feature_dim + self.action_dim + (self.horizon if self.tick_input else 0)
 
 
-class ResidualHead(nn.Module):
+class ResidualHead(_MLPWeights, nn.Module):
     """Per-tick residual correction of the base chunk; the identity at init.
 
     Args:
@@ -246,22 +268,6 @@ class ResidualHead(nn.Module):
                        ("state_dim", "feature_dim", "horizon", "action_dim", "hidden", "layer_norm", "alpha",
                         "tick_input"))
 
-    def weights(self) -> dict[str, np.ndarray]:
-        """Parameters as float32 numpy arrays (copies), by name."""
-        return {n: p.detach().to("cpu", torch.float32).numpy().copy() for n, p in self.mlp.named_parameters()}
-
-    def load_weights(self, arrays: dict[str, np.ndarray], version: int) -> None:
-        """Validate and install ``weights()`` output. Raises ValueError on a schema mismatch or NaN."""
-        check_weights(self.schema()["params"], arrays)
-        with torch.no_grad():
-            for name, p in self.mlp.named_parameters():
-                p.copy_(torch.from_numpy(np.asarray(arrays[name])))
-        self.sync_numpy()
-        self.version = int(version)
-
-    def sync_numpy(self) -> None:
-        """Refresh the numpy inference copy from the torch parameters (after training steps)."""
-        self._np = NumpyMLP(self.mlp)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -332,7 +338,7 @@ def tanh_gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.T
     return (log_n - log_det).sum(dim=-1)
 
 
-class EditHead(nn.Module):
+class EditHead(_MLPWeights, nn.Module):
     """EXPO edit policy pi_e(eps | s, f, a_base) over the flattened base chunk.
 
     Args:
@@ -449,19 +455,3 @@ class EditHead(nn.Module):
                        ("state_dim", "feature_dim", "horizon", "action_dim", "hidden", "layer_norm", "beta",
                         "num_candidates", "log_std_min", "log_std_max"))
 
-    def weights(self) -> dict[str, np.ndarray]:
-        """Parameters as float32 numpy arrays (copies), by name."""
-        return {n: p.detach().to("cpu", torch.float32).numpy().copy() for n, p in self.mlp.named_parameters()}
-
-    def load_weights(self, arrays: dict[str, np.ndarray], version: int) -> None:
-        """Validate and install ``weights()`` output. Raises ValueError on a schema mismatch or NaN."""
-        check_weights(self.schema()["params"], arrays)
-        with torch.no_grad():
-            for name, p in self.mlp.named_parameters():
-                p.copy_(torch.from_numpy(np.asarray(arrays[name])))
-        self.sync_numpy()
-        self.version = int(version)
-
-    def sync_numpy(self) -> None:
-        """Refresh the numpy inference copy from the torch parameters (after training steps)."""
-        self._np = NumpyMLP(self.mlp)
