@@ -230,6 +230,7 @@ for i in range(4):
     obj.update({{k: v[rank * 16:(rank + 1) * 16] for k, v in full.items()}})
 w = {{**obj.weights(), **co.weights()}}
 np.savez(out, **{{kind + "." + k: v for kind in w for k, v in w[kind].items()}})
+dist.barrier()  # no rank tears gloo down while the other is still in its last collective
 dist.destroy_process_group()
 """
 
