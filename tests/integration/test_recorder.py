@@ -212,7 +212,9 @@ def synthetic_dataset(tmp_path_factory):
         for e, ticks in enumerate(episodes):
             run_episode(recorder, assembler, e, ticks)
         deadline = time.monotonic() + 30
-        while recorder.written < 58 and time.monotonic() < deadline:  # the disk stalls from episode 2 on
+        # The disk stalls from episode 2 on: wait until episode 1's ticks *and* its end marker are taken
+        # off the queue, or the marker would hold a queue slot and shift the drop count by one.
+        while (recorder.written < 58 or recorder._queue.qsize() > 0) and time.monotonic() < deadline:
             time.sleep(0.01)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(SpoolEpisodeWriter, "append", stalling_append)
