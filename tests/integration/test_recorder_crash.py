@@ -30,7 +30,7 @@ from tandem.runtime.replay import read_outcomes
 CHILD = Path(__file__).with_name("recorder_crash_child.py")
 FPS = 50
 BASE = ["policy=scripted", "robot.task=reach-v3", "robot.realtime=true", "robot.max_episode_steps=40", "session.episodes=1000",
-        "policy.noise_std=0.1"]
+        "policy.noise_std=0.1", "loop.stop_on_success=false"]  # every episode runs exactly 40 ticks
 
 
 class Run:
@@ -59,6 +59,18 @@ class Run:
             assert self.proc.poll() is None, f"session exited early: {self.lines[-3:]}"
             assert time.monotonic() < deadline, "session too slow"
             time.sleep(0.005)
+
+    def wait_mid_episode(self, first: int, last: int, timeout: float = 60.0) -> None:
+        """Wait until the newest tick is tick ``first..last`` of its episode (so a kill soon after lands
+        inside an episode, not between two)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ticks = [line for line in list(self.lines) if line.startswith("T ")]
+            if ticks and first <= int(ticks[-1].split()[2]) <= last:
+                return
+            assert self.proc.poll() is None, f"session exited early: {self.lines[-3:]}"
+            assert time.monotonic() < deadline, "session too slow"
+            time.sleep(0.002)
 
     def kill(self, group: bool) -> None:
         pgid = self.proc.pid  # start_new_session: the group is the session's pid
@@ -126,7 +138,9 @@ def kill_and_check(root: Path, log: Path, rng: random.Random, group: bool, manua
                    cameras: str = "[corner]") -> dict:
     run = Run(root, [f"robot.cameras={cameras}"], log)
     run.wait_ticks(rng.randint(45, 170))
-    time.sleep(rng.uniform(0.0, 0.4))
+    # A random moment inside an episode: ticks 5..25 of 40, plus up to 0.1 s (5 ticks at 50 Hz).
+    run.wait_mid_episode(5, 25)
+    time.sleep(rng.uniform(0.0, 0.1))
     run.kill(group=group)
     session, produced = run.session, run.produced()
     if manual:
