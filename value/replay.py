@@ -77,7 +77,9 @@ class RingBuffer:
     """``capacity`` records as stacked arrays (allocated at the first record's sizes)."""
 
     SCALARS = {"done": "bool", "truncated": "bool", "head_version": "int64", "base_version": "int64",
-               "episode_id": "int64", "chunk_index": "int64"}
+               "episode_id": "int64", "chunk_index": "int64", "next_valid": "bool", "generation": "int64"}
+    # s_{t+H} and the base proposal there, copied from the episode's next record when it arrives
+    NEXT = {"next_state": "state", "next_features": "features", "next_base": "base"}
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -91,8 +93,8 @@ class RingBuffer:
         """Same sizes as the records already held."""
         return not self.shapes or all(np.shape(getattr(record, k)) == s for k, s in self.shapes.items())
 
-    def add(self, record: ChunkRecord) -> None:
-        """Insert (overwriting the oldest when full)."""
+    def add(self, record: ChunkRecord) -> tuple[int, int]:
+        """Insert (overwriting the oldest when full); returns (slot, generation)."""
         if not self.data:
             for name, (dtype, _) in ARRAY_FIELDS.items():
                 shape = np.shape(getattr(record, name))
@@ -100,15 +102,32 @@ class RingBuffer:
                 self.data[name] = np.zeros((self.capacity, *shape), dtype)
             for name, dtype in self.SCALARS.items():
                 self.data[name] = np.zeros(self.capacity, dtype)
+            for name, src in self.NEXT.items():
+                self.data[name] = np.zeros_like(self.data[src])
             self.robot = [""] * self.capacity
         i = self.added % self.capacity
         for name in ARRAY_FIELDS:
             self.data[name][i] = getattr(record, name)
         for name in self.SCALARS:
-            self.data[name][i] = getattr(record, name)
+            if hasattr(record, name):
+                self.data[name][i] = getattr(record, name)
+        for name in self.NEXT:
+            self.data[name][i] = 0
+        self.data["next_valid"][i] = False
+        self.data["generation"][i] = self.added
         self.robot[i] = record.robot_id
         self.added += 1
         self.size = min(self.added, self.capacity)
+        return i, self.added - 1
+
+    def link_next(self, slot: int, generation: int, record: ChunkRecord) -> bool:
+        """Give row ``slot`` its successor's state, features and base (if the row still holds ``generation``)."""
+        if self.data["generation"][slot] != generation:
+            return False  # overwritten by the ring since
+        for name, src in self.NEXT.items():
+            self.data[name][slot] = getattr(record, src)
+        self.data["next_valid"][slot] = True
+        return True
 
     def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """The rows ``idx`` of every field."""
@@ -138,6 +157,8 @@ class ReplayStore:
         self.buffers = {name: RingBuffer(self.config.capacity) for name in BUFFERS}
         self.counts = {"stored": 0, "tombstones": 0, "incompatible": 0, "duplicates": 0, "gaps": 0}
         self._last: dict[tuple[str, str], int] = {}
+        # (robot, stream, episode) -> (buffer, slot, generation, chunk_index) of the episode's newest record
+        self._tail: dict[tuple[str, str, int], tuple[str, int, int, int]] = {}
         self._lock = threading.Lock()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._owner = open(self.directory / "LOCK", "a+")
@@ -161,7 +182,7 @@ class ReplayStore:
             if msg.kind == TOMBSTONE:
                 self.counts["tombstones"] += 1
             else:
-                self._insert(message_to_record(msg), str(msg.meta.get("source", "online")))
+                self._insert(message_to_record(msg), str(msg.meta.get("source", "online")), key[1])
             recovered += 1
         if recovered:
             log.info("replay %s: recovered %d records (%d streams)", self.directory, recovered, len(self._last))
@@ -200,7 +221,7 @@ class ReplayStore:
             self._log.append(msg.seq, pack_frames(encode(msg)))
             self._dirty = True
             self._last[(msg.robot, stream)] = msg.seq
-            self._insert(record, str(msg.meta.get("source", "online")))
+            self._insert(record, str(msg.meta.get("source", "online")), stream)
         return STORED
 
     def _tombstone(self, msg: Message, reason: str) -> None:
@@ -211,13 +232,26 @@ class ReplayStore:
             self._last[(msg.robot, str(msg.meta.get("stream", "")))] = msg.seq
             self.counts["tombstones"] += 1
 
-    def _insert(self, record: ChunkRecord, source: str) -> None:
-        buf = self.buffers[buffer_of(record, source)]
+    def _insert(self, record: ChunkRecord, source: str, stream: str = "") -> None:
+        """Add to its buffer and link it as the successor of the same episode's previous chunk.
+
+        Records of one stream arrive in order, so chunk k's predecessor (chunk k-1 of the same robot,
+        stream and episode) is already stored: it gets ``next_state``/``next_features``/``next_base``
+        from this record and ``next_valid`` true (the TD target's bootstrap state s_{t+H}).
+        """
+        name = buffer_of(record, source)
+        buf = self.buffers[name]
         if not buf.fits(record):
             self.counts["incompatible"] += 1
             return
-        buf.add(record)
+        slot, generation = buf.add(record)
         self.counts["stored"] += 1
+        key = (record.robot_id, stream, int(record.episode_id))
+        prev = self._tail.pop(key, None)
+        if prev is not None and prev[3] == record.chunk_index - 1:
+            self.buffers[prev[0]].link_next(prev[1], prev[2], record)
+        if not (record.done or record.truncated):
+            self._tail[key] = (name, slot, generation, int(record.chunk_index))
 
     def commit(self) -> None:
         """Make everything offered so far durable (flush; fsync unless configured off)."""
