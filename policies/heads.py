@@ -365,6 +365,9 @@ class EditHead(_MLPWeights, nn.Module):
             last.bias[d:] = config.init_log_std
         self.version = 0
         self.selector: Selector | None = None
+        self.use_mean = False  # run base + mean edit instead of the critic's choice
+        self.last_choice: int | None = None  # 0 base, 1 mean edit, 2.. sampled edits
+        self.last_score: float | None = None
         self.rng = np.random.default_rng(config.seed)
         self._np = NumpyMLP(self.mlp)
 
@@ -420,14 +423,25 @@ class EditHead(_MLPWeights, nn.Module):
         cfg = self.config
         n = cfg.num_candidates if n is None else n
         base = np.asarray(base, np.float32)
-        w0, b0 = self._np.first
-        x = np.concatenate([state_features, base.reshape(-1)])
-        out = self._np.forward(x @ w0 + b0)
+        mean, log_std = self.dist_np(state_features, base)
         d = cfg.chunk_dim
-        mean, log_std = out[:d], np.clip(out[d:], cfg.log_std_min, cfg.log_std_max)
         u = mean + np.exp(log_std) * self.rng.standard_normal((n, d), dtype=np.float32)
         edits = base.reshape(1, -1) + cfg.beta * np.tanh(u)
         return np.concatenate([base.reshape(1, -1), edits]).reshape(n + 1, *base.shape).astype(np.float32, copy=False)
+
+    def dist_np(self, state_features: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, log_std), each float32[D], of the pre-tanh edit distribution at one state."""
+        cfg = self.config
+        w0, b0 = self._np.first
+        out = self._np.forward(np.concatenate([state_features, np.asarray(base, np.float32).reshape(-1)]) @ w0 + b0)
+        d = cfg.chunk_dim
+        return out[:d], np.clip(out[d:], cfg.log_std_min, cfg.log_std_max)
+
+    def mean_edit_np(self, state_features: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """float32[H, A]: base + beta * tanh(mean), the edit policy's most likely chunk."""
+        mean, _ = self.dist_np(state_features, base)
+        base = np.asarray(base, np.float32)
+        return (base + self.config.beta * np.tanh(mean).reshape(base.shape)).astype(np.float32, copy=False)
 
     def set_selector(self, selector: Selector | None) -> None:
         """Install the candidate selector (the critic's pessimistic argmax); None runs the base chunk."""
@@ -436,16 +450,26 @@ class EditHead(_MLPWeights, nn.Module):
     def correction(self, observation: dict[str, np.ndarray], features: np.ndarray, base: np.ndarray) -> np.ndarray:
         """The controller's Head protocol: the selected candidate minus the base window, float32[H, A].
 
-        Without a selector (no critic on the robot yet) the base chunk is kept (zeros).
+        With ``use_mean`` the mean edit runs (no critic). Otherwise the critic scores {base, mean edit,
+        N sampled edits} and the best runs (``last_score`` keeps its score); without a selector (no
+        critic on the robot yet) the base chunk is kept (zeros).
         """
         base = np.asarray(base, np.float32)
+        if self.use_mean:
+            if self.version == 0:
+                return np.zeros_like(base)
+            return self.mean_edit_np(_state_features(self.config, observation, features), base) - base
         if self.selector is None:
             return np.zeros_like(base)
         sf = _state_features(self.config, observation, features)
         cands = self.propose_np(sf, base)
+        cands = np.concatenate([cands[:1], self.mean_edit_np(sf, base)[None], cands[1:]])
         s = sf[: self.config.state_dim]
         f = sf[self.config.state_dim:]
-        return cands[int(self.selector(s, f, cands))] - base
+        index = int(self.selector(s, f, cands))
+        self.last_choice = index
+        self.last_score = getattr(self.selector, "last_score", None)
+        return cands[index] - base
 
     # -- weights link -------------------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ class EpisodeResult:
     safety: dict = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
     wall_s: float = 0.0
+    task: str = ""
+    head_version: int = 0  # head weights in use at the episode's end
 
 
 class TickSink(Protocol):
@@ -158,6 +160,8 @@ def run_episode(
         safety=safety.stats.to_dict(),
         scheduler=controller.scheduler.stats.to_dict(),
         wall_s=round(time.perf_counter() - t_start, 3),
+        task=task,
+        head_version=int(getattr(controller.head, "version", 0)),
     )
     for sink in sinks:
         sink.end_episode(result)

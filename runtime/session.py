@@ -108,6 +108,7 @@ class Session:
         self.controller: Controller | None = None
         self.safety: SafetyFilter | None = None
         self.operator: TakeoverOperator | None = None
+        self.learning: Any = None  # tandem.value.learning.RobotParts: head, critic, consumers
 
     def build(self) -> None:
         """Create the parts (the robot is not connected yet)."""
@@ -132,9 +133,23 @@ class Session:
         )
         safety = self.safety
         self.operator = make_operator(getattr(cfg, "teleop", None), self.robot, last_sent=lambda: safety.last)
+        self.learning = self._build_head()
         self.controller = Controller(
-            scheduler, cfg.session.horizon, hold=self.safety.hold_action, operator=self.operator
+            scheduler, cfg.session.horizon, hold=self.safety.hold_action, head=self.learning.head,
+            operator=self.operator,
         )
+
+    def _build_head(self) -> Any:
+        """The ``head`` block: the head (and the edit head's critic) and their weights consumers."""
+        from tandem.value.learning import HeadConfig, RobotParts, robot_dims, robot_parts
+
+        head_cfg = getattr(self.config, "head", None) or HeadConfig()
+        if head_cfg.type == "none":
+            return RobotParts()
+        parts = robot_parts(head_cfg, robot_dims(self.robot, self.policy, self.config.session.horizon))
+        for kind, consumer in parts.consumers.items():
+            self.weights_consumers.setdefault(kind, consumer)
+        return parts
 
     def _start_recorder(self) -> Any:
         """The episode recorder (``record.enabled``), started and added to the sinks; else None."""

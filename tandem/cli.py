@@ -44,18 +44,37 @@ def _install_sigint(stop: threading.Event) -> None:
 def cmd_run(overrides: list[str]) -> int:
     """``tandem run``: compose the config, run the session, print results, write summary.json."""
     from tandem.config import compose_run
-    from tandem.runtime.session import Session, default_run_dir, write_summary
+    from tandem.runtime.session import default_run_dir
 
     cfg = compose_run(overrides)
     stop = threading.Event()
     _install_sigint(stop)
+    run_dir = Path(cfg.session.run_dir) if cfg.session.run_dir else default_run_dir()
+    learner = None
+    if cfg.learn.spawn:
+        from tandem.runtime.learner_process import LearnerProcess
+
+        learner = LearnerProcess(cfg, run_dir).start()
+        print(f"tandem run: learner pid {learner.proc.pid} on 127.0.0.1:{cfg.link.experience_port}/"
+              f"{cfg.link.weights_port}, store {learner.store_dir}", flush=True)
+    try:
+        return _run_session(cfg, stop, run_dir)
+    finally:
+        if learner is not None:
+            rc = learner.stop()
+            print(f"tandem run: learner stopped (exit {rc}); log {learner.store_dir / 'learner.log'}", flush=True)
+
+
+def _run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
+    from tandem.runtime.session import Session, write_summary
+
     session = Session(cfg, stop=stop)
 
     def on_episode(r: object) -> None:
         t = r.timing
         print(
             f"episode {r.episode:3d}  seed {r.seed}  {r.outcome:8s}  steps {r.steps:4d}  "
-            f"reward {r.total_reward:8.2f}  takeovers {r.takeovers}  starved {r.starved_ticks}  "
+            f"reward {r.total_reward:8.2f}  takeovers {r.takeovers}  head v{r.head_version}  starved {r.starved_ticks}  "
             f"lateness p99 {t['p99_lateness_ms']:.3f} ms  overruns {t['overruns']}",
             flush=True,
         )
@@ -64,7 +83,6 @@ def cmd_run(overrides: list[str]) -> int:
     print(f"tandem run: robot={cfg.robot.type} task={tasks} policy={cfg.policy.type} "
           f"episodes={cfg.session.episodes}", flush=True)
     summary = session.run(on_episode=on_episode)
-    run_dir = Path(cfg.session.run_dir) if cfg.session.run_dir else default_run_dir()
     path = write_summary(summary, run_dir)
     n = len(summary.episodes)
     wins = sum(e["success"] for e in summary.episodes)
@@ -76,11 +94,11 @@ def cmd_run(overrides: list[str]) -> int:
     return 0
 
 
-def cmd_learn(overrides: list[str]) -> int:
+def cmd_learn(overrides: list[str], config_file: str | None = None) -> int:
     """``tandem learn``: serve robots and train until SIGINT/SIGTERM (or max_updates / max_seconds)."""
     from tandem.value.learner import Learner, compose_learner
 
-    cfg = compose_learner(overrides)
+    cfg = compose_learner(overrides, config_file)
     stop = threading.Event()
     learner = Learner(cfg, stop=stop)  # refuses a bad endpoint before anything starts
 
@@ -212,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default policy=tiny_vla policy.device=cpu)")
     learn = sub.add_parser("learn", help="learner service (Hydra overrides: learner.store_dir=... learner.device=cuda)")
     learn.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. learner.batch_size=256")
+    learn.add_argument("--config", default=None, help="a YAML `learner:` block to start from (overrides apply on top)")
     demos = sub.add_parser("demos", help="record scripted-expert demonstrations into a LeRobotDataset")
     demos.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=90 record.root=data/demos")
     pretrain = sub.add_parser("pretrain", help="train the tiny VLA by behaviour cloning from a LeRobotDataset")
@@ -241,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return cmd_bench(args)
         if args.command == "learn":
-            return cmd_learn(args.overrides)
+            return cmd_learn(args.overrides, args.config)
         if args.command == "keys":
             return cmd_keys(args.directory, args.force)
         if args.command == "serve-policy":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import ConfigError
+from tandem.runtime.learner_process import LearnConfig
 from tandem.runtime.link_config import LinkConfig
 from tandem.runtime.loop import LoopConfig
 from tandem.runtime.policy_link import PolicyLinkConfig
@@ -23,6 +24,7 @@ from tandem.runtime.recorder import RecordConfig
 from tandem.runtime.safety import SafetyConfig
 from tandem.runtime.scheduler import SchedulerConfig
 from tandem.validate import in_range, non_negative, one_of
+from tandem.value.learning import HeadConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -70,6 +72,8 @@ class RunConfig:
     policy_link: PolicyLinkConfig = field(default_factory=PolicyLinkConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     link: LinkConfig = field(default_factory=LinkConfig)  # experience up / weights down to a learner
+    head: HeadConfig = field(default_factory=HeadConfig)  # head=none|residual|edit on top of the base policy
+    learn: LearnConfig = field(default_factory=LearnConfig)  # learn.spawn=true: a learner on localhost
 
 
 def build_dataclass(cls: type, values: dict, prefix: str) -> Any:

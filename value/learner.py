@@ -288,9 +288,15 @@ class Learner:
             "time": time.time(),
         }
         write_json_atomic(self.root / "status.json", status)
+        if self.metrics:  # the learning curve for reports: one line per status period
+            line = {"step": self.step, "time": status["time"], "metrics": self.metrics, "replay": status["replay"],
+                    "versions": self.versions}
+            with open(self.root / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
         log.info(
-            "learner: update %d  loss %s  replay %s  live robots %s",
-            self.step, self.metrics.get("loss"), status["replay"], status["live_robots"],
+            "learner: update %d  %s  replay %s  live robots %s",
+            self.step, "  ".join(f"{k} {v:.4g}" for k, v in self.metrics.items() if k.endswith(("loss", "td_abs"))),
+            status["replay"], status["live_robots"],
         )
 
     def summary(self, objective: Any, info: ddp.DistInfo) -> dict[str, Any]:
@@ -309,9 +315,23 @@ class Learner:
         }
 
 
-def compose_learner(overrides: list[str]) -> LearnerConfig:
-    """``tandem learn`` overrides (``learner.batch_size=256`` ...) -> validated LearnerConfig."""
+def compose_learner(overrides: list[str], config_file: str | Path | None = None) -> LearnerConfig:
+    """``tandem learn`` overrides (``learner.batch_size=256`` ...) -> validated LearnerConfig.
+
+    With ``config_file`` (a YAML ``learner:`` block, e.g. written by ``tandem run learn.spawn=true``) its
+    values replace the defaults and the overrides (plain ``learner.key=value``) apply on top.
+    """
     from tandem.config import build_dataclass, compose
 
-    values = compose("learner/default", overrides).get("learner", {})
+    if config_file is None:
+        values = compose("learner/default", overrides).get("learner", {})
+    else:
+        from omegaconf import OmegaConf
+
+        merged = OmegaConf.merge(
+            OmegaConf.create(compose("learner/default", [])),
+            OmegaConf.load(config_file),
+            OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]),
+        )
+        values = OmegaConf.to_container(merged, resolve=True).get("learner", {})
     return build_dataclass(LearnerConfig, values, "learner")

@@ -12,7 +12,7 @@ its shard of each batch; the objective wraps its trained modules in DDP so gradi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,14 +44,20 @@ class ObjectiveConfig:
     """Which objective the learner trains.
 
     Attributes:
-        type: registered objective name ("chunk_reward").
-        hidden: hidden width of the objective's MLP.
-        layers: hidden layers.
-        lr: Adam learning rate.
-        publish_kind: weight kind its network is published as.
+        type: "critic" (chunked critic only), "residual" (critic + residual head), "edit" (critic +
+            EXPO edit head; publishes both) or "chunk_reward" (a small test objective).
+        critic, head: network settings, the same as the robot's ``head.critic`` / ``head.head`` (sizes
+            come from the data); see tandem.value.learning.
+        critic_objective: CriticObjectiveConfig settings (reward_mode, reward_scale, warmup_steps, rlif_penalty).
+        head_objective: ResidualObjectiveConfig / EditObjectiveConfig settings (lr, AWR term, ...).
+        hidden, layers, lr, publish_kind: chunk_reward only: MLP width, depth, Adam lr, weight kind.
     """
 
     type: str = "chunk_reward"
+    critic: dict = field(default_factory=dict)
+    head: dict = field(default_factory=dict)
+    critic_objective: dict = field(default_factory=dict)
+    head_objective: dict = field(default_factory=dict)
     hidden: int = 64
     layers: int = 2
     lr: float = 1e-3
@@ -162,9 +168,15 @@ def chunk_reward_schema(config: ObjectiveConfig, state_dim: int, horizon: int, a
     return {k: (str(v.detach().numpy().dtype), tuple(v.shape)) for k, v in model.state_dict().items()}
 
 
-OBJECTIVES: dict[str, type] = {"chunk_reward": ChunkRewardObjective}
+OBJECTIVES = ("chunk_reward", "critic", "residual", "edit")
 
 
 def make_objective(config: ObjectiveConfig, device: str = "cpu", distributed: bool = False) -> Objective:
     """The objective named by ``config.type``."""
-    return OBJECTIVES[config.type](config, device, distributed)
+    if config.type == "chunk_reward":
+        return ChunkRewardObjective(config, device, distributed)
+    from tandem.value.learning import LearningObjective, ObjectiveSpec
+
+    spec = ObjectiveSpec(type=config.type, critic=dict(config.critic), head=dict(config.head),
+                         critic_objective=dict(config.critic_objective), head_objective=dict(config.head_objective))
+    return LearningObjective(spec, device, distributed)

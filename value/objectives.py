@@ -37,6 +37,7 @@ import torch
 from tandem.errors import ConfigError
 from tandem.policies.heads import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.validate import non_negative, one_of, positive
+from tandem.value.advantages import advantage, awr_weights, weighted_bc_loss
 from tandem.value.critic import ChunkedCritic, CriticConfig
 from tandem.value.targets import NextAction, best_of_candidates, critic_target
 
@@ -113,18 +114,23 @@ class CriticObjectiveConfig:
     """Critic training (optimiser settings, gamma and tau live in CriticConfig).
 
     Attributes:
-        reward_scale: multiplier of the recorded task reward.
+        reward_mode: "task" (the recorded task reward) or "time" (-1 per tick until the episode's terminal:
+            the value is minus the discounted time to success; needs ``loop.stop_on_success`` so success
+            is the terminal).
+        reward_scale: multiplier of the reward.
         rlif_penalty: RLIF penalty at each takeover onset (0 = interventions are plain data, ALOE; 1 = RLIF).
         warmup_steps: critic-only updates before head objectives start their own updates.
         seed: seed of the objective's generator (aggregation subsets, sampling, target noise).
     """
 
+    reward_mode: str = "task"
     reward_scale: float = 1.0
     rlif_penalty: float = 0.0
     warmup_steps: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        one_of("reward_mode", self.reward_mode, ("task", "time"))
         non_negative("rlif_penalty", self.rlif_penalty)
         non_negative("warmup_steps", self.warmup_steps)
 
@@ -166,6 +172,8 @@ class CriticObjective:
     def update_tensors(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         """One critic step on a batch already converted by :func:`to_tensors`."""
         critic, cfg = self.critic, self.config
+        if cfg.reward_mode == "time":
+            b = {**b, "reward": -torch.ones_like(b["reward"])}
         y, w = critic_target(critic, b, self.next_action, cfg.reward_scale, cfg.rlif_penalty, self.generator)
         loss, q = critic.td_loss(b["state"], b["features"], b["executed"], y, w)
         norm = _grad_step(self.optimizer, loss, list(critic.online.parameters()), critic.config.grad_clip,
@@ -342,6 +350,11 @@ class EditObjectiveConfig:
         actor_every: one head update every this many critic updates.
         actor_q: "mean" (ensemble mean, as EXPO) or "aggregate" (the pessimistic Q).
         grad_clip: max gradient norm of the head (0 disables).
+        awr_weight: weight of ALOE's advantage-weighted likelihood of the executed chunks (human
+            takeovers included) under the edit policy, added to the EXPO loss (0: EXPO only).
+        awr_beta: AWR temperature (in the critic's value units): w = clip(exp(A / awr_beta), 0, awr_w_max).
+        awr_w_max: AWR weight cap.
+        awr_samples: edits sampled per state for V(s) = mean Q(s, base + edit).
     """
 
     lr: float = 3e-4
@@ -353,9 +366,17 @@ class EditObjectiveConfig:
     actor_every: int = 1
     actor_q: str = "mean"
     grad_clip: float = 1.0
+    awr_weight: float = 0.0
+    awr_beta: float = 1.0
+    awr_w_max: float = 20.0
+    awr_samples: int = 4
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
+        non_negative("awr_weight", self.awr_weight)
+        positive("awr_beta", self.awr_beta)
+        positive("awr_w_max", self.awr_w_max)
+        positive("awr_samples", self.awr_samples)
         positive("alpha_lr", self.alpha_lr)
         positive("init_alpha", self.init_alpha)
         if self.num_candidates is not None and self.num_candidates < 0:
@@ -427,6 +448,9 @@ class EditHeadObjective:
                          co.generator)
             alpha = self.log_alpha.exp().detach()
             loss = (alpha * (log_prob - self.log_beta_term) - q).mean()
+            awr = self._awr_terms(b) if self.config.awr_weight > 0 else {}
+            if awr:
+                loss = loss + self.config.awr_weight * awr.pop("loss")
             norm = _grad_step(self.optimizer, loss, list(head.parameters()), self.config.grad_clip, co.distributed)
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         _grad_step(self.alpha_optimizer, alpha_loss, [self.log_alpha], 0.0, co.distributed)
@@ -440,8 +464,32 @@ class EditHeadObjective:
             "head/edit_abs": float((head.config.beta * eps).detach().abs().mean()),
             "head/grad_norm": norm,
             "head/steps": float(self.head_steps),
+            **awr,
         })
         return metrics
+
+    def _awr_terms(self, b: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """ALOE's improvement step on the edit head: -mean_b w_b log pi_e(eps*_b), per action dimension.
+
+        eps*_b = clip((executed_b - base_b) / beta) is the edit that reproduces what ran (a human
+        takeover's actions, or the candidate the robot chose); w_b = clip(exp(A_b / awr_beta), 0, w_max)
+        with A_b = Q_pess(s_b, executed_b) - V(s_b), V from ``awr_samples`` edits of the current head.
+        Ticks past the episode's end are masked out.
+        """
+        co, head, cfg = self.critic_objective, self.head, self.config
+        with torch.no_grad():
+            eps_v, _ = head.sample(b["state"], b["features"], b["base"], cfg.awr_samples, co.generator)
+            adv = advantage(co.critic, b["state"], b["features"], b["executed"], head.edit(b["base"], eps_v),
+                            generator=co.generator)
+            w = awr_weights(adv, cfg.awr_beta, cfg.awr_w_max)
+        mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
+        target = ((b["executed"] - b["base"].float()) / head.config.beta).flatten(1).clamp(-0.995, 0.995)
+        u = torch.atanh(target)
+        log_p = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        mask = b["valid"].float().unsqueeze(-1).expand(b["base"].shape).flatten(1)
+        per_sample = (log_p * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return {"loss": -weighted_bc_loss(per_sample, w), "head/awr_adv": float(adv.mean()),
+                "head/awr_w": float(w.mean()), "head/awr_log_p": float(per_sample.detach().mean())}
 
     def weights(self) -> dict[str, dict[str, np.ndarray]]:
         """{"head": ..., "critic": ...}: the robot scores the candidates with the critic."""

@@ -174,7 +174,9 @@ def make_selector(critic: ChunkedCritic) -> Callable[[np.ndarray, np.ndarray, np
         s = torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0).to(d)
         f = torch.from_numpy(np.asarray(features, np.float32)).unsqueeze(0).to(d)
         c = torch.from_numpy(np.asarray(candidates, np.float32)).unsqueeze(0).to(d)
-        _, index, _ = best_of_candidates(critic, s, f, c, target=False)
+        _, index, scores = best_of_candidates(critic, s, f, c, target=False)
+        selector.last_score = float(scores[0, index[0]])  # the chosen chunk's value (live view)
         return int(index[0])
 
+    selector.last_score = None
     return selector

@@ -187,8 +187,25 @@ def test_edit_correction_executes_the_selected_candidate():
     head.set_selector(by_sum)
     corr = head.correction(obs, f[0].numpy(), base[0].numpy())
     cands = seen["cands"]
-    assert cands.shape == (9, H, A)
-    np.testing.assert_allclose(base[0].numpy() + corr, cands[np.argmax(cands.reshape(9, -1).sum(1))], atol=1e-6)
+    assert cands.shape == (10, H, A)  # base, the mean edit, 8 sampled edits
+    np.testing.assert_array_equal(cands[0], base[0].numpy())
+    sf = np.concatenate([s[0].numpy(), f[0].numpy()])
+    np.testing.assert_allclose(cands[1], head.mean_edit_np(sf, base[0].numpy()), atol=1e-6)
+    np.testing.assert_allclose(base[0].numpy() + corr, cands[np.argmax(cands.reshape(10, -1).sum(1))], atol=1e-6)
+    assert head.last_choice == int(np.argmax(cands.reshape(10, -1).sum(1)))
+
+
+def test_edit_head_mean_mode_runs_the_mean_edit_once_trained():
+    head = EditHead(EditHeadConfig(**DIMS))
+    head.use_mean = True
+    s, f, base = inputs(1)
+    obs = {"observation.state": s[0].numpy()}
+    assert not head.correction(obs, f[0].numpy(), base[0].numpy()).any()  # version 0: the base chunk
+    with torch.no_grad():
+        head.mlp[-1].bias[: H * A] = 0.5
+    head.load_weights(head.weights(), 1)
+    corr = head.correction(obs, f[0].numpy(), base[0].numpy())
+    np.testing.assert_allclose(corr, np.full((H, A), head.config.beta * np.tanh(0.5)), atol=1e-5)
 
 
 def test_edit_head_with_the_critic_selector_picks_the_critic_argmax():
