@@ -1,0 +1,51 @@
+"""The post-training loop end to end: robot + spawned learner + weight pushes, through `tandem run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_robot_learner_loop_td_error_falls_and_head_versions_reach_the_robot(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "tandem.cli", "run",
+        "policy=scripted", "policy.noise_std=0.3", "policy.chunk_length=10", "session.backend=inline",
+        "robot.task=reach-v3", "robot.cameras=[]", "robot.max_episode_steps=100", "robot.realtime=true",
+        "loop.stop_on_success=false",
+        "teleop=scripted", "head=edit", "head.critic.hidden=[64,64]", "head.head.hidden=[64,64]",
+        "head.critic_objective.warmup_steps=50", "learn.spawn=true", "session.episodes=10",
+        "learn.learner.batch_size=64", "learn.learner.min_records=16", "learn.learner.publish_every_updates=25",
+        "+learn.learner.status_every_s=0.5", f"session.run_dir={run_dir}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "learner stopped (exit 0)" in out, out[-2000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    links = summary["links"]
+    assert links["all_acked"], links
+    assert links["weights"]["applied"] >= 1, links["weights"]
+    versions = [e["head_version"] for e in summary["episodes"]]
+    assert versions[-1] >= 1 and versions == sorted(versions), versions  # new heads reached the robot, in order
+
+    store = run_dir / "learner"
+    lines = [json.loads(x) for x in (store / "metrics.jsonl").read_text().splitlines()]
+    td = [ln["metrics"]["critic/td_abs"] for ln in lines if "critic/td_abs" in ln["metrics"]]
+    assert len(td) >= 4, lines
+    early, late = np.mean(td[: len(td) // 3 or 1]), np.mean(td[-(len(td) // 3 or 1):])
+    assert late < 0.7 * early, td  # the critic's TD error falls
+    assert lines[-1]["step"] > lines[0]["step"] and lines[-1]["versions"].get("head", 0) >= 1
+    learner_summary = json.loads((store / "summary-rank0.json").read_text())
+    assert learner_summary["replay"]["autonomous"] + learner_summary["replay"]["takeover"] == links["experience"]["acked"]
