@@ -66,6 +66,7 @@ class SessionSummary:
     wall_s: float = 0.0
     recording: dict = field(default_factory=dict)  # Recorder.stats() when record.enabled
     links: dict = field(default_factory=dict)  # experience/weights link stats when link.enabled
+    live_view: dict = field(default_factory=dict)  # LiveView.stats() when display=true
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""

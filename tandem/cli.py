@@ -63,27 +63,64 @@ def cmd_run(overrides: list[str]) -> int:
         if learner is not None:
             rc = learner.stop()
             print(f"tandem run: learner stopped (exit {rc}); log {learner.store_dir / 'learner.log'}", flush=True)
+            _learner_report(learner.store_dir)
+
+
+def _learner_report(store_dir: Path) -> None:
+    """Write the learner's report (if it trained at all); a report failure never fails the run."""
+    from tandem.value.learner_report import write_learner_report
+
+    if not (store_dir / "metrics.jsonl").exists():
+        print(f"learner report: no metrics in {store_dir} (it never trained)", flush=True)
+        return
+    try:
+        print(f"learner report {write_learner_report(store_dir)}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the session's data is already safe; say what failed
+        print(f"learner report failed: {exc!r}", flush=True)
 
 
 def _run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
-    from tandem.runtime.session import Session, write_summary
+    """Run the session with its sinks (tick log, status line, live view); write summary and report."""
+    import dataclasses
 
+    from tandem.runtime.live_view import make_live_view
+    from tandem.runtime.report import write_session_report
+    from tandem.runtime.session import Session, write_summary
+    from tandem.runtime.status_line import make_status_line
+    from tandem.runtime.tick_log import TickLog
+
+    if cfg.display:
+        cfg.live_view = dataclasses.replace(cfg.live_view, enabled=True)
     session = Session(cfg, stop=stop)
+    view = make_live_view(cfg.live_view, value_fn=lambda: session.learning.value() if session.learning else None)
+    status = make_status_line(cfg.status_line, cfg.session.episodes, link_stats=lambda: (
+        session.experience_link.stats.to_dict() if session.experience_link is not None else None))
+    ticks = TickLog()
+    session.sinks.extend(s for s in (ticks, status, view) if s is not None)
 
     def on_episode(r: object) -> None:
         t = r.timing
-        print(
-            f"episode {r.episode:3d}  seed {r.seed}  {r.outcome:8s}  steps {r.steps:4d}  "
-            f"reward {r.total_reward:8.2f}  takeovers {r.takeovers}  head v{r.head_version}  starved {r.starved_ticks}  "
-            f"lateness p99 {t['p99_lateness_ms']:.3f} ms  overruns {t['overruns']}",
-            flush=True,
-        )
+        line = (f"episode {r.episode:3d}  seed {r.seed}  {r.outcome:8s}  steps {r.steps:4d}  "
+                f"reward {r.total_reward:8.2f}  takeovers {r.takeovers}  head v{r.head_version}  "
+                f"starved {r.starved_ticks}  lateness p99 {t['p99_lateness_ms']:.3f} ms  overruns {t['overruns']}")
+        if status is not None:
+            status.println(line)
+        else:
+            print(line, flush=True)
 
     tasks = ",".join(getattr(cfg.robot, "suite", None) or [getattr(cfg.robot, "task", "")])
-    print(f"tandem run: robot={cfg.robot.type} task={tasks} policy={cfg.policy.type} "
+    print(f"tandem run: robot={cfg.robot.type} task={tasks} policy={cfg.policy.type} head={cfg.head.type} "
           f"episodes={cfg.session.episodes}", flush=True)
-    summary = session.run(on_episode=on_episode)
+    try:
+        summary = session.run(on_episode=on_episode)
+    finally:
+        if status is not None:
+            status.close()
+        view_stats = view.close() if view is not None else None
+    if view_stats:
+        summary.live_view = view_stats
     path = write_summary(summary, run_dir)
+    ticks.save(run_dir)
     n = len(summary.episodes)
     wins = sum(e["success"] for e in summary.episodes)
     print(f"success rate {summary.success_rate:.0%} ({wins}/{n})  wall {summary.wall_s:.1f} s  summary {path}")
@@ -91,6 +128,7 @@ def _run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
     if rec:
         print(f"recorded {rec['episodes_committed']} episodes ({rec['frames_committed']} frames) into {rec['root']}"
               f"  dropped ticks {rec['dropped']}" + (f"  errors {rec['errors']}" if rec["errors"] else ""))
+    print(f"report {write_session_report(run_dir)}", flush=True)
     return 0
 
 
@@ -114,6 +152,8 @@ def cmd_learn(overrides: list[str], config_file: str | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("tandem learn: summary " + json.dumps(summary), flush=True)
+    if summary.get("rank", 0) == 0:
+        _learner_report(Path(cfg.store_dir))
     return 0
 
 

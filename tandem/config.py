@@ -18,6 +18,8 @@ from typing import Any
 from tandem.errors import ConfigError
 from tandem.runtime.learner_process import LearnConfig
 from tandem.runtime.link_config import LinkConfig
+from tandem.runtime.live_view import LiveViewConfig
+from tandem.runtime.status_line import StatusLineConfig
 from tandem.runtime.loop import LoopConfig
 from tandem.runtime.policy_link import PolicyLinkConfig
 from tandem.runtime.recorder import RecordConfig
@@ -74,6 +76,9 @@ class RunConfig:
     link: LinkConfig = field(default_factory=LinkConfig)  # experience up / weights down to a learner
     head: HeadConfig = field(default_factory=HeadConfig)  # head=none|residual|edit on top of the base policy
     learn: LearnConfig = field(default_factory=LearnConfig)  # learn.spawn=true: a learner on localhost
+    display: bool = False  # display=true: the rerun live view (settings in live_view)
+    live_view: LiveViewConfig = field(default_factory=LiveViewConfig)
+    status_line: StatusLineConfig = field(default_factory=StatusLineConfig)  # the terminal status line
 
 
 def build_dataclass(cls: type, values: dict, prefix: str) -> Any:
