@@ -5,6 +5,7 @@
     tandem bench recorder [--seconds --source]  recorder throughput/CPU benchmark, JSON out
     tandem recover DIR                    roll a killed recording back and commit its spooled episodes
     tandem replay DIR [--horizon]         chunk records rebuilt from a recorded dataset, summary out
+    tandem eval [overrides...] [--seeds 0 1 2 --episodes 30 --out DIR --label NAME --with-operator | --compare DIR...]
     tandem learn [hydra overrides...]     the learner service (learner.store_dir=... learner.batch_size=...)
     tandem keys DIR [--force]             CURVE keys for links on non-loopback addresses
     tandem bench links [--pushes --records]  weight push latency (vs lerobot gRPC), experience throughput
@@ -252,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a robot session (Hydra overrides: robot.task=push-v3 ...)")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=5")
+    ev = sub.add_parser("eval", help="success rate over held-out seeds with 95% bootstrap CIs, or --compare DIRS "
+                        "(tandem eval --help)", add_help=False, prefix_chars="\x00")
+    ev.add_argument("args", nargs=argparse.REMAINDER, help="tandem eval options and Hydra overrides")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
     bench.add_argument("what", choices=["loop", "recorder", "links", "learner", "inference"], help="which benchmark")
     bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")
@@ -299,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args.overrides)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "eval":
+            from tandem.eval import main as eval_main
+
+            return eval_main(args.args)
         if args.command == "learn":
             return cmd_learn(args.overrides, args.config)
         if args.command == "keys":
