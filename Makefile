@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	./scripts/install.sh
 	@touch $(STAMP)
 
-run: install  ## run a simulated session end to end on CPU
-	$(BIN)/tandem run
+# The default post-training session: the shipped tiny VLA on the MetaWorld suite, the edit head, the
+# scripted operator and a learner on localhost; writes runs/<date>/report.md with the learning curve.
+RUN_ARGS ?= head=edit head.select=mean teleop=scripted learn.spawn=true session.episodes=30
+
+run: install  ## run a simulated post-training session end to end on CPU (RUN_ARGS=... to change it)
+	$(BIN)/tandem run $(RUN_ARGS)
 
 test: install  ## run the fast test suite (what CI runs)
 	$(BIN)/python -m pytest -q
