@@ -5,7 +5,8 @@ docs/*.md that start with ``tandem `` or ``make `` (``$ `` prompts stripped, bac
 joined, trailing comments and shell redirections dropped, ``...`` elisions removed). Each is exercised
 through the code path the CLI itself takes:
 
-- ``make T``: ``make -n T`` succeeds (the target exists); ``make run`` / ``make test`` are run by users and CI;
+- ``make T``: ``make -n T`` succeeds (the target exists), and the ``tandem`` commands it would run are
+  exercised as below (``make run`` / ``make test`` themselves are run by users and CI);
 - ``tandem --help`` and ``tandem keys DIR``: run in a subprocess;
 - ``tandem run`` / ``serve-policy`` / ``demos`` / ``eval``: ``compose_run`` (``compose_demos``; eval's options
   parsed by its own parser first), then the head and objective blocks are built (a wrong key or value in
@@ -245,6 +246,11 @@ def exercise(cmd: DocCommand, workdir: Path) -> None:
         assert args, f"{cmd.where}: a bare `make`"
         out = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, f"{cmd.where}: make -n {' '.join(args)}: {out.stderr}"
+        for line in out.stdout.splitlines():  # the tandem commands the target runs are exercised too
+            words = shell_words(line) if line.strip() else []
+            if words and Path(words[0]).name == "tandem" and words[1:]:
+                exercise(DocCommand(cmd.page, cmd.line, " ".join(["tandem", *words[1:]]),
+                                    ("tandem", *words[1:])), workdir)
         return
     if not args or args[-1] in ("--help", "-h"):
         out = cli(*args, cwd=workdir)
