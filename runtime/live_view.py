@@ -102,17 +102,17 @@ class LiveViewConfig:
     close_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        one_of("display.mode", self.mode, MODES)
+        one_of("live_view.mode", self.mode, MODES)
         if self.enabled and self.mode == "save" and not self.path:
-            raise ConfigError("display.path", self.path, "set an .rrd file to write when display.mode=save")
+            raise ConfigError("live_view.path", self.path, "set an .rrd file to write when live_view.mode=save")
         if self.mode == "connect":
             grpc_url(self.address)  # raises ConfigError when malformed
-        in_range("display.port", self.port, 1, 65535)
-        in_range("display.image_every", self.image_every, 1, 1_000_000)
-        in_range("display.queue_size", self.queue_size, 1, 1_000_000)
+        in_range("live_view.port", self.port, 1, 65535)
+        in_range("live_view.image_every", self.image_every, 1, 1_000_000)
+        in_range("live_view.queue_size", self.queue_size, 1, 1_000_000)
         if not self.app_id:
-            raise ConfigError("display.app_id", self.app_id, "must be a non-empty name")
-        positive("display.close_timeout_s", self.close_timeout_s)
+            raise ConfigError("live_view.app_id", self.app_id, "must be a non-empty name")
+        positive("live_view.close_timeout_s", self.close_timeout_s)
 
 
 def grpc_url(address: str) -> str:
@@ -122,7 +122,7 @@ def grpc_url(address: str) -> str:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(
-            "display.address",
+            "live_view.address",
             address,
             "a viewer URL rerun+http://HOST:PORT/proxy or HOST:PORT (e.g. 127.0.0.1:9876)",
         )
@@ -140,13 +140,13 @@ def viewer_executable() -> str | None:
 
 def check_can_spawn() -> str:
     """The viewer binary's path, or raise DeviceMissingError saying how to save and open an .rrd instead."""
-    advice = "use display.mode=save display.path=FILE.rrd and open it with `rerun FILE.rrd`"
+    advice = "use live_view.mode=save live_view.path=FILE.rrd and open it with `rerun FILE.rrd`"
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
         raise DeviceMissingError(
-            f"display.mode=spawn needs a display to open the Rerun viewer, and DISPLAY/WAYLAND_DISPLAY are "
-            f"unset (headless machine or ssh without -X); {advice}, or display.mode=connect to a viewer "
+            f"live_view.mode=spawn needs a display to open the Rerun viewer, and DISPLAY/WAYLAND_DISPLAY are "
+            f"unset (headless machine or ssh without -X); {advice}, or live_view.mode=connect to a viewer "
             f"running elsewhere"
         )
     exe = viewer_executable()
@@ -247,8 +247,8 @@ class LiveView:
                 )
             except Exception as exc:  # the binding raises plain exceptions with the OS's reason
                 raise DeviceMissingError(
-                    f"could not start the Rerun viewer ({exe}): {exc}; use display.mode=save "
-                    f"display.path=FILE.rrd and open it with `rerun FILE.rrd`"
+                    f"could not start the Rerun viewer ({exe}): {exc}; use live_view.mode=save "
+                    f"live_view.path=FILE.rrd and open it with `rerun FILE.rrd`"
                 ) from exc
             rec.connect_grpc(f"rerun+http://127.0.0.1:{cfg.port}/proxy")
         self._rec = rec
@@ -289,7 +289,7 @@ class LiveView:
     def drain_rrd(self) -> bytes:
         """In "memory" mode: the .rrd bytes logged since the last drain (load with ``rerun.dataframe``)."""
         if self._memory is None:
-            raise RuntimeError("drain_rrd() needs display.mode=memory and start()")
+            raise RuntimeError("drain_rrd() needs live_view.mode=memory and start()")
         return self._memory.drain_as_bytes()
 
     # -- TickSink -------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a robot session (Hydra overrides: robot.task=push-v3 ...)")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. session.episodes=5")
-    ev = sub.add_parser("eval", help="success rate over held-out seeds with 95% bootstrap CIs, or --compare DIRS "
+    ev = sub.add_parser("eval", help="success rate over held-out seeds with 95%% bootstrap CIs, or --compare DIRS "
                         "(tandem eval --help)", add_help=False, prefix_chars="\x00")
     ev.add_argument("args", nargs=argparse.REMAINDER, help="tandem eval options and Hydra overrides")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")

@@ -50,13 +50,7 @@ NOT_COMPOSABLE: dict[str, str] = {
 }
 
 #: command -> the bug that makes it fail today. The test asserts it still fails (remove the entry once fixed).
-KNOWN_BROKEN: dict[str, str] = {
-    "tandem run display=true display.mode=save display.path=runs/live.rrd":
-        "docs/live_view.md: the settings are live_view.mode / live_view.path (display is a bool)",
-    "tandem run display=true display.mode=connect display.address=192.168.1.20:9876":
-        "docs/live_view.md: the settings are live_view.mode / live_view.address (display is a bool)",
-    "tandem --help": "tandem/cli.py: the eval subparser's help says '95%' unescaped; argparse formats it with %",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 #: command -> what its error says: the docs show these failing on purpose (the test asserts they do).
 EXPECTED_ERRORS: dict[str, str] = {
