@@ -210,7 +210,7 @@ def test_spawn_without_a_display_says_to_save_an_rrd(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     view = LiveView(LiveViewConfig(enabled=True, mode="spawn"))
-    with pytest.raises(DeviceMissingError, match=r"display.mode=save .*rerun FILE.rrd"):
+    with pytest.raises(DeviceMissingError, match=r"live_view.mode=save .*rerun FILE.rrd"):
         view.start()
     view.close()
 
@@ -218,11 +218,11 @@ def test_spawn_without_a_display_says_to_save_an_rrd(monkeypatch):
 def test_config_is_validated():
     with pytest.raises(ConfigError, match="did you mean 'save'"):
         LiveViewConfig(mode="sav")
-    with pytest.raises(ConfigError, match="display.path"):
+    with pytest.raises(ConfigError, match="live_view.path"):
         LiveViewConfig(enabled=True, mode="save")
-    with pytest.raises(ConfigError, match="display.address"):
+    with pytest.raises(ConfigError, match="live_view.address"):
         LiveViewConfig(mode="connect", address="nowhere")
-    with pytest.raises(ConfigError, match="display.image_every"):
+    with pytest.raises(ConfigError, match="live_view.image_every"):
         LiveViewConfig(image_every=0)
     assert grpc_url("10.0.0.5:9876") == "rerun+http://10.0.0.5:9876/proxy"
     assert grpc_url("rerun+http://h:1/proxy") == "rerun+http://h:1/proxy"
