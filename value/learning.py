@@ -14,7 +14,8 @@ edit head scores candidates with, and their weights-link consumers. Learner side
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,31 +39,36 @@ class Dims(NamedTuple):
     action_dim: int
 
 
-def _known(cls: type, values: dict, where: str) -> dict:
-    """``values`` checked against the dataclass ``cls``'s fields (sizes excluded: they come from the data)."""
-    names = {f.name for f in fields(cls)} - set(Dims._fields) - {"device"}
-    for key in values:
-        if key not in names:
-            raise ConfigError(f"{where}.{key}", values[key], f"unknown key; known keys: {sorted(names)}")
-    return dict(values)
+def _build(cls: type, values: dict, where: str, dims: Dims | None = None) -> Any:
+    """``cls`` from settings (unknown keys named with a hint, by tandem.config.build_dataclass) plus sizes.
+
+    With ``dims`` the sizes (and the device) come from the data, so settings may not name them.
+    """
+    from tandem.config import build_dataclass
+
+    values = dict(values)
+    if dims is not None:
+        for key in sorted(set(values) & {*Dims._fields, "device"}):
+            raise ConfigError(f"{where}.{key}", values[key], "is set from the data (robot, policy, session.horizon)")
+        values.update(dims._asdict())
+    return build_dataclass(cls, values, where)
 
 
 def critic_config(values: dict, dims: Dims, where: str = "critic") -> Any:
     """CriticConfig from settings plus sizes."""
     from tandem.value.critic import CriticConfig
 
-    return CriticConfig(**_known(CriticConfig, values, where), **dims._asdict())
+    return _build(CriticConfig, values, where, dims)
 
 
 def head_config(kind: str, values: dict, dims: Dims, where: str = "head") -> Any:
     """ResidualHeadConfig or EditHeadConfig from settings plus sizes."""
     from tandem.policies.heads import EditHeadConfig, ResidualHeadConfig
 
-    cls = ResidualHeadConfig if kind == "residual" else EditHeadConfig
-    values = _known(cls, values, where)
+    values = dict(values)
     if "hidden" in values:
         values["hidden"] = tuple(int(h) for h in values["hidden"])
-    return cls(**values, **dims._asdict())
+    return _build(ResidualHeadConfig if kind == "residual" else EditHeadConfig, values, where, dims)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -113,11 +119,13 @@ class ModuleWeights:
     """WeightsConsumer for a module with ``schema()`` / ``load_weights(arrays, version)`` (heads, critic).
 
     ``prepare_weights`` validates and copies off the control thread; ``load_weights`` copies the arrays
-    into the module at a chunk boundary (a few hundred microseconds for the default sizes).
+    into the module at a chunk boundary (a few hundred microseconds for the default sizes), then calls
+    ``on_load`` if given.
     """
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any, on_load: Callable[[], None] | None = None) -> None:
         self.module = module
+        self.on_load = on_load
 
     @property
     def version(self) -> int:
@@ -138,6 +146,8 @@ class ModuleWeights:
     def load_weights(self, prepared: dict[str, np.ndarray], version: int) -> None:
         """Install into the module."""
         self.module.load_weights(prepared, version)
+        if self.on_load is not None:
+            self.on_load()
 
 
 @dataclass
@@ -179,25 +189,19 @@ def robot_parts(config: HeadConfig, dims: Dims) -> RobotParts:
     head = ResidualHead(hcfg) if config.type == "residual" else EditHead(hcfg)
     parts = RobotParts(head=head, consumers={"head": ModuleWeights(head)})
     if config.type == "edit" and config.select == "critic":
-        parts.critic = ChunkedCritic(critic_config(config.critic, dims))
-        parts.consumers["critic"] = ModuleWeights(parts.critic)
+        critic = parts.critic = ChunkedCritic(critic_config(config.critic, dims))
+
+        def select_once_trained() -> None:  # an untrained critic never picks: the base chunk runs until then
+            if head.selector is None:
+                head.set_selector(make_selector(critic))
+
+        parts.consumers["critic"] = ModuleWeights(critic, on_load=select_once_trained)
     elif config.type == "edit":
         head.use_mean = True
     if config.init:
         load_init(config.init, config, dims, parts)
-    if parts.critic is not None and (config.init or parts.critic.version):
-        head.set_selector(make_selector(parts.critic))
-    elif parts.critic is not None:
-        # no critic yet: install the selector when the first critic weights arrive
-        consumer = parts.consumers["critic"]
-        original = consumer.load_weights
-
-        def load_and_select(prepared: dict, version: int) -> None:
-            original(prepared, version)
-            if head.selector is None:
-                head.set_selector(make_selector(parts.critic))
-
-        consumer.load_weights = load_and_select
+        if parts.critic is not None:
+            parts.consumers["critic"].on_load()
     return parts
 
 
@@ -287,9 +291,8 @@ class LearningObjective:
         spec = self.spec
         head = None if spec.type == "critic" else head_config(spec.type, spec.head, dims, "objective.head")
         head_cls = ResidualObjectiveConfig if spec.type == "residual" else EditObjectiveConfig
-        head_obj = None if spec.type == "critic" else head_cls(
-            **_known(head_cls, spec.head_objective, "objective.head_objective"))
-        co = CriticObjectiveConfig(**_known(CriticObjectiveConfig, spec.critic_objective, "objective.critic_objective"))
+        head_obj = None if spec.type == "critic" else _build(head_cls, spec.head_objective, "objective.head_objective")
+        co = _build(CriticObjectiveConfig, spec.critic_objective, "objective.critic_objective")
         self.inner = make_learning_objective(spec.type, critic_config(spec.critic, dims, "objective.critic"), head, co,
                                              head_obj, self.device, self.distributed)
         self.dims = dims

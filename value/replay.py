@@ -77,7 +77,9 @@ class RingBuffer:
     """``capacity`` records as stacked arrays (allocated at the first record's sizes)."""
 
     SCALARS = {"done": "bool", "truncated": "bool", "head_version": "int64", "base_version": "int64",
-               "episode_id": "int64", "chunk_index": "int64", "next_valid": "bool", "generation": "int64"}
+               "episode_id": "int64", "chunk_index": "int64"}
+    # per-row bookkeeping of the buffer itself: a successor was linked; which insertion the row holds
+    OWN = {"next_valid": "bool", "generation": "int64"}
     # s_{t+H} and the base proposal there, copied from the episode's next record when it arrives
     NEXT = {"next_state": "state", "next_features": "features", "next_base": "base"}
 
@@ -100,7 +102,7 @@ class RingBuffer:
                 shape = np.shape(getattr(record, name))
                 self.shapes[name] = shape
                 self.data[name] = np.zeros((self.capacity, *shape), dtype)
-            for name, dtype in self.SCALARS.items():
+            for name, dtype in {**self.SCALARS, **self.OWN}.items():
                 self.data[name] = np.zeros(self.capacity, dtype)
             for name, src in self.NEXT.items():
                 self.data[name] = np.zeros_like(self.data[src])
@@ -109,8 +111,7 @@ class RingBuffer:
         for name in ARRAY_FIELDS:
             self.data[name][i] = getattr(record, name)
         for name in self.SCALARS:
-            if hasattr(record, name):
-                self.data[name][i] = getattr(record, name)
+            self.data[name][i] = getattr(record, name)
         for name in self.NEXT:
             self.data[name][i] = 0
         self.data["next_valid"][i] = False
