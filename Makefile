@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 
 # The default post-training session: the shipped tiny VLA on the MetaWorld suite, the edit head, the
 # scripted operator and a learner on localhost; writes runs/<date>/report.md with the learning curve.
-RUN_ARGS ?= head=edit head.select=mean teleop=scripted learn.spawn=true session.episodes=30
+RUN_ARGS ?= head=edit teleop=scripted learn.spawn=true session.episodes=30 link.learner_updates_per_episode=100
 
 run: install  ## run a simulated post-training session end to end on CPU (RUN_ARGS=... to change it)
 	$(BIN)/tandem run $(RUN_ARGS)

@@ -285,7 +285,8 @@ class EditHeadConfig:
     Attributes:
         state_dim, feature_dim, horizon, action_dim: S, F, H, A.
         hidden, layer_norm: the MLP.
-        beta: edit scale (action units): a = a_base + beta * eps, eps in (-1, 1)^(H*A). EXPO uses 0.05..0.2.
+        beta: edit scale (action units): a = a_base + beta * eps, eps in (-1, 1)^(H*A). EXPO uses 0.05..0.2; at most 2.0
+            (any action in [-1, 1] reachable from any base action).
         num_candidates: N edited chunks sampled at each chunk boundary (the base chunk is candidate 0).
         log_std_min, log_std_max: clamp of the Gaussian's log std (pre-tanh).
         init_log_std: the log std at init (the mean starts at 0).
@@ -309,7 +310,7 @@ class EditHeadConfig:
 
     def __post_init__(self) -> None:
         _validate_dims(self)
-        in_range("beta", self.beta, 1e-4, 1.0)
+        in_range("beta", self.beta, 1e-4, 2.0)
         non_negative("num_candidates", self.num_candidates)
         if not self.log_std_min < self.log_std_max:
             raise ConfigError("log_std_max", self.log_std_max, f"must be > log_std_min ({self.log_std_min})")
@@ -408,6 +409,11 @@ class EditHead(_MLPWeights, nn.Module):
         if eps.dim() == base.dim() + 1:
             base = base.unsqueeze(1)
         return base.float() + self.config.beta * eps
+
+    def mean_chunk(self, state: torch.Tensor, features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """float[B, H, A]: base + beta * tanh(mean), the chunk a robot with ``select: mean`` executes."""
+        mean, _ = self.dist_params(state, features, base)
+        return self.edit(base, torch.tanh(mean).reshape(base.shape))
 
     def candidates(self, state: torch.Tensor, features: torch.Tensor, base: torch.Tensor, n: int | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:

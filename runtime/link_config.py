@@ -35,6 +35,10 @@ class LinkConfig:
         drain_s: at the end of a session, wait up to this long for the learner to ack pending records
             (what is not acked stays in the spool and is sent by the next session).
         pull_window: weight pieces requested ahead when pulling large weights.
+        learner_updates_per_episode: once the learner trains, wait after each episode until it has made
+            this many updates per finished episode (updates made during the episode count; 0: never
+            wait). Fixes the learner's budget per episode on machines where robot and learner share CPUs.
+        learner_wait_s: the longest such wait after one episode, seconds (a silent learner ends it at once).
     """
 
     enabled: bool = False
@@ -51,6 +55,8 @@ class LinkConfig:
     spool_fsync_s: float = 0.05
     drain_s: float = 5.0
     pull_window: int = 4
+    learner_updates_per_episode: int = 0
+    learner_wait_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.robot_id or not self.robot_id.replace("-", "").replace("_", "").isalnum():
@@ -65,6 +71,8 @@ class LinkConfig:
         in_range("link.spool_fsync_s", self.spool_fsync_s, 0, 60)
         in_range("link.drain_s", self.drain_s, 0, 3600)
         in_range("link.pull_window", self.pull_window, 1, 64)
+        in_range("link.learner_updates_per_episode", self.learner_updates_per_episode, 0, 10_000_000)
+        positive("link.learner_wait_s", self.learner_wait_s)
 
     @property
     def experience_endpoint(self) -> str:

@@ -101,6 +101,7 @@ class Session:
         self.experience_link: Any = None
         self.weights_link: Any = None
         self._link_sink: Any = None
+        self.pacer: Any = None  # LearnerPacer when link.learner_updates_per_episode > 0
         self.sinks = list(sinks or [])
         self.stop = stop or threading.Event()
         self.robot: Robot | None = None
@@ -181,6 +182,12 @@ class Session:
         self._link_sink = ChunkAssembler(link.robot_id, self.config.session.horizon, self.experience_link.send)
         self.sinks.append(self._link_sink)
         self.controller.boundary_callbacks.append(self.weights_link.apply_staged)
+        if link.learner_updates_per_episode > 0:
+            from tandem.runtime.learner_pacing import LearnerPacer
+
+            ws = self.weights_link.stats
+            self.pacer = LearnerPacer(link.learner_updates_per_episode, link.learner_wait_s,
+                                      lambda: (ws.learner_alive, ws.learner_training, ws.learner_step))
 
     def _close_links(self) -> dict:
         """Drain the experience link (up to ``link.drain_s``), stop both links; their stats."""
@@ -196,6 +203,8 @@ class Session:
         if self.experience_link is not None:
             stats["all_acked"] = self.experience_link.close()
             stats["experience"] = self.experience_link.stats.to_dict()
+        if self.pacer is not None:
+            stats["pacing"] = self.pacer.stats.to_dict()
         return stats
 
     def run(self, on_episode: Any = None) -> SessionSummary:
@@ -248,6 +257,8 @@ class Session:
                     on_episode(result)
                 if result.outcome == "stopped":
                     break  # the operator's stop event (or Ctrl-C) ends the session
+                if self.pacer is not None:
+                    self.pacer.after_episode(self.stop)
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the session")
         finally:

@@ -18,7 +18,8 @@ Fields: episode i/N (1-based) and the tick within it; episodes that ended in suc
 %); operator takeovers (finished episodes plus the current one); the p99 of the loop lateness over the
 last ``window`` ticks (ms); the edit head's weights version of the last tick; the learner link, from
 ``link_stats()`` (the experience link's ``ExperienceStats.to_dict()``: ``connected``,
-``last_heard_s`` (age of the last message from the learner, s; -1 = never), ``acked``).
+``last_heard_s`` (age of the last message from the learner, s; -1 = never), ``acked``, and optionally
+``learner_step`` (the learner's update count) and ``waiting`` (the session waits for the learner)).
 """
 
 from __future__ import annotations
@@ -210,7 +211,10 @@ class StatusLine:
         state = "up" if stats.get("connected") else "down"
         heard = float(stats.get("last_heard_s", -1.0))
         heard_text = "never heard" if heard < 0 else f"heard {heard:.1f} s ago"
-        return f"learner {state}, {heard_text}, acked {int(stats.get('acked', 0))}"
+        text = f"learner {state}, {heard_text}, acked {int(stats.get('acked', 0))}"
+        if int(stats.get("learner_step", -1)) >= 0:
+            text += f", update {int(stats['learner_step'])}"
+        return text + (" | waiting for the learner" if stats.get("waiting") else "")
 
     def maybe_render(self, force: bool = False) -> bool:
         """Draw the line if its period has passed since the last draw (or ``force``). True if drawn."""

@@ -159,6 +159,8 @@ class WeightsStats:
     disconnects: int = 0
     resubscribes: int = 0
     learner_alive: bool = False
+    learner_step: int = -1  # the learner's update count from its last heartbeat (-1: not heard)
+    learner_training: bool = False  # ... and whether its replay holds enough records to train
     versions: dict[str, int] = field(default_factory=dict)
     applied_versions: dict[str, int] = field(default_factory=dict)
     apply_max_ms: float = 0.0  # the control thread's cost of a swap: wall clock
@@ -374,6 +376,9 @@ class WeightsSubscriber:
 
     def _on_broadcast(self, msg: Message, dealer: zmq.Socket, pull: _Pull | None) -> _Pull | None:
         if msg.kind == HB:
+            step, training = msg.meta.get("step"), msg.meta.get("training")
+            if isinstance(step, int) and not isinstance(step, bool) and isinstance(training, bool):
+                self.stats.learner_step, self.stats.learner_training = step, training
             versions = msg.meta.get("versions", {})
             if not isinstance(versions, dict):
                 return pull

@@ -80,6 +80,17 @@ def _learner_report(store_dir: Path) -> None:
         print(f"learner report failed: {exc!r}", flush=True)
 
 
+def _link_status(session: object) -> dict | None:
+    """The status line's view of the links: experience stats, the learner's update count, pacing."""
+    if session.experience_link is None:
+        return None
+    stats = session.experience_link.stats.to_dict()
+    if session.weights_link is not None:
+        stats["learner_step"] = session.weights_link.stats.learner_step
+    stats["waiting"] = session.pacer is not None and session.pacer.waiting
+    return stats
+
+
 def _run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
     """Run the session with its sinks (tick log, status line, live view); write summary and report."""
     import dataclasses
@@ -94,8 +105,7 @@ def _run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
         cfg.live_view = dataclasses.replace(cfg.live_view, enabled=True)
     session = Session(cfg, stop=stop)
     view = make_live_view(cfg.live_view, value_fn=lambda: session.learning.value() if session.learning else None)
-    status = make_status_line(cfg.status_line, cfg.session.episodes, link_stats=lambda: (
-        session.experience_link.stats.to_dict() if session.experience_link is not None else None))
+    status = make_status_line(cfg.status_line, cfg.session.episodes, link_stats=lambda: _link_status(session))
     ticks = TickLog()
     session.sinks.extend(s for s in (ticks, status, view) if s is not None)
 

@@ -193,6 +193,7 @@ class Learner:
                 self.server.store = self.store
                 self.server.start()
                 self.server.versions.update({k: (self.run_id, v) for k, v in self.versions.items()})
+                self.server.progress = {"step": self.step, "training": False}
                 if on_ready is not None:
                     on_ready(self)
             while True:
@@ -204,6 +205,7 @@ class Learner:
                     if done:
                         command = ddp.STOP
                     elif self.store.size >= cfg.min_records:
+                        self.server.progress = {"step": self.step, "training": True}
                         command = ddp.BATCH
                         batch = self.store.sample(cfg.batch_size * info.world_size, rng)
                 command, batch = ddp.broadcast_step(info, command, batch)

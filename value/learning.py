@@ -107,12 +107,18 @@ class HeadConfig:
         one_of("head.select", self.select, SELECTIONS)
         for name in ("critic", "head", "critic_objective", "head_objective"):
             setattr(self, name, dict(getattr(self, name) or {}))
+        if "acting" in self.head_objective:
+            raise ConfigError("head.head_objective.acting", self.head_objective["acting"],
+                              "is set from head.select (critic -> best, mean -> mean); set head.select instead")
 
     def objective_values(self) -> dict:
         """The learner ``objective`` block that trains this head."""
+        head_objective = dict(self.head_objective)
+        if self.type == "edit":  # the TD target and V(s) follow how this robot acts
+            head_objective["acting"] = "mean" if self.select == "mean" else "best"
         return {"type": "critic" if self.type == "none" else self.type, "critic": dict(self.critic),
                 "head": dict(self.head), "critic_objective": dict(self.critic_objective),
-                "head_objective": dict(self.head_objective)}
+                "head_objective": head_objective}
 
 
 class ModuleWeights:

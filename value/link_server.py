@@ -9,7 +9,9 @@ messages (weights refused or staged by a robot) are counted per robot.
 
 Weights: :meth:`LinkServer.publish` (any thread) encodes and hashes the set on the caller's thread,
 then hands it to the I/O thread, which publishes it inline, or, above ``inline_max_bytes``, as an
-announcement that robots pull in pieces. A heartbeat on the PUB carries the latest version per kind.
+announcement that robots pull in pieces. A heartbeat on the PUB carries the latest version per kind
+and the learner's progress (``step``: updates made; ``training``: its replay holds enough records to
+train), which a robot pacing itself on the learner (``link.learner_updates_per_episode``) waits on.
 
 Malformed messages of any sort are counted by reason and dropped; nothing a peer sends is fatal.
 """
@@ -127,6 +129,7 @@ class LinkServer:
             "pieces_sent": 0, "disconnects": 0, "reports": 0,
         }
         self.versions: dict[str, tuple[str, int]] = {}
+        self.progress: dict[str, Any] = {"step": 0, "training": False}  # set by the learner's loop
         self.experience_endpoint = ""
         self.weights_endpoint = ""
         self._context = context or zmq.Context.instance()
@@ -312,7 +315,7 @@ class LinkServer:
                         self.stats["disconnects"] += 1
                 if time.monotonic() - last_hb >= self.config.heartbeat_s:
                     versions = {k: [run, v] for k, (run, v) in self.versions.items()}
-                    hb = Message(kind=HB, meta={"learner": self.incarnation, "versions": versions})
+                    hb = Message(kind=HB, meta={"learner": self.incarnation, "versions": versions, **self.progress})
                     try:
                         pub.send_multipart(encode(hb), flags=zmq.NOBLOCK)
                     except zmq.Again:

@@ -350,11 +350,17 @@ class EditObjectiveConfig:
         actor_every: one head update every this many critic updates.
         actor_q: "mean" (ensemble mean, as EXPO) or "aggregate" (the pessimistic Q).
         grad_clip: max gradient norm of the head (0 disables).
+        q_weight: weight of EXPO's -Q(s, a_base + beta eps) term (0: the head improves by the advantage-
+            weighted likelihood alone, ALOE's policy step, with the critic only weighting the data).
         awr_weight: weight of ALOE's advantage-weighted likelihood of the executed chunks (human
             takeovers included) under the edit policy, added to the EXPO loss (0: EXPO only).
         awr_beta: AWR temperature (in the critic's value units): w = clip(exp(A / awr_beta), 0, awr_w_max).
         awr_w_max: AWR weight cap.
-        awr_samples: edits sampled per state for V(s) = mean Q(s, base + edit).
+        awr_samples: edits sampled per state for V(s) = mean Q(s, base + edit) (acting "best").
+        acting: how the robot acts, which is what the TD target's next action and V(s) follow: "best"
+            (EXPO: the critic's pick of base and N edits) or "mean" (base + the mean edit, no critic on
+            the robot; a' and V(s) use that one chunk, which also makes an update about twice as cheap).
+            ``tandem run`` sets it from ``head.select``.
     """
 
     lr: float = 3e-4
@@ -366,13 +372,17 @@ class EditObjectiveConfig:
     actor_every: int = 1
     actor_q: str = "mean"
     grad_clip: float = 1.0
+    q_weight: float = 1.0
     awr_weight: float = 0.0
     awr_beta: float = 1.0
     awr_w_max: float = 20.0
     awr_samples: int = 4
+    acting: str = "best"
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
+        one_of("acting", self.acting, ("best", "mean"))
+        non_negative("q_weight", self.q_weight)
         non_negative("awr_weight", self.awr_weight)
         positive("awr_beta", self.awr_beta)
         positive("awr_w_max", self.awr_w_max)
@@ -390,7 +400,8 @@ class EditHeadObjective:
     """Critic step (target a' = best of {base} + N edits under the target critic), then an edit-policy step.
 
     Head loss (one reparameterised edit per state):
-        L = mean_b [ alpha * (log pi_e(eps_b) - D log beta) - Q(s_b, a_base_b + beta eps_b) ]
+        L = mean_b [ alpha * (log pi_e(eps_b) - D log beta) - q_weight * Q(s_b, a_base_b + beta eps_b) ]
+            + awr_weight * L_awr (see :meth:`_awr_terms`)
     Temperature loss: L_alpha = -log alpha * mean_b (log pi_e(eps_b) + target_entropy), i.e. alpha is
     tuned so the edit-space entropy tracks ``target_entropy``. The constant -D log beta (the change of
     variables from eps to the action) does not change the head's gradient; it is reported in
@@ -425,8 +436,13 @@ class EditHeadObjective:
 
     def target_action(self, next_state: torch.Tensor, next_features: torch.Tensor,
                       next_base: torch.Tensor) -> torch.Tensor:
-        """a' = argmax over {next_base} + N edits of the target critic's pessimistic Q: float[B, H, A]."""
+        """a' = the acting rule at the bootstrap state: float[B, H, A].
+
+        "best": argmax over {next_base} + N edits of the target critic's pessimistic Q; "mean": the mean edit.
+        """
         co = self.critic_objective
+        if self.config.acting == "mean":
+            return self.head.mean_chunk(next_state, next_features, next_base)
         cands = self.head.candidates(next_state, next_features, next_base, self.config.num_candidates, co.generator)
         best, _, _ = best_of_candidates(co.critic, next_state, next_features, cands, target=True,
                                         generator=co.generator)
@@ -444,10 +460,12 @@ class EditHeadObjective:
         with critic.frozen():
             eps, log_prob = head.sample(b["state"], b["features"], b["base"], 1, co.generator)
             eps, log_prob = eps[:, 0], log_prob[:, 0]
-            q = _actor_q(critic, self.config.actor_q, b["state"], b["features"], head.edit(b["base"], eps),
-                         co.generator)
+            q_weight = self.config.q_weight
+            with torch.set_grad_enabled(q_weight > 0):
+                q = _actor_q(critic, self.config.actor_q, b["state"], b["features"], head.edit(b["base"], eps),
+                             co.generator)
             alpha = self.log_alpha.exp().detach()
-            loss = (alpha * (log_prob - self.log_beta_term) - q).mean()
+            loss = (alpha * (log_prob - self.log_beta_term) - q_weight * q).mean()
             awr = self._awr_terms(b) if self.config.awr_weight > 0 else {}
             if awr:
                 loss = loss + self.config.awr_weight * awr.pop("loss")
@@ -473,14 +491,17 @@ class EditHeadObjective:
 
         eps*_b = clip((executed_b - base_b) / beta) is the edit that reproduces what ran (a human
         takeover's actions, or the candidate the robot chose); w_b = clip(exp(A_b / awr_beta), 0, w_max)
-        with A_b = Q_pess(s_b, executed_b) - V(s_b), V from ``awr_samples`` edits of the current head.
-        Ticks past the episode's end are masked out.
+        with A_b = Q_pess(s_b, executed_b) - V(s_b), V from ``awr_samples`` edits of the current head
+        (acting "best") or from its mean edit (acting "mean"). Ticks past the episode's end are masked out.
         """
         co, head, cfg = self.critic_objective, self.head, self.config
         with torch.no_grad():
-            eps_v, _ = head.sample(b["state"], b["features"], b["base"], cfg.awr_samples, co.generator)
-            adv = advantage(co.critic, b["state"], b["features"], b["executed"], head.edit(b["base"], eps_v),
-                            generator=co.generator)
+            if cfg.acting == "mean":
+                policy = head.mean_chunk(b["state"], b["features"], b["base"]).unsqueeze(1)
+            else:
+                eps_v, _ = head.sample(b["state"], b["features"], b["base"], cfg.awr_samples, co.generator)
+                policy = head.edit(b["base"], eps_v)
+            adv = advantage(co.critic, b["state"], b["features"], b["executed"], policy, generator=co.generator)
             w = awr_weights(adv, cfg.awr_beta, cfg.awr_w_max)
         mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
         target = ((b["executed"] - b["base"].float()) / head.config.beta).flatten(1).clamp(-0.995, 0.995)

@@ -62,6 +62,19 @@ def test_unknown_settings_name_the_key():
         HeadConfig(type="edit", select="best")
 
 
+def test_the_learner_acts_like_the_robot_it_trains():
+    """head.select decides the edit objective's acting rule (TD target and V(s)); it is never set twice."""
+    assert HeadConfig(type="edit", select="mean").objective_values()["head_objective"]["acting"] == "mean"
+    assert HeadConfig(type="edit", select="critic").objective_values()["head_objective"]["acting"] == "best"
+    assert "acting" not in HeadConfig(type="residual").objective_values()["head_objective"]
+    with pytest.raises(ConfigError, match="head.select"):
+        HeadConfig(type="edit", head_objective={"acting": "best"})
+    values = HeadConfig(type="edit", select="mean", **SMALL).objective_values()
+    obj = make_objective(ObjectiveConfig(**values))
+    obj.update(batch())
+    assert obj.inner.config.acting == "mean"
+
+
 def test_head_init_from_a_learner_store_loads_the_trained_weights(tmp_path):
     obj = LearningObjective(ObjectiveSpec(type="edit", **SMALL))
     for i in range(3):

@@ -163,6 +163,31 @@ def test_edit_target_action_is_the_target_critic_argmax_over_base_and_edits():
     torch.testing.assert_close(a, cands[torch.arange(32), scores.argmax(1)])
 
 
+def test_edit_acting_mean_targets_and_values_follow_the_mean_edit():
+    """A robot that runs base + mean edit (head.select=mean): a' and V(s) use that chunk, not a search."""
+    co = critic_objective()
+    head = EditHead(EditHeadConfig(**DIMS, num_candidates=5, beta=0.7))
+    with torch.no_grad():  # a non-zero mean edit, so "mean" differs from the base chunk
+        head.mlp[-1].bias[: H * A].normal_(0.0, 1.0, generator=torch.Generator().manual_seed(3))
+    obj = EditHeadObjective(head, co, EditObjectiveConfig(acting="mean", awr_weight=1.0, awr_beta=0.5))
+    b = to_tensors(batch(), "cpu")
+    a = obj.target_action(b["next_state"], b["next_features"], b["next_base"])
+    mean, _ = head.dist_params(b["next_state"], b["next_features"], b["next_base"])
+    expected = b["next_base"] + 0.7 * torch.tanh(mean).reshape(-1, H, A)
+    torch.testing.assert_close(a, expected)
+    assert not torch.allclose(a, b["next_base"])
+    # the robot's numpy mean edit is the same chunk
+    sf = torch.cat([b["next_state"][0], b["next_features"][0]]).numpy()
+    head.sync_numpy()
+    np.testing.assert_allclose(head.mean_edit_np(sf, b["next_base"][0].numpy()), a[0].detach().numpy(), atol=1e-5)
+    # V(s) for the advantage is Q of the mean edit: executing exactly it has zero advantage
+    chunk = head.mean_chunk(b["state"], b["features"], b["base"]).detach()
+    m = obj._awr_terms({**b, "executed": chunk})
+    assert m["head/awr_adv"] == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(Exception, match="acting"):
+        EditObjectiveConfig(acting="argmax")
+
+
 @pytest.mark.parametrize("kind", ["critic", "residual", "edit"])
 def test_state_dict_resume_is_exact(kind):
     def build():
