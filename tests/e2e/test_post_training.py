@@ -25,7 +25,7 @@ def test_robot_learner_loop_td_error_falls_and_head_versions_reach_the_robot(tmp
         "teleop=scripted", "head=edit", "head.critic.hidden=[64,64]", "head.head.hidden=[64,64]",
         "head.critic_objective.warmup_steps=50", "learn.spawn=true", "session.episodes=10",
         "learn.learner.batch_size=64", "learn.learner.min_records=16", "learn.learner.publish_every_updates=25",
-        "+learn.learner.status_every_s=0.5", f"session.run_dir={run_dir}",
+        "+learn.learner.status_every_s=0.5", "link.learner_updates_per_episode=40", f"session.run_dir={run_dir}",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -48,4 +48,7 @@ def test_robot_learner_loop_td_error_falls_and_head_versions_reach_the_robot(tmp
     assert late < 0.7 * early, td  # the critic's TD error falls
     assert lines[-1]["step"] > lines[0]["step"] and lines[-1]["versions"].get("head", 0) >= 1
     learner_summary = json.loads((store / "summary-rank0.json").read_text())
+    pacing = links["pacing"]  # the session waited on the learner's heartbeats, never on a dead one
+    assert pacing["target"] >= 40 and pacing["learner_lost"] == 0 and pacing["timeouts"] == 0, pacing
+    assert learner_summary["step"] >= pacing["target"], (learner_summary["step"], pacing)
     assert learner_summary["replay"]["autonomous"] + learner_summary["replay"]["takeover"] == links["experience"]["acked"]
