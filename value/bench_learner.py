@@ -3,7 +3,8 @@
 Measured on synthetic data of the reference sizes (H=10, A=4, S=39, F=64, M=2 by default):
 
 - critic updates per second at the given batch size (one chunked-TD step: target with the target
-  ensemble, loss, backward, AdamW, Polyak), also with the residual and edit head steps included;
+  ensemble, loss, backward, AdamW, Polyak), also with the residual and edit head steps included (the
+  edit head both as EXPO and as shipped: mean-edit acting with the AWR-only policy step);
 - one weight publication: ``weights()`` of the residual head and the critic, then
   ``tandem.runtime.wire.encode`` of each into a message (and the sha256 digest the weights link sends);
 - the residual head's numpy correction per chunk boundary (the control-loop budget is p99 <= 0.3 ms);
@@ -77,7 +78,7 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
     from tandem.policies.heads import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
     from tandem.runtime.wire import Message, digest_arrays, encode
     from tandem.value.critic import ChunkedCritic, CriticConfig
-    from tandem.value.objectives import CriticObjective, EditHeadObjective, ResidualHeadObjective
+    from tandem.value.objectives import CriticObjective, EditHeadObjective, EditObjectiveConfig, ResidualHeadObjective
     from tandem.value.targets import make_selector
 
     previous_threads = torch.get_num_threads()
@@ -93,6 +94,10 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
                                                     CriticObjective(ChunkedCritic(ccfg))), batch, updates)
         edit_rate = _rate(EditHeadObjective(EditHead(EditHeadConfig(**dims, num_candidates=num_candidates)),
                                             CriticObjective(ChunkedCritic(ccfg))), batch, updates)
+        # the shipped edit head's training (configs/head/edit.yaml): mean-edit acting, AWR-only policy step
+        aloe = EditObjectiveConfig(acting="mean", q_weight=0.0, awr_weight=1.0, awr_beta=0.3)
+        edit_aloe_rate = _rate(EditHeadObjective(EditHead(EditHeadConfig(**dims, num_candidates=num_candidates)),
+                                                 CriticObjective(ChunkedCritic(ccfg)), aloe), batch, updates)
 
         critic = ChunkedCritic(ccfg)
         head = ResidualHead(ResidualHeadConfig(**dims))
@@ -150,6 +155,7 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
         "critic_updates_per_s": round(critic_rate, 1),
         "residual_updates_per_s": round(residual_rate, 1),
         "edit_updates_per_s": round(edit_rate, 1),
+        "edit_mean_awr_updates_per_s": round(edit_aloe_rate, 1),
         "params": params,
         "publish": {**_stats_ms(publish), "bytes": nbytes, "what": "weights() + wire.encode of head and critic"},
         "publish_digest": _stats_ms(digest),

@@ -114,7 +114,7 @@ def test_head_config_errors():
     with pytest.raises(ConfigError, match="alpha"):
         ResidualHeadConfig(alpha=0.0)
     with pytest.raises(ConfigError, match="beta"):
-        EditHeadConfig(beta=2.0)
+        EditHeadConfig(beta=2.5)
     with pytest.raises(ConfigError, match="hidden"):
         EditHeadConfig(hidden=())
 

@@ -317,6 +317,6 @@ def test_bench_learner_smoke():
 
     out = bench_learner(batch_size=8, updates=2, threads=1, horizon=H, action_dim=A, state_dim=S, feature_dim=F,
                         publish_reps=2, head_calls=5, num_candidates=2)
-    assert out["critic_updates_per_s"] > 0 and out["edit_updates_per_s"] > 0
+    assert out["critic_updates_per_s"] > 0 and out["edit_updates_per_s"] > 0 and out["edit_mean_awr_updates_per_s"] > 0
     assert out["publish"]["bytes"] > 4 * (out["params"]["head"] + out["params"]["critic"])
     assert out["residual_head_boundary"]["n"] == 5
