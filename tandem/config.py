@@ -19,12 +19,12 @@ from tandem.errors import ConfigError
 from tandem.runtime.learner_process import LearnConfig
 from tandem.runtime.link_config import LinkConfig
 from tandem.runtime.live_view import LiveViewConfig
-from tandem.runtime.status_line import StatusLineConfig
 from tandem.runtime.loop import LoopConfig
 from tandem.runtime.policy_link import PolicyLinkConfig
 from tandem.runtime.recorder import RecordConfig
 from tandem.runtime.safety import SafetyConfig
 from tandem.runtime.scheduler import SchedulerConfig
+from tandem.runtime.status_line import StatusLineConfig
 from tandem.validate import in_range, non_negative, one_of
 from tandem.value.learning import HeadConfig
 

@@ -78,7 +78,12 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
     from tandem.policies.heads import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
     from tandem.runtime.wire import Message, digest_arrays, encode
     from tandem.value.critic import ChunkedCritic, CriticConfig
-    from tandem.value.objectives import CriticObjective, EditHeadObjective, EditObjectiveConfig, ResidualHeadObjective
+    from tandem.value.objectives import (
+        CriticObjective,
+        EditHeadObjective,
+        EditObjectiveConfig,
+        ResidualHeadObjective,
+    )
     from tandem.value.targets import make_selector
 
     previous_threads = torch.get_num_threads()
@@ -92,12 +97,13 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
         critic_rate = _rate(CriticObjective(ChunkedCritic(ccfg)), batch, updates)
         residual_rate = _rate(ResidualHeadObjective(ResidualHead(ResidualHeadConfig(**dims)),
                                                     CriticObjective(ChunkedCritic(ccfg))), batch, updates)
-        edit_rate = _rate(EditHeadObjective(EditHead(EditHeadConfig(**dims, num_candidates=num_candidates)),
-                                            CriticObjective(ChunkedCritic(ccfg))), batch, updates)
-        # the shipped edit head's training (configs/head/edit.yaml): mean-edit acting, AWR-only policy step
-        aloe = EditObjectiveConfig(acting="mean", q_weight=0.0, awr_weight=1.0, awr_beta=0.3)
-        edit_aloe_rate = _rate(EditHeadObjective(EditHead(EditHeadConfig(**dims, num_candidates=num_candidates)),
-                                                 CriticObjective(ChunkedCritic(ccfg)), aloe), batch, updates)
+        # the edit head as EXPO (defaults) and as shipped (configs/head/edit.yaml: mean-edit acting, AWR only)
+        shipped = EditObjectiveConfig(acting="mean", q_weight=0.0, awr_weight=1.0, awr_beta=0.3)
+        edit_rate, edit_shipped_rate = (
+            _rate(EditHeadObjective(EditHead(EditHeadConfig(**dims, num_candidates=num_candidates)),
+                                    CriticObjective(ChunkedCritic(ccfg)), objective), batch, updates)
+            for objective in (None, shipped)
+        )
 
         critic = ChunkedCritic(ccfg)
         head = ResidualHead(ResidualHeadConfig(**dims))
@@ -155,7 +161,7 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
         "critic_updates_per_s": round(critic_rate, 1),
         "residual_updates_per_s": round(residual_rate, 1),
         "edit_updates_per_s": round(edit_rate, 1),
-        "edit_mean_awr_updates_per_s": round(edit_aloe_rate, 1),
+        "edit_mean_awr_updates_per_s": round(edit_shipped_rate, 1),
         "params": params,
         "publish": {**_stats_ms(publish), "bytes": nbytes, "what": "weights() + wire.encode of head and critic"},
         "publish_digest": _stats_ms(digest),

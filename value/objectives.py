@@ -495,15 +495,15 @@ class EditHeadObjective:
         (acting "best") or from its mean edit (acting "mean"). Ticks past the episode's end are masked out.
         """
         co, head, cfg = self.critic_objective, self.head, self.config
+        mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
         with torch.no_grad():
-            if cfg.acting == "mean":
-                policy = head.mean_chunk(b["state"], b["features"], b["base"]).unsqueeze(1)
+            if cfg.acting == "mean":  # the mean edit from the same forward pass (head.mean_chunk)
+                policy = head.edit(b["base"], torch.tanh(mean).reshape(b["base"].shape)).unsqueeze(1)
             else:
                 eps_v, _ = head.sample(b["state"], b["features"], b["base"], cfg.awr_samples, co.generator)
                 policy = head.edit(b["base"], eps_v)
             adv = advantage(co.critic, b["state"], b["features"], b["executed"], policy, generator=co.generator)
             w = awr_weights(adv, cfg.awr_beta, cfg.awr_w_max)
-        mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
         target = ((b["executed"] - b["base"].float()) / head.config.beta).flatten(1).clamp(-0.995, 0.995)
         u = torch.atanh(target)
         log_p = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)

@@ -12,7 +12,12 @@ from tandem.runtime.messages import weights_schema_hash
 from tandem.value.checkpoint import save_checkpoint
 from tandem.value.learning import Dims, HeadConfig, LearningObjective, ObjectiveSpec, robot_parts
 from tandem.value.objective import ObjectiveConfig, make_objective
-from tandem.value.objectives import CriticObjective, CriticObjectiveConfig, EditHeadObjective, EditObjectiveConfig
+from tandem.value.objectives import (
+    CriticObjective,
+    CriticObjectiveConfig,
+    EditHeadObjective,
+    EditObjectiveConfig,
+)
 
 SMALL = {"critic": {"hidden": [32, 32]}, "head": {"hidden": [32, 32], "beta": 0.5, "num_candidates": 4}}
 DIMS = Dims(S, F, H, A)
