@@ -17,6 +17,7 @@ Batch keys (numpy arrays or tensors; B batch, H chunk ticks, A action size, S st
     done           bool[B]         true terminal in this chunk (no bootstrap)
     truncated      bool[B]         time limit / stop in this chunk (bootstrap when a state exists)
     takeover_start bool[B, H]      first tick of each human takeover (for the RLIF option)
+    intervention   bool[B, H]      ticks a human drove (the edit head's ``awr_ticks: human``)
     next_state     float[B, S]     s_{t+h}: the next record's state (or a truncation state)
     next_features  float[B, F]
     next_base      float[B, H, A]  the base proposal at s_{t+h}
@@ -42,24 +43,23 @@ from tandem.value.critic import ChunkedCritic, CriticConfig
 from tandem.value.targets import NextAction, best_of_candidates, critic_target
 
 BATCH_KEYS = ("state", "features", "base", "executed", "reward", "valid", "done", "truncated", "takeover_start",
-              "next_state", "next_features", "next_base", "next_valid")
-_BOOL_KEYS = frozenset({"valid", "done", "truncated", "takeover_start", "next_valid"})
+              "intervention", "next_state", "next_features", "next_base", "next_valid")
+_BOOL_KEYS = frozenset({"valid", "done", "truncated", "takeover_start", "intervention", "next_valid"})
+_DEFAULT_FALSE = {"takeover_start": "valid", "intervention": "valid", "truncated": "done"}  # missing key -> all false
 
 
 def to_tensors(batch: dict[str, Any], device: str | torch.device) -> dict[str, torch.Tensor]:
     """The BATCH_KEYS of ``batch`` as tensors on ``device``: floats as float32, flags as bool.
 
     Raises:
-        KeyError: a required key is missing (``takeover_start`` and ``truncated`` default to all false).
+        KeyError: a required key is missing (``takeover_start``, ``intervention`` and ``truncated`` default to
+            all false).
     """
     out: dict[str, torch.Tensor] = {}
     for key in BATCH_KEYS:
         if key not in batch:
-            if key == "takeover_start":
-                out[key] = torch.zeros_like(out["valid"])
-                continue
-            if key == "truncated":
-                out[key] = torch.zeros_like(out["done"])
+            if key in _DEFAULT_FALSE:
+                out[key] = torch.zeros_like(out[_DEFAULT_FALSE[key]])
                 continue
             raise KeyError(f"batch has no {key!r}; expected keys {BATCH_KEYS}")
         v = batch[key]
@@ -357,6 +357,14 @@ class EditObjectiveConfig:
         awr_beta: AWR temperature (in the critic's value units): w = clip(exp(A / awr_beta), 0, awr_w_max).
         awr_w_max: AWR weight cap.
         awr_samples: edits sampled per state for V(s) = mean Q(s, base + edit) (acting "best").
+        human_min_weight: floor of the AWR weight of chunks a human drove part of (0: no floor). RLIF's
+            premise: a human took over because the robot was doing worse, so a correction should count at
+            least as much as the robot's average chunk (1.0) even where the critic, extrapolating to the
+            robot's own action in a state it rarely saw, scores the correction lower.
+        awr_ticks: which ticks the advantage-weighted likelihood imitates: "all" (every valid tick: the
+            robot's own chunks and the humans', as ALOE) or "human" (only the ticks a human drove: the head
+            learns from corrections, as HG-DAgger, and the robot's own chunks train only the critic; with
+            ``acting: mean`` those are what the head already does, so imitating them only slows it down).
         acting: how the robot acts, which is what the TD target's next action and V(s) follow: "best"
             (EXPO: the critic's pick of base and N edits) or "mean" (base + the mean edit, no critic on
             the robot; a' and V(s) use that one chunk, which also makes an update about twice as cheap).
@@ -377,11 +385,15 @@ class EditObjectiveConfig:
     awr_beta: float = 1.0
     awr_w_max: float = 20.0
     awr_samples: int = 4
+    awr_ticks: str = "all"
+    human_min_weight: float = 0.0
     acting: str = "best"
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
         one_of("acting", self.acting, ("best", "mean"))
+        one_of("awr_ticks", self.awr_ticks, ("all", "human"))
+        non_negative("human_min_weight", self.human_min_weight)
         non_negative("q_weight", self.q_weight)
         non_negative("awr_weight", self.awr_weight)
         positive("awr_beta", self.awr_beta)
@@ -504,11 +516,20 @@ class EditHeadObjective:
                 policy = head.edit(b["base"], eps_v)
             adv = advantage(co.critic, b["state"], b["features"], b["executed"], policy, generator=co.generator)
             w = awr_weights(adv, cfg.awr_beta, cfg.awr_w_max)
+            if cfg.human_min_weight > 0:
+                human = (b["intervention"] & b["valid"]).any(1)
+                w = torch.where(human, w.clamp_min(cfg.human_min_weight), w)
         target = ((b["executed"] - b["base"].float()) / head.config.beta).flatten(1).clamp(-0.995, 0.995)
         u = torch.atanh(target)
         log_p = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-        mask = b["valid"].float().unsqueeze(-1).expand(b["base"].shape).flatten(1)
+        ticks = b["valid"] & b["intervention"] if cfg.awr_ticks == "human" else b["valid"]
+        mask = ticks.float().unsqueeze(-1).expand(b["base"].shape).flatten(1)
         per_sample = (log_p * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        counted = ticks.any(1)  # samples with at least one imitated tick (all of them with awr_ticks "all")
+        if not bool(counted.any()):
+            return {"loss": log_p.sum() * 0.0, "head/awr_adv": float(adv.mean()), "head/awr_w": 0.0,
+                    "head/awr_log_p": 0.0}
+        per_sample, w = per_sample[counted], w[counted]
         return {"loss": -weighted_bc_loss(per_sample, w), "head/awr_adv": float(adv.mean()),
                 "head/awr_w": float(w.mean()), "head/awr_log_p": float(per_sample.detach().mean())}
 

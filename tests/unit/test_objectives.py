@@ -188,6 +188,72 @@ def test_edit_acting_mean_targets_and_values_follow_the_mean_edit():
         EditObjectiveConfig(acting="argmax")
 
 
+def test_edit_awr_ticks_human_imitates_only_the_ticks_a_human_drove():
+    """awr_ticks "human": the likelihood covers intervention ticks; chunks without one do not count."""
+    co = critic_objective()
+    head = EditHead(EditHeadConfig(**DIMS, beta=0.7))
+    b = to_tensors(batch(), "cpu")
+    human = torch.zeros_like(b["valid"])
+    human[3, 1:] = True  # one record with a takeover from its second tick
+    human[5] = True  # one driven throughout
+    objs = {t: EditHeadObjective(head, co, EditObjectiveConfig(acting="mean", awr_weight=1.0, awr_beta=1e6,
+                                                               awr_ticks=t)) for t in ("all", "human")}
+    # changing what ran on an autonomous tick moves the "all" loss and leaves the "human" loss alone
+    moved = b["executed"].clone()
+    moved[3, 0] += 0.3
+    moved[7] += 0.3
+    for t, obj in objs.items():
+        before = float(obj._awr_terms({**b, "intervention": human})["loss"])
+        after = float(obj._awr_terms({**b, "intervention": human, "executed": moved})["loss"])
+        assert (before == pytest.approx(after)) == (t == "human")
+    # by hand: with w = 1 (huge awr_beta) the loss is minus the mean over the two records of the mean log density
+    # of their human ticks' edits
+    mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
+    u = torch.atanh(((b["executed"] - b["base"]) / 0.7).flatten(1).clamp(-0.995, 0.995))
+    log_p = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).reshape(-1, H, A)
+    expected = -(log_p[3, 1:].mean() + log_p[5].mean()) / 2
+    got = objs["human"]._awr_terms({**b, "intervention": human})
+    assert float(got["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    # no human tick in the batch: nothing to imitate, a zero loss that still backpropagates
+    none = objs["human"]._awr_terms({**b, "intervention": torch.zeros_like(human)})
+    assert float(none["loss"]) == 0.0 and none["loss"].requires_grad
+    # the default batch from a replay without the field has no human ticks
+    assert not to_tensors(batch(), "cpu")["intervention"].any()
+    with pytest.raises(Exception, match="awr_ticks"):
+        EditObjectiveConfig(awr_ticks="takeover")
+
+
+def test_edit_human_min_weight_floors_the_weight_of_corrections_only():
+    """human_min_weight: chunks with a human tick weigh at least the floor; the robot's own chunks keep exp(A/beta)."""
+    co = critic_objective()
+    head = EditHead(EditHeadConfig(**DIMS, beta=0.7))
+    b = to_tensors(batch(), "cpu")
+    human = torch.zeros_like(b["valid"])
+    human[3, 1:] = True
+    human[5] = True
+    human[0, 3] = True  # past record 0's episode end (valid[0, 2:] is false): not a human tick
+    with torch.no_grad():
+        policy = head.mean_chunk(b["state"], b["features"], b["base"]).unsqueeze(1)
+        adv = advantage(co.critic, b["state"], b["features"], b["executed"], policy, generator=torch.Generator())
+    mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
+    u = torch.atanh(((b["executed"] - b["base"]) / 0.7).flatten(1).clamp(-0.995, 0.995))
+    log_p = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).reshape(-1, H, A)
+    mask = b["valid"].float().unsqueeze(-1).expand(-1, H, A)
+    per_sample = (log_p * mask).sum((1, 2)) / mask.sum((1, 2))
+    is_human = torch.zeros(32, dtype=torch.bool)
+    is_human[[3, 5]] = True
+    # a tiny temperature: exp(A / beta) is ~0 or capped at 20, so the floor visibly changes the weights
+    w = awr_weights(adv, 1e-3, 20.0)
+    for floor, expected_w in ((0.0, w), (1.0, torch.where(is_human, w.clamp_min(1.0), w))):
+        obj = EditHeadObjective(head, co, EditObjectiveConfig(acting="mean", awr_weight=1.0, awr_beta=1e-3,
+                                                              awr_w_max=20.0, human_min_weight=floor))
+        got = obj._awr_terms({**b, "intervention": human})
+        assert float(got["loss"]) == pytest.approx(float(-(expected_w * per_sample).mean()), rel=1e-5)
+    assert bool((w[is_human] < 1.0).any())  # the floor changed something
+    with pytest.raises(Exception, match="human_min_weight"):
+        EditObjectiveConfig(human_min_weight=-1.0)
+
+
 @pytest.mark.parametrize("kind", ["critic", "residual", "edit"])
 def test_state_dict_resume_is_exact(kind):
     def build():
