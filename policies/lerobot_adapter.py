@@ -37,6 +37,7 @@ other        none (F = 0)
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,10 @@ class LeRobotPolicy(BasePolicy):
                  self.action_dim, self.feature_dim, self._tap.kind)
 
     def _load(self, path: Any) -> tuple[Any, Any, Any]:
+        # SmolVLA / pi0 look their VLM's config and tokenizer up by name through transformers: offline, a
+        # missing file is an error instead of a download at run time (export HF_HUB_OFFLINE=0 to allow one).
+        # Set before lerobot (and with it huggingface_hub, which reads it on import) is first imported.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             from lerobot.configs.policies import PreTrainedConfig
             from lerobot.policies.factory import get_policy_class, make_pre_post_processors

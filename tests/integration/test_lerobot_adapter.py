@@ -1,6 +1,7 @@
 """lerobot policies through the adapter: tiny randomly initialised ACT and Diffusion, built and saved
 here with lerobot's own classes and processors (nothing downloaded), loaded by path, run in the loop."""
 
+import os
 import shutil
 
 import numpy as np
@@ -75,8 +76,10 @@ def observation(seed=0):
     return {STATE: rng.normal(size=39).astype(np.float32), IMAGE: rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)}
 
 
-def test_act_chunk_and_encoder_features(act_dir):
+def test_act_chunk_and_encoder_features(act_dir, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     p = LeRobotPolicy(LeRobotPolicyConfig(path=str(act_dir), device="cpu"), robot())
+    assert os.environ["HF_HUB_OFFLINE"] == "1", "loading a policy never downloads (a missing file is an error)"
     assert (p.name, p.chunk_length, p.action_dim, p.feature_dim) == ("lerobot-act", 12, 4, 32)
     a, b = p.infer(observation(0), "push the puck to the goal"), p.infer(observation(1), "push the puck to the goal")
     assert a.actions.shape == (12, 4) and a.actions.dtype == np.float32 and np.isfinite(a.actions).all()
