@@ -507,6 +507,7 @@ class EditHeadObjective:
         (acting "best") or from its mean edit (acting "mean"). Ticks past the episode's end are masked out.
         """
         co, head, cfg = self.critic_objective, self.head, self.config
+        human_ticks = b["intervention"] & b["valid"]
         mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
         with torch.no_grad():
             if cfg.acting == "mean":  # the mean edit from the same forward pass (head.mean_chunk)
@@ -517,12 +518,11 @@ class EditHeadObjective:
             adv = advantage(co.critic, b["state"], b["features"], b["executed"], policy, generator=co.generator)
             w = awr_weights(adv, cfg.awr_beta, cfg.awr_w_max)
             if cfg.human_min_weight > 0:
-                human = (b["intervention"] & b["valid"]).any(1)
-                w = torch.where(human, w.clamp_min(cfg.human_min_weight), w)
+                w = torch.where(human_ticks.any(1), w.clamp_min(cfg.human_min_weight), w)
         target = ((b["executed"] - b["base"].float()) / head.config.beta).flatten(1).clamp(-0.995, 0.995)
         u = torch.atanh(target)
         log_p = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-        ticks = b["valid"] & b["intervention"] if cfg.awr_ticks == "human" else b["valid"]
+        ticks = human_ticks if cfg.awr_ticks == "human" else b["valid"]
         mask = ticks.float().unsqueeze(-1).expand(b["base"].shape).flatten(1)
         per_sample = (log_p * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         counted = ticks.any(1)  # samples with at least one imitated tick (all of them with awr_ticks "all")

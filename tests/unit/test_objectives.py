@@ -188,14 +188,28 @@ def test_edit_acting_mean_targets_and_values_follow_the_mean_edit():
         EditObjectiveConfig(acting="argmax")
 
 
-def test_edit_awr_ticks_human_imitates_only_the_ticks_a_human_drove():
-    """awr_ticks "human": the likelihood covers intervention ticks; chunks without one do not count."""
+def human_batch():
+    """An edit head (beta 0.7), a critic objective and a batch where records 3 (from its second tick) and 5
+    (throughout) were driven by a human: ``intervention`` bool[B, H]."""
     co = critic_objective()
     head = EditHead(EditHeadConfig(**DIMS, beta=0.7))
     b = to_tensors(batch(), "cpu")
     human = torch.zeros_like(b["valid"])
-    human[3, 1:] = True  # one record with a takeover from its second tick
-    human[5] = True  # one driven throughout
+    human[3, 1:] = True
+    human[5] = True
+    return co, head, b, human
+
+
+def hand_log_density(head, b):
+    """float[B, H, A]: log N(atanh((executed - base) / beta); mean, std) per tick and action, by hand."""
+    mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
+    u = torch.atanh(((b["executed"] - b["base"]) / head.config.beta).flatten(1).clamp(-0.995, 0.995))
+    return (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).reshape(-1, H, A)
+
+
+def test_edit_awr_ticks_human_imitates_only_the_ticks_a_human_drove():
+    """awr_ticks "human": the likelihood covers intervention ticks; chunks without one do not count."""
+    co, head, b, human = human_batch()
     objs = {t: EditHeadObjective(head, co, EditObjectiveConfig(acting="mean", awr_weight=1.0, awr_beta=1e6,
                                                                awr_ticks=t)) for t in ("all", "human")}
     # changing what ran on an autonomous tick moves the "all" loss and leaves the "human" loss alone
@@ -208,9 +222,7 @@ def test_edit_awr_ticks_human_imitates_only_the_ticks_a_human_drove():
         assert (before == pytest.approx(after)) == (t == "human")
     # by hand: with w = 1 (huge awr_beta) the loss is minus the mean over the two records of the mean log density
     # of their human ticks' edits
-    mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
-    u = torch.atanh(((b["executed"] - b["base"]) / 0.7).flatten(1).clamp(-0.995, 0.995))
-    log_p = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).reshape(-1, H, A)
+    log_p = hand_log_density(head, b)
     expected = -(log_p[3, 1:].mean() + log_p[5].mean()) / 2
     got = objs["human"]._awr_terms({**b, "intervention": human})
     assert float(got["loss"]) == pytest.approx(float(expected), rel=1e-5)
@@ -225,19 +237,12 @@ def test_edit_awr_ticks_human_imitates_only_the_ticks_a_human_drove():
 
 def test_edit_human_min_weight_floors_the_weight_of_corrections_only():
     """human_min_weight: chunks with a human tick weigh at least the floor; the robot's own chunks keep exp(A/beta)."""
-    co = critic_objective()
-    head = EditHead(EditHeadConfig(**DIMS, beta=0.7))
-    b = to_tensors(batch(), "cpu")
-    human = torch.zeros_like(b["valid"])
-    human[3, 1:] = True
-    human[5] = True
+    co, head, b, human = human_batch()
     human[0, 3] = True  # past record 0's episode end (valid[0, 2:] is false): not a human tick
     with torch.no_grad():
         policy = head.mean_chunk(b["state"], b["features"], b["base"]).unsqueeze(1)
         adv = advantage(co.critic, b["state"], b["features"], b["executed"], policy, generator=torch.Generator())
-    mean, log_std = head.dist_params(b["state"], b["features"], b["base"])
-    u = torch.atanh(((b["executed"] - b["base"]) / 0.7).flatten(1).clamp(-0.995, 0.995))
-    log_p = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).reshape(-1, H, A)
+    log_p = hand_log_density(head, b)
     mask = b["valid"].float().unsqueeze(-1).expand(-1, H, A)
     per_sample = (log_p * mask).sum((1, 2)) / mask.sum((1, 2))
     is_human = torch.zeros(32, dtype=torch.bool)
