@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.hardware.robot import Robot
-from tandem.policies.base import BasePolicy
+from tandem.policies.base import BasePolicy, PolicyLoadError
 from tandem.registry import component_class
 from tandem.runtime.controller import Controller
 from tandem.runtime.inference import InferenceBackend, InlineBackend, ThreadBackend
@@ -40,10 +40,10 @@ def make_policy(config: Any, robot: Robot) -> BasePolicy:
 
 
 def check_action_dim(policy: BasePolicy, robot: Robot) -> None:
-    """Raise ValueError unless the policy's action size is the robot's."""
+    """Raise PolicyLoadError unless the policy's action size is the robot's."""
     action_dim = robot.action_feature.shape[0]
     if policy.action_dim != action_dim:
-        raise ValueError(
+        raise PolicyLoadError(
             f"policy {policy.name!r} outputs {policy.action_dim}-D actions but robot {robot.name!r} "
             f"takes {action_dim}-D actions; pick a policy trained for this robot"
         )

@@ -26,7 +26,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tandem.errors import ConfigError, DeviceMissingError
+from tandem.errors import ConfigError, DeviceMissingError, TandemError
 from tandem.policies.base import PolicyLoadError
 
 
@@ -350,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except PolicyLoadError as exc:
         print(f"tandem: policy error: {exc}", file=sys.stderr)
+        return 2
+    except TandemError as exc:  # e.g. a real arm without its calibration file: the message says what to run
+        print(f"tandem: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 1
 

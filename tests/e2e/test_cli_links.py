@@ -1,4 +1,4 @@
-"""``tandem keys``, ``tandem learn`` refusals and ``tandem bench links`` through the CLI entry point."""
+"""``tandem keys``, ``tandem learn`` refusals, ``tandem bench links`` and error reporting through the CLI entry point."""
 
 from __future__ import annotations
 
@@ -29,3 +29,16 @@ def test_bench_links_prints_json(capsys):
     assert w["tandem"]["received"] == 3 and w["tandem"]["weights_equal"] and w["lerobot_grpc"]["received"] == 3
     assert w["tandem"]["publish_to_applied"]["p50_ms"] > 0 and w["lerobot_over_tandem_p50"] > 0
     assert out["experience"]["all_acked"] and out["experience"]["stored"] == 300 and out["experience"]["steps_per_s"] > 0
+
+
+def test_tandem_errors_end_in_a_message_not_a_traceback(monkeypatch, capsys):
+    from tandem import cli
+    from tandem.hardware.lerobot_robot import CalibrationError
+
+    def uncalibrated(overrides):
+        raise CalibrationError("so101_follower id='arm' has no calibration file; run lerobot-calibrate")
+
+    monkeypatch.setattr(cli, "cmd_run", uncalibrated)
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "tandem: CalibrationError: " in err and "lerobot-calibrate" in err and "Traceback" not in err
