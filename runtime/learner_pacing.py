@@ -10,7 +10,7 @@ robot wait. The budget of a run is then explicit: ``episodes`` episodes and abou
 
 The wait never outlives the learner: it ends early when the learner's heartbeats stop (link down),
 after ``link.learner_wait_s``, or when the session is stopped. Progress comes from the weights link's
-heartbeats (``WeightsStats.learner_step`` / ``learner_training``), so it works with a remote learner.
+heartbeats (``WeightsStats.learner_progress()``), so it works with a remote learner.
 """
 
 from __future__ import annotations

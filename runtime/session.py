@@ -185,9 +185,8 @@ class Session:
         if link.learner_updates_per_episode > 0:
             from tandem.runtime.learner_pacing import LearnerPacer
 
-            ws = self.weights_link.stats
             self.pacer = LearnerPacer(link.learner_updates_per_episode, link.learner_wait_s,
-                                      lambda: (ws.learner_alive, ws.learner_training, ws.learner_step))
+                                      self.weights_link.stats.learner_progress)
 
     def _close_links(self) -> dict:
         """Drain the experience link (up to ``link.drain_s``), stop both links; their stats."""

@@ -170,6 +170,10 @@ class WeightsStats:
         """JSON-ready dict."""
         return asdict(self)
 
+    def learner_progress(self) -> tuple[bool, bool, int]:
+        """(alive, training, step) from the learner's latest heartbeat: what ``LearnerPacer`` waits on."""
+        return self.learner_alive, self.learner_training, self.learner_step
+
 
 @dataclass
 class _Pull:

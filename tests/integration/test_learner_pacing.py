@@ -33,11 +33,6 @@ def linked(tmp_path):
         state["server"].stop()
 
 
-def progress_of(sub: WeightsSubscriber):
-    s = sub.stats
-    return lambda: (s.learner_alive, s.learner_training, s.learner_step)
-
-
 def test_heartbeat_carries_the_learners_progress(linked):
     state, sub = linked
     assert wait_for(lambda: sub.stats.learner_alive, 5)
@@ -49,7 +44,7 @@ def test_heartbeat_carries_the_learners_progress(linked):
 def test_pacer_waits_for_the_owed_updates_and_counts_those_made_during_the_episode(linked):
     state, sub = linked
     server = state["server"]
-    pacer = LearnerPacer(50, wait_s=30, progress=progress_of(sub), poll_s=0.01)
+    pacer = LearnerPacer(50, wait_s=30, progress=sub.stats.learner_progress, poll_s=0.01)
     assert wait_for(lambda: sub.stats.learner_alive, 5)
     assert pacer.after_episode() == 0.0 and pacer.stats.target == -1  # not training yet: no wait
 
@@ -88,11 +83,11 @@ def test_pacer_gives_up_on_a_silent_learner_and_on_its_timeout(linked):
     server = state["server"]
     server.progress = {"step": 5, "training": True}
     assert wait_for(lambda: sub.stats.learner_training and sub.stats.learner_alive, 5)
-    pacer = LearnerPacer(10_000, wait_s=0.3, progress=progress_of(sub), poll_s=0.01)
+    pacer = LearnerPacer(10_000, wait_s=0.3, progress=sub.stats.learner_progress, poll_s=0.01)
     pacer.after_episode()
     assert pacer.stats.timeouts == 1 and pacer.stats.learner_lost == 0
 
-    pacer = LearnerPacer(10_000, wait_s=60, progress=progress_of(sub), poll_s=0.01)
+    pacer = LearnerPacer(10_000, wait_s=60, progress=sub.stats.learner_progress, poll_s=0.01)
     stopper = threading.Timer(0.2, server.stop)  # the learner vanishes mid-wait
     stopper.start()
     try:
