@@ -34,7 +34,8 @@ class ChunkRecord:
     Attributes:
         robot_id: which robot produced it.
         episode_id: episode index within the robot's session (unique per robot and session).
-        chunk_index: position of the chunk in the episode (0, 1, ...).
+        chunk_index: position of the record in the episode (0, 1, ...): the chunk's index, or with
+            overlapping records (``session.record_stride`` < H) the window's index, start_tick // stride.
         task: the language instruction.
         state: float32[S], proprio/sim state at the chunk's first tick.
         features: float16[F], base policy embedding of the observation at the first tick (F may be 0).
@@ -46,6 +47,8 @@ class ChunkRecord:
         head_version, base_version: weights in use when the chunk started.
         obs_time, send_time: float64[H] wall clock seconds.
         images: optional JPEG bytes per camera key at the first tick.
+        start_tick: episode tick of the first tick; -1 (records of one per chunk, and older logs):
+            chunk_index * H. The TD target's bootstrap record is the one starting at start_tick + H.
     """
 
     robot_id: str
@@ -68,11 +71,17 @@ class ChunkRecord:
     obs_time: np.ndarray
     send_time: np.ndarray
     images: dict[str, bytes] = field(default_factory=dict)
+    start_tick: int = -1
 
     @property
     def horizon(self) -> int:
         """H."""
         return int(self.base.shape[0])
+
+    @property
+    def first_tick(self) -> int:
+        """Episode tick of the record's first tick (``start_tick``, or chunk_index * H when unset)."""
+        return int(self.start_tick) if self.start_tick >= 0 else int(self.chunk_index) * self.horizon
 
     @property
     def key(self) -> tuple[str, int, int]:

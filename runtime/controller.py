@@ -31,6 +31,9 @@ class Decision:
         chunk_index, chunk_step: position of this tick in the H-tick chunk grid.
         head_version, base_version: weights in use.
         features: float16[F], the base policy's embedding of the latest observation it saw.
+        base_window: float32[H, A], the base plan for this tick and the next H - 1 as it stood at this
+            tick (what the head corrects at a boundary); None between boundaries unless the controller
+            was built with ``windows_every_tick`` (overlapping chunk records need it).
     """
 
     action: np.ndarray | None
@@ -45,6 +48,7 @@ class Decision:
     base_version: int = 0
     features: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float16))
     events: tuple[str, ...] = ()
+    base_window: np.ndarray | None = None
 
 
 class Head(Protocol):
@@ -97,6 +101,8 @@ class Controller:
         hold: callable returning the hold action (from the safety filter).
         head: optional head.
         operator: optional operator.
+        windows_every_tick: put the base plan's H-tick window into every tick's decision, not only at
+            boundaries (for chunk records that start between boundaries, ``session.record_stride``).
     """
 
     def __init__(
@@ -106,9 +112,11 @@ class Controller:
         hold: Callable[[], np.ndarray],
         head: Head | None = None,
         operator: Operator | None = None,
+        windows_every_tick: bool = False,
     ) -> None:
         self.scheduler = scheduler
         self.horizon = horizon
+        self.windows_every_tick = windows_every_tick
         self.hold = hold
         self.head = head
         self.operator = operator
@@ -132,7 +140,10 @@ class Controller:
         if chunk_step == 0:
             for callback in self.boundary_callbacks:
                 callback(chunk_index)
+        window = None
+        if chunk_step == 0 or self.windows_every_tick:
             window, _ = self.scheduler.window(tick, self.horizon, fill=hold)
+        if chunk_step == 0:
             if self.head is not None:
                 self._correction = np.asarray(
                     self.head.correction(observation, self.scheduler.features, window), np.float32
@@ -151,6 +162,7 @@ class Controller:
             head_version=getattr(self.head, "version", 0),
             base_version=self.scheduler.version,
             features=self.scheduler.features,
+            base_window=window,
         )
         if self.operator is not None:
             out = self.operator.step(observation, base_action + head_action, tick)

@@ -25,7 +25,8 @@ from tandem.runtime.timing import TickTimer
 class TickRecord:
     """Everything that happened in one tick; what recorders and chunk assemblers consume.
 
-    Arrays: observation as returned by the robot; actions float32[A]; features float16[F].
+    Arrays: observation as returned by the robot; actions float32[A]; features float16[F];
+    ``base_window`` float32[H, A] or None (the controller's ``Decision.base_window``).
     Times: ``obs_time``/``send_time`` wall clock (s since epoch), ``lateness_ms`` from the timer.
     """
 
@@ -50,6 +51,7 @@ class TickRecord:
     obs_time: float
     send_time: float
     lateness_ms: float
+    base_window: np.ndarray | None = None
 
 
 @dataclass
@@ -230,6 +232,7 @@ def _tick_loop(
                 obs_time=obs_time,
                 send_time=send_time,
                 lateness_ms=lateness,
+                base_window=decision.base_window,
             )
             for sink in sinks:
                 sink.on_tick(record)

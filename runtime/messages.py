@@ -59,6 +59,8 @@ def record_to_message(record: ChunkRecord, seq: int, stream: str, source: str = 
         "base_version": int(record.base_version),
         "source": source,
     }
+    if record.start_tick >= 0:
+        meta["tick"] = int(record.start_tick)
     return Message(kind=CHUNK, schema=RECORD_SCHEMA, seq=int(seq), robot=record.robot_id, meta=meta, arrays=arrays)
 
 
@@ -107,6 +109,9 @@ def message_to_record(msg: Message) -> ChunkRecord:
     if any(str(v.dtype) != "uint8" for k, v in a.items() if k.startswith(IMAGE_PREFIX)):
         raise WireError("bad_dtype", "images must be uint8")
     _meta(m, "stream", str)
+    start_tick = _meta(m, "tick", int) if "tick" in m else -1
+    if start_tick < -1:
+        raise WireError("bad_meta", f"tick={start_tick}")
     return ChunkRecord(
         robot_id=msg.robot,
         episode_id=_meta(m, "episode", int),
@@ -128,6 +133,7 @@ def message_to_record(msg: Message) -> ChunkRecord:
         obs_time=a["obs_time"],
         send_time=a["send_time"],
         images=images,
+        start_tick=start_tick,
     )
 
 

@@ -138,7 +138,7 @@ class Session:
         self.learning = self._build_head()
         self.controller = Controller(
             scheduler, cfg.session.horizon, hold=self.safety.hold_action, head=self.learning.head,
-            operator=self.operator,
+            operator=self.operator, windows_every_tick=0 < cfg.session.record_stride < cfg.session.horizon,
         )
 
     def _build_head(self) -> Any:
@@ -179,7 +179,9 @@ class Session:
         except BaseException:
             self.experience_link.close(0)
             raise
-        self._link_sink = ChunkAssembler(link.robot_id, self.config.session.horizon, self.experience_link.send)
+        session = self.config.session
+        self._link_sink = ChunkAssembler(link.robot_id, session.horizon, self.experience_link.send,
+                                         stride=session.record_stride)
         self.sinks.append(self._link_sink)
         self.controller.boundary_callbacks.append(self.weights_link.apply_staged)
         if link.learner_updates_per_episode > 0:

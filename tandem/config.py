@@ -39,6 +39,9 @@ class SessionConfig:
         episodes: number of episodes to run.
         seed: seed of the first episode (episode i uses seed + i).
         horizon: H, ticks per chunk record (the head's and the critic's chunk length).
+        record_stride: ticks between the starts of the chunk records sent to a learner, a divisor of H
+            (0: H, one record per chunk; 1: a record starting at every tick, H times as many,
+            overlapping; see ``ChunkAssembler``).
         run_dir: where the run writes summary.json (empty: runs/<date>_<time>).
         backend: where base inference runs: "inline" (in the loop; scripted policies), "thread",
             "process" (a worker process on this machine), "remote" (``tandem serve-policy`` at
@@ -49,6 +52,7 @@ class SessionConfig:
     episodes: int = 3
     seed: int = 0
     horizon: int = 10
+    record_stride: int = 0
     run_dir: str = ""
     backend: str = "inline"
     max_episode_steps: int = 0
@@ -56,6 +60,10 @@ class SessionConfig:
     def __post_init__(self) -> None:
         in_range("session.episodes", self.episodes, 1, 1_000_000)
         in_range("session.horizon", self.horizon, 1, 1000)
+        in_range("session.record_stride", self.record_stride, 0, self.horizon)
+        if self.record_stride and self.horizon % self.record_stride:
+            raise ConfigError("session.record_stride", self.record_stride,
+                              f"a divisor of session.horizon ({self.horizon}), or 0 for one record per chunk")
         one_of("session.backend", self.backend, ("inline", "thread", "process", "remote"))
         non_negative("session.max_episode_steps", self.max_episode_steps)
 

@@ -158,8 +158,9 @@ class ReplayStore:
         self.buffers = {name: RingBuffer(self.config.capacity) for name in BUFFERS}
         self.counts = {"stored": 0, "tombstones": 0, "incompatible": 0, "duplicates": 0, "gaps": 0}
         self._last: dict[tuple[str, str], int] = {}
-        # (robot, stream, episode) -> (buffer, slot, generation, chunk_index) of the episode's newest record
-        self._tail: dict[tuple[str, str, int], tuple[str, int, int, int]] = {}
+        # (robot, stream, episode) -> {start tick of the successor: (buffer, slot, generation)} of the
+        # episode's records still waiting for the record that starts where they end
+        self._waiting: dict[tuple[str, str, int], dict[int, tuple[str, int, int]]] = {}
         self._lock = threading.Lock()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._owner = open(self.directory / "LOCK", "a+")
@@ -236,9 +237,11 @@ class ReplayStore:
     def _insert(self, record: ChunkRecord, source: str, stream: str = "") -> None:
         """Add to its buffer and link it as the successor of the same episode's previous chunk.
 
-        Records of one stream arrive in order, so chunk k's predecessor (chunk k-1 of the same robot,
-        stream and episode) is already stored: it gets ``next_state``/``next_features``/``next_base``
-        from this record and ``next_valid`` true (the TD target's bootstrap state s_{t+H}).
+        Records of one stream arrive in the order of their first ticks, so the predecessor of a record
+        starting at tick t (the record of the same robot, stream and episode that starts at t - H: the
+        previous chunk, or with overlapping records the previous window H ticks back) is already
+        stored: it gets ``next_state``/``next_features``/``next_base`` from this record and
+        ``next_valid`` true (the TD target's bootstrap state s_{t+H}).
         """
         name = buffer_of(record, source)
         buf = self.buffers[name]
@@ -248,11 +251,16 @@ class ReplayStore:
         slot, generation = buf.add(record)
         self.counts["stored"] += 1
         key = (record.robot_id, stream, int(record.episode_id))
-        prev = self._tail.pop(key, None)
-        if prev is not None and prev[3] == record.chunk_index - 1:
+        start = record.first_tick
+        waiting = self._waiting.pop(key, {})
+        prev = waiting.pop(start, None)
+        if prev is not None:
             self.buffers[prev[0]].link_next(prev[1], prev[2], record)
+        waiting = {t: w for t, w in waiting.items() if t > start}  # earlier successors can no longer come
         if not (record.done or record.truncated):
-            self._tail[key] = (name, slot, generation, int(record.chunk_index))
+            waiting[start + record.horizon] = (name, slot, generation)
+        if waiting:
+            self._waiting[key] = waiting
 
     def commit(self) -> None:
         """Make everything offered so far durable (flush; fsync unless configured off)."""

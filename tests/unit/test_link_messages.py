@@ -32,6 +32,15 @@ def test_record_roundtrip_with_images():
     assert back.equals(rec)
 
 
+def test_a_record_s_first_tick_travels_and_defaults_to_its_chunk():
+    rec = make_record("r1", 3, 7)  # one record per chunk: no start tick on the wire, chunk 7 starts at tick 70
+    msg = roundtrip(record_to_message(rec, seq=1, stream="s1"))
+    assert "tick" not in msg.meta and message_to_record(msg).first_tick == 70
+    rec.start_tick = 73  # an overlapping record (record_stride 1) starting 3 ticks into chunk 7
+    back = message_to_record(roundtrip(record_to_message(rec, seq=2, stream="s1")))
+    assert back.equals(rec) and back.first_tick == 73
+
+
 @pytest.mark.parametrize(
     "mutate, reason",
     [
@@ -41,6 +50,8 @@ def test_record_roundtrip_with_images():
         (lambda m: m.arrays.pop("valid"), "missing_field"),
         (lambda m: setattr(m, "schema", "0" * 16), "wrong_schema"),
         (lambda m: m.meta.__setitem__("episode", "one"), "bad_meta"),
+        (lambda m: m.meta.__setitem__("tick", -5), "bad_meta"),
+        (lambda m: m.meta.__setitem__("tick", 2.5), "bad_meta"),
     ],
 )
 def test_invalid_records_are_refused_with_a_reason(mutate, reason):

@@ -206,3 +206,30 @@ def test_pairing_skips_a_predecessor_the_ring_overwrote(tmp_path):
     by_chunk = {int(buf.data["chunk_index"][i]): bool(buf.data["next_valid"][i]) for i in range(buf.size)}
     assert by_chunk == {1: True, 2: False}
     store.close()
+
+
+def test_overlapping_records_pair_with_the_record_h_ticks_later(tmp_path):
+    """record_stride 5 at H = 10: the record starting at t bootstraps from the one starting at t + 10."""
+    store = ReplayStore(tmp_path, ReplayConfig(capacity=100))
+    recs = {}
+    for seq, start in enumerate([0, 5, 10, 15, 20], start=1):
+        rec = make_record("a", 0, start // 5, seed=seq)
+        rec.start_tick, rec.done = start, start == 20
+        recs[start] = rec
+        assert store.offer(decode([bytes(f) for f in encode(record_to_message(rec, seq, "s1"))], copy=True)) == STORED
+
+    def check():
+        buf = store.buffers["autonomous"]
+        by_start = {5 * int(buf.data["chunk_index"][i]): i for i in range(buf.size)}
+        for start, successor in ((0, 10), (5, 15), (10, 20)):
+            i = by_start[start]
+            assert buf.data["next_valid"][i] and np.array_equal(buf.data["next_state"][i], recs[successor].state)
+            assert np.array_equal(buf.data["next_base"][i], recs[successor].base)
+        assert not buf.data["next_valid"][by_start[15]]  # nothing starts at 25 (the stream was cut)
+        assert not buf.data["next_valid"][by_start[20]]  # terminal
+
+    check()
+    store.close()
+    store = ReplayStore(tmp_path, ReplayConfig(capacity=100))  # the start ticks come back from the log
+    check()
+    store.close()

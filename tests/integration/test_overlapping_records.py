@@ -1,0 +1,47 @@
+"""A MetaWorld session with ``session.record_stride``: overlapping chunk records from the live loop."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tandem.config import compose_run
+from tandem.hardware.features import STATE_KEY
+from tandem.runtime.chunk_assembler import ChunkAssembler
+from tandem.runtime.session import Session
+
+
+class Ticks:
+    """A sink that keeps every tick."""
+
+    def __init__(self) -> None:
+        self.rows = []
+
+    def start_episode(self, episode, task):
+        pass
+
+    def on_tick(self, record):
+        self.rows.append(record)
+
+    def end_episode(self, result):
+        pass
+
+
+def test_a_session_with_record_stride_sends_a_record_from_every_other_tick():
+    cfg = compose_run([
+        "policy=scripted", "robot.task=reach-v3", "robot.cameras=[]", "robot.realtime=false",
+        "robot.max_episode_steps=30", "session.episodes=1", "session.horizon=10", "session.record_stride=2",
+        "loop.stop_on_success=false",
+    ])  # fmt: skip
+    ticks, recs = Ticks(), []
+    Session(cfg, sinks=[ticks, ChunkAssembler("r", 10, recs.append, stride=2)]).run()
+    rows = ticks.rows
+    assert len(rows) == 30 and all(t.base_window is not None and t.base_window.shape == (10, 4) for t in rows)
+    assert [r.start_tick for r in recs] == list(range(0, 30, 2))
+    for r in recs:
+        first = rows[r.start_tick]
+        n = min(10, 30 - r.start_tick)
+        assert int(r.valid.sum()) == n and np.array_equal(r.state, first.observation[STATE_KEY])
+        assert np.array_equal(r.base, first.base_window)  # the plan as it stood at the record's first tick
+        assert np.array_equal(r.base[0], first.base_action)  # whose first action is the one that ran
+        assert np.array_equal(r.executed[:n], np.stack([t.action for t in rows[r.start_tick : r.start_tick + n]]))
+    assert [r.truncated for r in recs].count(True) == 5  # the last five windows reach the time limit
