@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from sinks_testkit import Collect
 
 from tandem.config import compose_run
 from tandem.errors import ConfigError, DeviceMissingError
@@ -12,20 +13,6 @@ from tandem.hardware.features import IMAGE_PREFIX
 from tandem.runtime.live_view import LiveView, LiveViewConfig, grpc_url
 from tandem.runtime.loop import TickRecord
 from tandem.runtime.session import Session
-
-
-class Collect:
-    def __init__(self):
-        self.ticks = []
-
-    def start_episode(self, episode, task):
-        pass
-
-    def on_tick(self, record):
-        self.ticks.append(record)
-
-    def end_episode(self, result):
-        pass
 
 
 def load(path):

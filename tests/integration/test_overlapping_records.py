@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from sinks_testkit import Collect
 
 from tandem.config import compose_run
 from tandem.hardware.features import STATE_KEY
 from tandem.runtime.chunk_assembler import ChunkAssembler
 from tandem.runtime.session import Session
-
-
-class Ticks:
-    """A sink that keeps every tick."""
-
-    def __init__(self) -> None:
-        self.rows = []
-
-    def start_episode(self, episode, task):
-        pass
-
-    def on_tick(self, record):
-        self.rows.append(record)
-
-    def end_episode(self, result):
-        pass
 
 
 def test_a_session_with_record_stride_sends_a_record_from_every_other_tick():
@@ -32,9 +17,9 @@ def test_a_session_with_record_stride_sends_a_record_from_every_other_tick():
         "robot.max_episode_steps=30", "session.episodes=1", "session.horizon=10", "session.record_stride=2",
         "loop.stop_on_success=false",
     ])  # fmt: skip
-    ticks, recs = Ticks(), []
+    ticks, recs = Collect(), []
     Session(cfg, sinks=[ticks, ChunkAssembler("r", 10, recs.append, stride=2)]).run()
-    rows = ticks.rows
+    rows = ticks.ticks
     assert len(rows) == 30 and all(t.base_window is not None and t.base_window.shape == (10, 4) for t in rows)
     assert [r.start_tick for r in recs] == list(range(0, 30, 2))
     for r in recs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sinks_testkit import Collect
 
 from tandem.config import compose_run
 from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
@@ -12,20 +13,6 @@ from tandem.teleop.scripted_operator import ScriptedOperator, ScriptedOperatorCo
 from tandem.teleop.teleoperator import DeviceContext
 
 POOR_POLICY = ["policy.noise_std=0.3", "policy.bias=0.3", "policy.chunk_length=5"]
-
-
-class Collect:
-    def __init__(self):
-        self.ticks = []
-
-    def start_episode(self, episode, task):
-        pass
-
-    def on_tick(self, record):
-        self.ticks.append(record)
-
-    def end_episode(self, result):
-        pass
 
 
 class RecordingOperator:
