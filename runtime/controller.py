@@ -32,8 +32,8 @@ class Decision:
         head_version, base_version: weights in use.
         features: float16[F], the base policy's embedding of the latest observation it saw.
         base_window: float32[H, A], the base plan for this tick and the next H - 1 as it stood at this
-            tick (what the head corrects at a boundary); None between boundaries unless the controller
-            was built with ``windows_every_tick`` (overlapping chunk records need it).
+            tick (what the head corrects); None on ticks without a head call unless the controller was
+            built with ``windows_every_tick`` (overlapping chunk records need it).
     """
 
     action: np.ndarray | None
@@ -103,6 +103,9 @@ class Controller:
         operator: optional operator.
         windows_every_tick: put the base plan's H-tick window into every tick's decision, not only at
             boundaries (for chunk records that start between boundaries, ``session.record_stride``).
+        head_stride: ticks between head corrections, a divisor of H (0: H, once per chunk at the
+            boundary; 1: every tick, receding horizon: the head corrects the plan's H-tick window as it
+            stands at each tick and only the correction's first tick runs).
     """
 
     def __init__(
@@ -113,10 +116,16 @@ class Controller:
         head: Head | None = None,
         operator: Operator | None = None,
         windows_every_tick: bool = False,
+        head_stride: int = 0,
     ) -> None:
+        head_stride = head_stride or horizon
+        if not 1 <= head_stride <= horizon or horizon % head_stride:
+            raise ValueError(f"head stride {head_stride} must divide the horizon {horizon} (1..{horizon})")
         self.scheduler = scheduler
         self.horizon = horizon
         self.windows_every_tick = windows_every_tick
+        self.head_stride = head_stride
+        self._correction_tick = 0
         self.hold = hold
         self.head = head
         self.operator = operator
@@ -140,17 +149,20 @@ class Controller:
         if chunk_step == 0:
             for callback in self.boundary_callbacks:
                 callback(chunk_index)
+        correct = tick % self.head_stride == 0  # at every boundary too: head_stride divides H
         window = None
-        if chunk_step == 0 or self.windows_every_tick:
+        if correct or self.windows_every_tick:
             window, _ = self.scheduler.window(tick, self.horizon, fill=hold)
-        if chunk_step == 0:
+        if correct:
             if self.head is not None:
                 self._correction = np.asarray(
                     self.head.correction(observation, self.scheduler.features, window), np.float32
                 )
             else:
                 self._correction = np.zeros_like(window)
-        head_action = self._correction[chunk_step] if self._correction.size else np.zeros_like(base_action)
+            self._correction_tick = tick
+        step = tick - self._correction_tick
+        head_action = self._correction[step] if self._correction.size else np.zeros_like(base_action)
         policy_action = None if starved else base_action + head_action
         decision = Decision(
             action=policy_action,

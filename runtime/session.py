@@ -139,6 +139,7 @@ class Session:
         self.controller = Controller(
             scheduler, cfg.session.horizon, hold=self.safety.hold_action, head=self.learning.head,
             operator=self.operator, windows_every_tick=0 < cfg.session.record_stride < cfg.session.horizon,
+            head_stride=cfg.session.head_stride,
         )
 
     def _build_head(self) -> Any:

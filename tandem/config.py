@@ -42,6 +42,8 @@ class SessionConfig:
         record_stride: ticks between the starts of the chunk records sent to a learner, a divisor of H
             (0: H, one record per chunk; 1: a record starting at every tick, H times as many,
             overlapping; see ``ChunkAssembler``).
+        head_stride: ticks between head corrections, a divisor of H (0: H, one correction per chunk at
+            its boundary; 1: every tick, receding horizon; see ``Controller``).
         run_dir: where the run writes summary.json (empty: runs/<date>_<time>).
         backend: where base inference runs: "inline" (in the loop; scripted policies), "thread",
             "process" (a worker process on this machine), "remote" (``tandem serve-policy`` at
@@ -53,6 +55,7 @@ class SessionConfig:
     seed: int = 0
     horizon: int = 10
     record_stride: int = 0
+    head_stride: int = 0
     run_dir: str = ""
     backend: str = "inline"
     max_episode_steps: int = 0
@@ -64,6 +67,10 @@ class SessionConfig:
         if self.record_stride and self.horizon % self.record_stride:
             raise ConfigError("session.record_stride", self.record_stride,
                               f"a divisor of session.horizon ({self.horizon}), or 0 for one record per chunk")
+        in_range("session.head_stride", self.head_stride, 0, self.horizon)
+        if self.head_stride and self.horizon % self.head_stride:
+            raise ConfigError("session.head_stride", self.head_stride,
+                              f"a divisor of session.horizon ({self.horizon}), or 0 for one correction per chunk")
         one_of("session.backend", self.backend, ("inline", "thread", "process", "remote"))
         non_negative("session.max_episode_steps", self.max_episode_steps)
 

@@ -23,6 +23,7 @@ def test_defaults_compose():
         ("session.horizon=0", "session.horizon", "must be in"),
         ("session.record_stride=3", "session.record_stride", "a divisor of session.horizon (10)"),
         ("session.record_stride=11", "session.record_stride", "must be in [0, 10]"),
+        ("session.head_stride=4", "session.head_stride", "a divisor of session.horizon (10)"),
         ("safety.watchdog_s=-1", "safety.watchdog_s", "must be > 0"),
         ("session.backend=gpu", "session.backend", "one of"),
     ],
