@@ -16,6 +16,7 @@ import numpy as np
 from tandem.hardware.features import STATE_KEY
 from tandem.runtime.chunk_record import ChunkRecord
 from tandem.runtime.loop import EpisodeResult, TickRecord
+from tandem.validate import stride_of
 
 
 def tick_state(tick: Any) -> np.ndarray:
@@ -112,16 +113,13 @@ class ChunkAssembler:
         stride: s, ticks between record starts, a divisor of H (0 or H: one record per chunk).
 
     Raises:
-        ValueError: a stride that does not divide H.
+        ConfigError: a stride that does not divide H.
     """
 
     def __init__(self, robot_id: str, horizon: int, on_record: Callable[[ChunkRecord], None], stride: int = 0) -> None:
-        stride = stride or horizon
-        if not 1 <= stride <= horizon or horizon % stride:
-            raise ValueError(f"record stride {stride} must divide the horizon {horizon} (1..{horizon})")
         self.robot_id = robot_id
         self.horizon = horizon
-        self.stride = stride
+        self.stride = stride_of("record_stride", stride, horizon)
         self.on_record = on_record
         self._ticks: list[TickRecord] = []
         self._recent: deque[TickRecord] = deque(maxlen=horizon)

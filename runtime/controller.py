@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from tandem.runtime.scheduler import ChunkScheduler
+from tandem.validate import stride_of
 
 
 @dataclass
@@ -118,13 +119,10 @@ class Controller:
         windows_every_tick: bool = False,
         head_stride: int = 0,
     ) -> None:
-        head_stride = head_stride or horizon
-        if not 1 <= head_stride <= horizon or horizon % head_stride:
-            raise ValueError(f"head stride {head_stride} must divide the horizon {horizon} (1..{horizon})")
         self.scheduler = scheduler
         self.horizon = horizon
         self.windows_every_tick = windows_every_tick
-        self.head_stride = head_stride
+        self.head_stride = stride_of("head_stride", head_stride, horizon)
         self._correction_tick = 0
         self.hold = hold
         self.head = head

@@ -25,7 +25,7 @@ from tandem.runtime.recorder import RecordConfig
 from tandem.runtime.safety import SafetyConfig
 from tandem.runtime.scheduler import SchedulerConfig
 from tandem.runtime.status_line import StatusLineConfig
-from tandem.validate import in_range, non_negative, one_of
+from tandem.validate import in_range, non_negative, one_of, stride_of
 from tandem.value.learning import HeadConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -63,14 +63,8 @@ class SessionConfig:
     def __post_init__(self) -> None:
         in_range("session.episodes", self.episodes, 1, 1_000_000)
         in_range("session.horizon", self.horizon, 1, 1000)
-        in_range("session.record_stride", self.record_stride, 0, self.horizon)
-        if self.record_stride and self.horizon % self.record_stride:
-            raise ConfigError("session.record_stride", self.record_stride,
-                              f"a divisor of session.horizon ({self.horizon}), or 0 for one record per chunk")
-        in_range("session.head_stride", self.head_stride, 0, self.horizon)
-        if self.head_stride and self.horizon % self.head_stride:
-            raise ConfigError("session.head_stride", self.head_stride,
-                              f"a divisor of session.horizon ({self.horizon}), or 0 for one correction per chunk")
+        stride_of("session.record_stride", self.record_stride, self.horizon, "session.horizon")
+        stride_of("session.head_stride", self.head_stride, self.horizon, "session.horizon")
         one_of("session.backend", self.backend, ("inline", "thread", "process", "remote"))
         non_negative("session.max_episode_steps", self.max_episode_steps)
 

@@ -26,6 +26,18 @@ def in_range(field: str, value: float, lo: float, hi: float) -> None:
         raise ConfigError(field, value, f"must be in [{lo}, {hi}]")
 
 
+def stride_of(field: str, value: int, horizon: int, horizon_field: str = "H") -> int:
+    """The stride ``value`` stands for (0: ``horizon``, once per chunk).
+
+    Raises:
+        ConfigError: unless ``value`` is 0 or a divisor of ``horizon`` (so 1..horizon).
+    """
+    if value < 0 or (value and horizon % value):
+        raise ConfigError(field, value, f"must be in [0, {horizon}] and must divide the horizon: a divisor of "
+                                        f"{horizon_field} ({horizon}), or 0 for once per chunk")
+    return value or horizon
+
+
 def one_of(field: str, value: str, allowed: Iterable[str]) -> None:
     """Raise ConfigError unless ``value`` is one of ``allowed``, with a "did you mean" hint."""
     allowed = list(allowed)
