@@ -49,6 +49,8 @@ class ChunkRecord:
         images: optional JPEG bytes per camera key at the first tick.
         start_tick: episode tick of the first tick; -1 (records of one per chunk, and older logs):
             chunk_index * H. The TD target's bootstrap record is the one starting at start_tick + H.
+        failed: the terminal in this chunk (``done``) ended the episode without success: an operator's
+            failure mark, or the robot's terminal before success. Always false when ``done`` is false.
     """
 
     robot_id: str
@@ -72,6 +74,7 @@ class ChunkRecord:
     send_time: np.ndarray
     images: dict[str, bytes] = field(default_factory=dict)
     start_tick: int = -1
+    failed: bool = False
 
     @property
     def horizon(self) -> int:

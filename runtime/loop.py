@@ -27,6 +27,8 @@ class TickRecord:
 
     Arrays: observation as returned by the robot; actions float32[A]; features float16[F];
     ``base_window`` float32[H, A] or None (the controller's ``Decision.base_window``).
+    ``failed``: ``done`` and the episode ends without success (an operator's failure mark, or a
+    terminal before success); false otherwise.
     Times: ``obs_time``/``send_time`` wall clock (s since epoch), ``lateness_ms`` from the timer.
     """
 
@@ -52,6 +54,7 @@ class TickRecord:
     send_time: float
     lateness_ms: float
     base_window: np.ndarray | None = None
+    failed: bool = False
 
 
 @dataclass
@@ -208,6 +211,7 @@ def _tick_loop(
         stopped = stop is not None and stop.is_set()
         done = status.terminated or (status.success and config.stop_on_success) or "success" in events
         done = done or "failure" in events
+        failed = done and ("failure" in events or not (success or "success" in events))
         ended = done or stopped or "stop" in events or "rerecord" in events or steps == max_steps
         with timer.section("record"):
             record = TickRecord(
@@ -233,6 +237,7 @@ def _tick_loop(
                 send_time=send_time,
                 lateness_ms=lateness,
                 base_window=decision.base_window,
+                failed=failed,
             )
             for sink in sinks:
                 sink.on_tick(record)

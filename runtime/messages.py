@@ -61,6 +61,8 @@ def record_to_message(record: ChunkRecord, seq: int, stream: str, source: str = 
     }
     if record.start_tick >= 0:
         meta["tick"] = int(record.start_tick)
+    if record.failed:
+        meta["failed"] = True
     return Message(kind=CHUNK, schema=RECORD_SCHEMA, seq=int(seq), robot=record.robot_id, meta=meta, arrays=arrays)
 
 
@@ -112,6 +114,10 @@ def message_to_record(msg: Message) -> ChunkRecord:
     start_tick = _meta(m, "tick", int) if "tick" in m else -1
     if start_tick < -1:
         raise WireError("bad_meta", f"tick={start_tick}")
+    done = _meta(m, "done", bool)
+    failed = _meta(m, "failed", bool) if "failed" in m else False
+    if failed and not done:
+        raise WireError("bad_meta", "failed=True needs done=True (a failure is a terminal)")
     return ChunkRecord(
         robot_id=msg.robot,
         episode_id=_meta(m, "episode", int),
@@ -126,7 +132,7 @@ def message_to_record(msg: Message) -> ChunkRecord:
         valid=a["valid"],
         intervention=a["intervention"],
         takeover_start=a["takeover_start"],
-        done=_meta(m, "done", bool),
+        done=done,
         truncated=_meta(m, "truncated", bool),
         head_version=_meta(m, "head_version", int),
         base_version=_meta(m, "base_version", int),
@@ -134,6 +140,7 @@ def message_to_record(msg: Message) -> ChunkRecord:
         send_time=a["send_time"],
         images=images,
         start_tick=start_tick,
+        failed=failed,
     )
 
 

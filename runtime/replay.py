@@ -51,6 +51,7 @@ class _Row:
     obs_time: float
     send_time: float
     chunk_index: int
+    failed: bool = False
 
 
 def column_to_numpy(table: object, name: str) -> np.ndarray:
@@ -102,7 +103,9 @@ def read_outcomes(root: Path | str) -> dict[int, dict]:
     return out
 
 
-def _episode_rows(cols: dict[str, np.ndarray], sel: np.ndarray, horizon: int) -> list[_Row]:
+def _episode_rows(cols: dict[str, np.ndarray], sel: np.ndarray, horizon: int, failed: bool = False) -> list[_Row]:
+    """The frames ``sel`` of one episode as rows; ``failed``: the episode's outcome is a failure (its
+    ``done`` frame is a failed terminal)."""
     n = len(sel)
     action = cols[ACTION_KEY][sel].astype(np.float32)
 
@@ -129,6 +132,7 @@ def _episode_rows(cols: dict[str, np.ndarray], sel: np.ndarray, horizon: int) ->
             obs_time=float(get("obs_time", np.zeros(n))[i]),
             send_time=float(get("send_time", np.zeros(n))[i]),
             chunk_index=int(chunk_index[i]),
+            failed=failed and bool(get("done", zeros_b)[i]),
         )
         for i in range(n)
     ]
@@ -150,7 +154,7 @@ def load_chunk_records(
     if episode_ids not in ("dataset", "session"):
         raise ValueError(f"episode_ids={episode_ids!r}: one of 'dataset', 'session'")
     cols, tasks, _ = read_frames(root)
-    outcomes = read_outcomes(root) if episode_ids == "session" else {}
+    outcomes = read_outcomes(root)
     records: list[ChunkRecord] = []
     episodes = cols["episode_index"]
     bounds = np.flatnonzero(np.diff(episodes)) + 1
@@ -159,9 +163,10 @@ def load_chunk_records(
             continue
         index = int(episodes[sel[0]])
         sel = sel[np.argsort(cols["frame_index"][sel], kind="stable")]
-        episode_id = int(outcomes[index]["session_episode"]) if index in outcomes else index
+        outcome = outcomes.get(index, {})
+        episode_id = int(outcome["session_episode"]) if episode_ids == "session" and outcome else index
         task = tasks[int(cols["task_index"][sel[0]])]
-        rows = _episode_rows(cols, sel, horizon)
+        rows = _episode_rows(cols, sel, horizon, failed=outcome.get("outcome") == "failure")
         for group in split_chunks(rows, horizon):
             records.append(build_chunk(group, horizon, robot_id, episode_id, group[0].chunk_index, task))
     return records

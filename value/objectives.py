@@ -42,18 +42,19 @@ from tandem.value.advantages import advantage, awr_weights, weighted_bc_loss
 from tandem.value.critic import ChunkedCritic, CriticConfig
 from tandem.value.targets import NextAction, best_of_candidates, critic_target
 
-BATCH_KEYS = ("state", "features", "base", "executed", "reward", "valid", "done", "truncated", "takeover_start",
-              "intervention", "next_state", "next_features", "next_base", "next_valid")
-_BOOL_KEYS = frozenset({"valid", "done", "truncated", "takeover_start", "intervention", "next_valid"})
-_DEFAULT_FALSE = {"takeover_start": "valid", "intervention": "valid", "truncated": "done"}  # missing key -> all false
+BATCH_KEYS = ("state", "features", "base", "executed", "reward", "valid", "done", "truncated", "failed",
+              "takeover_start", "intervention", "next_state", "next_features", "next_base", "next_valid")
+_BOOL_KEYS = frozenset({"valid", "done", "truncated", "failed", "takeover_start", "intervention", "next_valid"})
+_DEFAULT_FALSE = {"takeover_start": "valid", "intervention": "valid", "truncated": "done",
+                  "failed": "done"}  # missing key -> all false
 
 
 def to_tensors(batch: dict[str, Any], device: str | torch.device) -> dict[str, torch.Tensor]:
     """The BATCH_KEYS of ``batch`` as tensors on ``device``: floats as float32, flags as bool.
 
     Raises:
-        KeyError: a required key is missing (``takeover_start``, ``intervention`` and ``truncated`` default to
-            all false).
+        KeyError: a required key is missing (``takeover_start``, ``intervention``, ``truncated`` and
+            ``failed`` default to all false).
     """
     out: dict[str, torch.Tensor] = {}
     for key in BATCH_KEYS:
@@ -116,7 +117,11 @@ class CriticObjectiveConfig:
     Attributes:
         reward_mode: "task" (the recorded task reward) or "time" (-1 per tick until the episode's terminal:
             the value is minus the discounted time to success; needs ``loop.stop_on_success`` so success
-            is the terminal).
+            is the terminal). A failed terminal (an operator's failure mark) is then followed by
+            ``failure_value``.
+        failure_value: the value after a failed terminal, in reward units after ``reward_scale``. None:
+            -reward_scale / (1 - gamma) with the time reward (never succeeding: -1 per tick forever),
+            0 with the task reward (the episode's rewards just end).
         reward_scale: multiplier of the reward.
         rlif_penalty: RLIF penalty at each takeover onset (0 = interventions are plain data, ALOE; 1 = RLIF).
         warmup_steps: critic-only updates before head objectives start their own updates.
@@ -128,9 +133,12 @@ class CriticObjectiveConfig:
     rlif_penalty: float = 0.0
     warmup_steps: int = 0
     seed: int = 0
+    failure_value: float | None = None
 
     def __post_init__(self) -> None:
         one_of("reward_mode", self.reward_mode, ("task", "time"))
+        if self.failure_value is not None and not math.isfinite(self.failure_value):
+            raise ConfigError("failure_value", self.failure_value, "a finite number, or null for the reward mode's default")
         non_negative("rlif_penalty", self.rlif_penalty)
         non_negative("warmup_steps", self.warmup_steps)
 
@@ -158,11 +166,26 @@ class CriticObjective:
         self.optimizer = torch.optim.AdamW(critic.online.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.steps = 0
+        _ = self.failure_value  # a bad combination fails here, not at the first update
 
     @property
     def device(self) -> torch.device:
         """The critic's device."""
         return next(self.critic.online.parameters()).device
+
+    @property
+    def failure_value(self) -> float:
+        """The value after a failed terminal (``config.failure_value``, or its reward-mode default)."""
+        cfg = self.config
+        if cfg.failure_value is not None:
+            return float(cfg.failure_value)
+        if cfg.reward_mode == "time":
+            gamma = self.critic.config.gamma
+            if gamma >= 1.0:
+                raise ConfigError("failure_value", None, "with reward_mode=time and gamma=1 a failure has no finite "
+                                  "value: set critic_objective.failure_value (e.g. -reward_scale * the tick limit)")
+            return -cfg.reward_scale / (1.0 - gamma)
+        return 0.0
 
     @property
     def warming_up(self) -> bool:
@@ -174,7 +197,8 @@ class CriticObjective:
         critic, cfg = self.critic, self.config
         if cfg.reward_mode == "time":
             b = {**b, "reward": -torch.ones_like(b["reward"])}
-        y, w = critic_target(critic, b, self.next_action, cfg.reward_scale, cfg.rlif_penalty, self.generator)
+        y, w = critic_target(critic, b, self.next_action, cfg.reward_scale, cfg.rlif_penalty, self.generator,
+                             self.failure_value)
         loss, q = critic.td_loss(b["state"], b["features"], b["executed"], y, w)
         norm = _grad_step(self.optimizer, loss, list(critic.online.parameters()), critic.config.grad_clip,
                           self.distributed)

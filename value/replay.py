@@ -76,7 +76,7 @@ def buffer_of(record: ChunkRecord, source: str) -> str:
 class RingBuffer:
     """``capacity`` records as stacked arrays (allocated at the first record's sizes)."""
 
-    SCALARS = {"done": "bool", "truncated": "bool", "head_version": "int64", "base_version": "int64",
+    SCALARS = {"done": "bool", "truncated": "bool", "failed": "bool", "head_version": "int64", "base_version": "int64",
                "episode_id": "int64", "chunk_index": "int64"}
     # per-row bookkeeping of the buffer itself: a successor was linked; which insertion the row holds
     OWN = {"next_valid": "bool", "generation": "int64"}

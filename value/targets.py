@@ -13,7 +13,11 @@ Convention (one record = one chunk starting at tick t; ``valid`` is a prefix of 
 base proposal there). Then:
 
 - a full chunk (h == H) followed by its successor bootstraps with gamma^H;
-- a terminal (``done``), whether the chunk is full or partial, never bootstraps: y = R;
+- a terminal (``done``), whether the chunk is full or partial, never bootstraps: y = R, plus
+  gamma^h * failure_value when the terminal is a failure (``failed``: an operator's failure mark or a
+  terminal before success). failure_value is 0 by default; with a time reward (-1 per tick until
+  success) the objective sets it to the value of never succeeding, -reward_scale / (1 - gamma), since
+  otherwise ending an episode by failing would look better than working on towards success;
 - a time limit or stop (``truncated``, not ``done``) is not a terminal. It bootstraps with gamma^h from
   the truncation state s_{t+h} when the batch provides one (``next_valid`` true, ``next_state`` = the state
   after the last valid tick). Chunk records carry no final observation today, so the replay sets
@@ -93,21 +97,28 @@ def bootstrap_terms(valid: torch.Tensor, done: torch.Tensor, next_valid: torch.T
 
 
 def td_target(reward: torch.Tensor, valid: torch.Tensor, done: torch.Tensor, next_valid: torch.Tensor,
-              next_q: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """y = R + discount * next_q, and the per-sample loss weight.
+              next_q: torch.Tensor, gamma: float, failed: torch.Tensor | None = None,
+              failure_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = R + discount * next_q (+ gamma^h * failure_value after a failed terminal), and the loss weight.
 
     Args:
         reward: float[B, H] learner reward (after :func:`shaped_reward`); valid: bool[B, H];
         done, next_valid: bool[B]; next_q: float[B] aggregated target value at the bootstrap state
             (ignored where discount is 0, even if it is not finite).
         gamma: per-tick discount.
+        failed: bool[B], the terminal is a failure (counted only where ``done``); None: no failures.
+        failure_value: the value after a failed terminal (0: a failure ends the returns like a success).
 
     Returns:
         (y float[B], weight float[B]).
     """
     discount, weight = bootstrap_terms(valid, done, next_valid, gamma)
     boot = torch.where(discount > 0, discount * next_q.float(), torch.zeros_like(discount))
-    return chunk_return(reward, valid, gamma) + boot, weight
+    y = chunk_return(reward, valid, gamma) + boot
+    if failed is not None and failure_value != 0.0:
+        lost = failed.bool() & done.bool()
+        y = y + torch.where(lost, failure_value * gamma ** valid_ticks(valid), torch.zeros_like(y))
+    return y, weight
 
 
 def identity_next_action(next_state: torch.Tensor, next_features: torch.Tensor,
@@ -119,10 +130,12 @@ def identity_next_action(next_state: torch.Tensor, next_features: torch.Tensor,
 @torch.no_grad()
 def critic_target(critic: ChunkedCritic, batch: dict[str, torch.Tensor], next_action: NextAction | None = None,
                   reward_scale: float = 1.0, rlif_penalty: float = 0.0,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None,
+                  failure_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The full chunked TD target for a batch (keys as in ``tandem.value.objectives``).
 
-    next_q = agg_j Qbar_j(next_state, a'), with the critic's aggregation over the target ensemble.
+    next_q = agg_j Qbar_j(next_state, a'), with the critic's aggregation over the target ensemble;
+    ``failure_value`` follows a terminal the batch marks ``failed`` (see :func:`td_target`).
 
     Returns:
         (y float[B], weight float[B]).
@@ -132,7 +145,8 @@ def critic_target(critic: ChunkedCritic, batch: dict[str, torch.Tensor], next_ac
     a_next = act(batch["next_state"], batch["next_features"], batch["next_base"])
     next_q = critic.q_pess(batch["next_state"], batch["next_features"], a_next, target=True, generator=generator)
     r = shaped_reward(batch["reward"], batch.get("takeover_start"), reward_scale, rlif_penalty)
-    return td_target(r, batch["valid"], batch["done"], batch["next_valid"], next_q, gamma)
+    return td_target(r, batch["valid"], batch["done"], batch["next_valid"], next_q, gamma,
+                     batch.get("failed"), failure_value)
 
 
 def select_best(scores: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

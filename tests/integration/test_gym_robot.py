@@ -9,7 +9,8 @@ from tandem.errors import ConfigError
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY
 from tandem.hardware.gym_robot import GymRobot, GymRobotConfig
 from tandem.policies.base import BasePolicy, Chunk
-from tandem.runtime.controller import Controller
+from tandem.runtime.chunk_assembler import ChunkAssembler
+from tandem.runtime.controller import Controller, OperatorOutput
 from tandem.runtime.inference import InlineBackend
 from tandem.runtime.loop import EpisodeResult, TickRecord, run_episode
 from tandem.runtime.safety import SafetyConfig, SafetyFilter
@@ -63,11 +64,25 @@ def robot():
     robot.disconnect()
 
 
-def run(robot: GymRobot, goal: tuple[float, float], seed: int, max_steps: int) -> tuple[EpisodeResult, Ticks]:
+class MarksAt:
+    """An operator that never takes over and presses one event key ("success"/"failure") at one tick."""
+
+    def __init__(self, event: str, tick: int) -> None:
+        self.event, self.tick = event, tick
+
+    def reset(self) -> None:
+        pass
+
+    def step(self, observation: dict[str, np.ndarray], policy_action: np.ndarray, tick: int) -> OperatorOutput:
+        return OperatorOutput(events=(self.event,) if tick == self.tick else ())
+
+
+def run(robot: GymRobot, goal: tuple[float, float], seed: int, max_steps: int,
+        operator: MarksAt | None = None) -> tuple[EpisodeResult, Ticks]:
     low, high = robot.action_feature.bounds()
     safety = SafetyFilter(SafetyConfig(max_delta=60.0), low, high, robot.hold_action(None))
     scheduler = ChunkScheduler(InlineBackend(TowardPoint(goal)), SchedulerConfig(), lookahead=HORIZON)
-    controller = Controller(scheduler, HORIZON, hold=safety.hold_action)
+    controller = Controller(scheduler, HORIZON, hold=safety.hold_action, operator=operator)
     sink = Ticks()
     result = run_episode(
         robot, controller, safety, episode=0, hz=robot.fps, max_steps=max_steps, seed=seed, sinks=[sink]
@@ -162,3 +177,18 @@ def test_pusht_config_composes():
     assert isinstance(cfg.robot, GymRobotConfig)
     assert cfg.robot.env_id == "gym_pusht/PushT-v0" and cfg.robot.image_keys == {"pixels": "top"}
     assert cfg.robot.fps == 10 and cfg.robot.realtime is False
+
+
+@pytest.mark.parametrize("event, failed", [("failure", True), ("success", False)])
+def test_an_operator_mark_ends_the_episode_and_a_failure_mark_is_a_failed_terminal(robot, event, failed):
+    result, sink = run(robot, goal=(300.0, 300.0), seed=3, max_steps=25, operator=MarksAt(event, 7))
+    assert result.steps == 8 and result.outcome == event and result.success == (not failed)
+    assert [t.done for t in sink.ticks] == [False] * 7 + [True]
+    assert [t.failed for t in sink.ticks] == [False] * 7 + [failed]
+    records = []
+    assembler = ChunkAssembler("r", HORIZON, records.append)
+    assembler.start_episode(0, sink.task)
+    for t in sink.ticks:
+        assembler.on_tick(t)
+    assembler.end_episode(result)
+    assert [r.done for r in records] == [False, True] and [r.failed for r in records] == [False, failed]

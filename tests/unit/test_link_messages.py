@@ -41,6 +41,15 @@ def test_a_record_s_first_tick_travels_and_defaults_to_its_chunk():
     assert back.equals(rec) and back.first_tick == 73
 
 
+def test_a_failed_terminal_travels_and_defaults_to_false():
+    rec = make_record("r1", 3, 7)
+    msg = roundtrip(record_to_message(rec, seq=1, stream="s1"))
+    assert "failed" not in msg.meta and not message_to_record(msg).failed  # older robots send no "failed"
+    rec.done, rec.failed = True, True  # the operator marked the episode a failure in this chunk
+    back = message_to_record(roundtrip(record_to_message(rec, seq=2, stream="s1")))
+    assert back.equals(rec) and back.failed
+
+
 @pytest.mark.parametrize(
     "mutate, reason",
     [
@@ -52,6 +61,8 @@ def test_a_record_s_first_tick_travels_and_defaults_to_its_chunk():
         (lambda m: m.meta.__setitem__("episode", "one"), "bad_meta"),
         (lambda m: m.meta.__setitem__("tick", -5), "bad_meta"),
         (lambda m: m.meta.__setitem__("tick", 2.5), "bad_meta"),
+        (lambda m: m.meta.__setitem__("failed", "yes"), "bad_meta"),
+        (lambda m: m.meta.__setitem__("failed", True), "bad_meta"),  # a failure without done
     ],
 )
 def test_invalid_records_are_refused_with_a_reason(mutate, reason):

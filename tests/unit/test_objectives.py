@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tandem.errors import ConfigError
 from tandem.policies.heads import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.value.advantages import advantage, awr_weights, q_and_value, weighted_bc_loss
 from tandem.value.critic import ChunkedCritic, CriticConfig
@@ -83,6 +84,29 @@ def test_critic_objective_step_metrics_and_rlif_option():
     assert ma["critic/target_mean"] - mb["critic/target_mean"] == pytest.approx(0.99 / 32, abs=1e-5)
     assert obj.name == "critic" and set(obj.weights()) == {"critic"}
     assert set(obj.weights()["critic"]) == set(obj.critic.schema()["params"])
+
+
+def test_time_reward_values_a_failure_mark_as_never_succeeding():
+    """With -1 per tick until success, a failed terminal must not end the costs (it would look best)."""
+    def objective(mode, failure_value=None, gamma=0.99):
+        critic = ChunkedCritic(CriticConfig(**{**DIMS, "gamma": gamma}))
+        cfg = CriticObjectiveConfig(reward_mode=mode, reward_scale=0.1, failure_value=failure_value)
+        return CriticObjective(critic, cfg)
+
+    failed = batch()
+    failed["failed"] = failed["done"].copy()  # row 0: a failure mark after 2 ticks
+    ok, bad = objective("time"), objective("time")
+    assert bad.failure_value == pytest.approx(-0.1 / 0.01)
+    mo, mb = ok.update(batch()), bad.update(failed)
+    # only row 0 changes: its target drops by gamma^2 * 10, the batch mean by that over 32
+    assert mo["critic/target_mean"] - mb["critic/target_mean"] == pytest.approx(0.99**2 * 10 / 32, rel=1e-4)
+    task_ok, task_bad = objective("task"), objective("task")  # task reward: a failure just ends the rewards
+    assert task_ok.update(batch())["critic/target_mean"] == task_bad.update(failed)["critic/target_mean"]
+    assert objective("task", failure_value=-3.0).failure_value == -3.0
+    with pytest.raises(ConfigError, match="failure_value"):
+        objective("time", gamma=1.0)
+    with pytest.raises(ConfigError, match="failure_value"):
+        CriticObjectiveConfig(failure_value=float("nan"))
 
 
 def test_residual_objective_waits_for_warmup_then_raises_the_pessimistic_q():

@@ -51,6 +51,18 @@ def test_terminal_never_bootstraps_full_or_partial():
     assert y.tolist() == [3.0, 2.0] and w.tolist() == [1.0, 1.0]
 
 
+def test_failed_terminal_adds_the_failure_value_after_its_valid_ticks():
+    r = t([[-1.0, -1.0, -1.0]] * 4)
+    valid = b([[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 1, 1]])
+    done, failed = b([1, 1, 1, 0]), b([1, 1, 0, 1])  # the last row: "failed" without done counts for nothing
+    y, w = td_target(r, valid, done, b([0, 0, 0, 1]), t([0.0, 0.0, 0.0, -4.0]), G, failed, failure_value=-8.0)
+    # full failure: R = -1.75, + 0.5^3 * -8 = -1; partial (h = 2): R = -1.5, + 0.25 * -8 = -2;
+    # success terminal: R = -1.5; non-terminal: R = -1.75 + 0.125 * -4
+    assert y.tolist() == [-2.75, -3.5, -1.5, -2.25] and w.tolist() == [1.0] * 4
+    y0, _ = td_target(r, valid, done, b([0, 0, 0, 1]), t([0.0, 0.0, 0.0, -4.0]), G, failed)
+    assert y0.tolist() == [-1.75, -1.5, -1.5, -2.25]  # failure_value 0: a failure ends the returns like a success
+
+
 def test_time_limit_bootstraps_from_the_truncation_state_with_gamma_to_the_valid_ticks():
     r = t([[1.0, 2.0, 4.0]])
     valid = b([[1, 1, 0]])
