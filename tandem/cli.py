@@ -30,16 +30,20 @@ from tandem.errors import ConfigError, DeviceMissingError, TandemError
 from tandem.policies.base import PolicyLoadError
 
 
-def _install_sigint(stop: threading.Event) -> None:
-    """First Ctrl-C: finish the current tick and end the session cleanly. Second: abort."""
+def _install_stop_signals(stop: threading.Event) -> None:
+    """First Ctrl-C (or SIGTERM, as from ``kill``, systemd or docker stop): finish the current tick and end
+    the session cleanly, so a spawned learner is stopped and the summary written. Second: abort (the
+    teardown in ``finally`` still runs)."""
 
     def handler(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        print("\nstopping after this tick (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this tick (again to abort)", file=sys.stderr, flush=True)
         stop.set()
 
-    signal.signal(signal.SIGINT, handler)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 def cmd_run(overrides: list[str]) -> int:
@@ -49,7 +53,7 @@ def cmd_run(overrides: list[str]) -> int:
 
     cfg = compose_run(overrides)
     stop = threading.Event()
-    _install_sigint(stop)
+    _install_stop_signals(stop)
     run_dir = Path(cfg.session.run_dir) if cfg.session.run_dir else default_run_dir()
     learner = None
     if cfg.learn.spawn:

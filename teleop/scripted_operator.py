@@ -58,15 +58,15 @@ class ScriptedOperatorConfig(TakeoverSettings):
 
     type: str = "scripted"
     task: str = "auto"
-    divergence: float = 0.6
-    divergence_ticks: int = 5
+    divergence: float = 0.3
+    divergence_ticks: int = 3
     stall_s: float = 1.0
     progress_eps: float = 0.01
     steer_ticks: int = 60
     min_steer_ticks: int = 15
     recover_progress: float = 0.05
     cooldown_ticks: int = 20
-    max_takeovers: int = 5
+    max_takeovers: int = 10
     noise_std: float = 0.0
     delay_ticks: int = 0
     seed: int = 0

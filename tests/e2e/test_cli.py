@@ -64,3 +64,43 @@ def test_ctrl_c_ends_session_cleanly_and_writes_summary(tmp_path):
     summary = json.loads((Path(tmp_path) / "summary.json").read_text())
     assert summary["episodes"][-1]["outcome"] == "stopped"
     assert len(summary["episodes"]) < 50
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (no such process, or a zombie nobody has reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_sigterm_ends_a_session_cleanly_and_stops_its_spawned_learner(tmp_path):
+    """``kill <pid>`` (systemd, docker stop) must not orphan the learner that ``tandem run`` spawned."""
+    proc = subprocess.Popen(
+        TANDEM + ["run", "policy=scripted", "session.backend=inline", "robot.realtime=true", "robot.task=reach-v3",
+                  "robot.cameras=[]", "session.episodes=50", "loop.stop_on_success=false", "head=edit",
+                  "head.critic.hidden=[32,32]", "head.head.hidden=[32,32]", "learn.spawn=true",
+                  f"session.run_dir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    learner_pid = None
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while not line.startswith("episode") and time.time() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("tandem run: learner pid"):
+                learner_pid = int(line.split()[4].rstrip(","))
+        assert learner_pid is not None and line.startswith("episode"), "session or learner never started"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-2000:]
+    assert "SIGTERM: stopping after this tick" in out and "learner stopped (exit 0)" in out, out[-2000:]
+    assert _gone(learner_pid), f"learner {learner_pid} outlived its session"
+    summary = json.loads((Path(tmp_path) / "summary.json").read_text())
+    assert 1 <= len(summary["episodes"]) < 50  # it stopped early and still wrote its summary
