@@ -41,26 +41,32 @@ def test_bench_loop_prints_json():
     assert result["ticks"] == 100
 
 
-def test_ctrl_c_ends_session_cleanly_and_writes_summary(tmp_path):
-    proc = subprocess.Popen(
-        TANDEM + ["run", "policy=scripted", "session.backend=inline", "robot.realtime=true", "robot.task=reach-v3",
-                  "session.episodes=50", "loop.stop_on_success=false", f"session.run_dir={tmp_path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+def stop_a_session(args: list[str], sig: int, delay_s: float = 0.0) -> tuple[int, str]:
+    """Start ``tandem run args``, send ``sig`` ``delay_s`` after its first episode line; (exit code, output)."""
+    proc = subprocess.Popen(TANDEM + ["run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
     try:
         deadline = time.time() + 120
-        line = ""
-        while not line.startswith("episode") and time.time() < deadline:
-            line = proc.stdout.readline()
-        assert line.startswith("episode"), "session never started"
-        time.sleep(1.5)  # well inside the next 10-second episode
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        while not (lines and lines[-1].startswith("episode")) and time.time() < deadline:
+            lines.append(proc.stdout.readline())
+        assert lines[-1].startswith("episode"), "session never started: " + "".join(lines)[-2000:]
+        time.sleep(delay_s)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-2000:]
+    return proc.returncode, "".join(lines) + out
+
+
+def test_ctrl_c_ends_session_cleanly_and_writes_summary(tmp_path):
+    code, out = stop_a_session(
+        ["policy=scripted", "session.backend=inline", "robot.realtime=true", "robot.task=reach-v3",
+         "session.episodes=50", "loop.stop_on_success=false", f"session.run_dir={tmp_path}"],
+        signal.SIGINT, delay_s=1.5,  # well inside the next 10-second episode
+    )
+    assert code == 0, out[-2000:]
     summary = json.loads((Path(tmp_path) / "summary.json").read_text())
     assert summary["episodes"][-1]["outcome"] == "stopped"
     assert len(summary["episodes"]) < 50
@@ -78,28 +84,16 @@ def _gone(pid: int) -> bool:
 
 def test_sigterm_ends_a_session_cleanly_and_stops_its_spawned_learner(tmp_path):
     """``kill <pid>`` (systemd, docker stop) must not orphan the learner that ``tandem run`` spawned."""
-    proc = subprocess.Popen(
-        TANDEM + ["run", "policy=scripted", "session.backend=inline", "robot.realtime=true", "robot.task=reach-v3",
-                  "robot.cameras=[]", "session.episodes=50", "loop.stop_on_success=false", "head=edit",
-                  "head.critic.hidden=[32,32]", "head.head.hidden=[32,32]", "learn.spawn=true",
-                  f"session.run_dir={tmp_path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    code, out = stop_a_session(
+        ["policy=scripted", "session.backend=inline", "robot.realtime=true", "robot.task=reach-v3",
+         "robot.cameras=[]", "session.episodes=50", "loop.stop_on_success=false", "head=edit",
+         "head.critic.hidden=[32,32]", "head.head.hidden=[32,32]", "learn.spawn=true", f"session.run_dir={tmp_path}"],
+        signal.SIGTERM,
     )
-    learner_pid = None
-    try:
-        deadline = time.time() + 120
-        line = ""
-        while not line.startswith("episode") and time.time() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("tandem run: learner pid"):
-                learner_pid = int(line.split()[4].rstrip(","))
-        assert learner_pid is not None and line.startswith("episode"), "session or learner never started"
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-2000:]
+    pids = [ln.split()[4].rstrip(",") for ln in out.splitlines() if ln.startswith("tandem run: learner pid")]
+    assert pids, out[-2000:]
+    learner_pid = int(pids[0])
+    assert code == 0, out[-2000:]
     assert "SIGTERM: stopping after this tick" in out and "learner stopped (exit 0)" in out, out[-2000:]
     assert _gone(learner_pid), f"learner {learner_pid} outlived its session"
     summary = json.loads((Path(tmp_path) / "summary.json").read_text())
