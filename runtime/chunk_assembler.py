@@ -33,8 +33,8 @@ def build_chunk(
     """One ChunkRecord from 1..H consecutive tick rows of one episode (padded to H, ``valid`` false).
 
     Each row needs: observation (or state), features, base_action, head_action, action, reward,
-    is_intervention, takeover_start, done, truncated, head_version, base_version, obs_time, send_time
-    (and optionally ``failed``: the terminal tick ended the episode without success).
+    is_intervention, takeover_start, done, truncated, failed, head_version, base_version, obs_time,
+    send_time.
     Padding repeats the last executed action with zero reward, so shapes stay [H, A]. ``base``
     (float32[H, A]) replaces the rows' base actions (an overlapping record's plan window);
     ``start_tick`` is stored as the record's ``start_tick``.
@@ -83,7 +83,7 @@ def build_chunk(
         obs_time=times["obs_time"],
         send_time=times["send_time"],
         start_tick=int(start_tick),
-        failed=any(bool(getattr(t, "failed", False)) for t in ticks),
+        failed=any(bool(t.failed) for t in ticks),
     )
 
 

@@ -23,6 +23,7 @@ from tandem.runtime.loop import EpisodeResult, TickSink, run_episode
 from tandem.runtime.safety import SafetyFilter
 from tandem.runtime.scheduler import ChunkScheduler
 from tandem.runtime.takeover import TakeoverOperator, make_operator
+from tandem.validate import stride_of
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,11 @@ class Session:
         safety = self.safety
         self.operator = make_operator(getattr(cfg, "teleop", None), self.robot, last_sent=lambda: safety.last)
         self.learning = self._build_head()
+        horizon = cfg.session.horizon
+        record_stride = stride_of("session.record_stride", cfg.session.record_stride, horizon)
         self.controller = Controller(
-            scheduler, cfg.session.horizon, hold=self.safety.hold_action, head=self.learning.head,
-            operator=self.operator, windows_every_tick=0 < cfg.session.record_stride < cfg.session.horizon,
+            scheduler, horizon, hold=self.safety.hold_action, head=self.learning.head, operator=self.operator,
+            windows_every_tick=record_stride < horizon,  # overlapping records start between boundaries
             head_stride=cfg.session.head_stride,
         )
 

@@ -166,16 +166,19 @@ class CriticObjective:
         self.optimizer = torch.optim.AdamW(critic.online.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.steps = 0
-        _ = self.failure_value  # a bad combination fails here, not at the first update
+        self.failure_value = self._failure_value()
 
     @property
     def device(self) -> torch.device:
         """The critic's device."""
         return next(self.critic.online.parameters()).device
 
-    @property
-    def failure_value(self) -> float:
-        """The value after a failed terminal (``config.failure_value``, or its reward-mode default)."""
+    def _failure_value(self) -> float:
+        """The value after a failed terminal (``config.failure_value``, or its reward-mode default).
+
+        Raises:
+            ConfigError: the time reward with gamma = 1 and no explicit value (it would be infinite).
+        """
         cfg = self.config
         if cfg.failure_value is not None:
             return float(cfg.failure_value)
