@@ -352,6 +352,11 @@ w = {{**obj.weights(), **co.weights()}}
 np.savez(out, **{{kind + "." + k: v for kind in w for k, v in w[kind].items()}})
 dist.barrier()  # no rank tears gloo down while the other is still in its last collective
 dist.destroy_process_group()
+if rank == 0:
+    # rank 0 hosts the rendezvous TCPStore: it waits (stdin closed by the test) until rank 1 has left the
+    # group, so rank 1 never tears gloo down against a store that is already gone (under torchrun the
+    # agent hosts the store and outlives every rank)
+    sys.stdin.read()
 """
 
 
@@ -369,9 +374,10 @@ def test_distributed_ranks_match_full_batch_training(tmp_path):
     script.write_text(_RANK_SCRIPT.format(testdir=os.path.dirname(__file__)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(script), str(r), port, str(tmp_path / f"w{r}.npz")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(2)]
     try:
-        for p in procs:
+        for p in reversed(procs):  # rank 1 first: rank 0, the store's host, exits once its stdin closes
             out, _ = p.communicate(timeout=120)
             assert p.returncode == 0, out.decode()[-2000:]
     finally:
