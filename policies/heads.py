@@ -72,6 +72,19 @@ def build_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, layer_norm: bo
     return nn.Sequential(*layers)
 
 
+def _seeded_init_zero_last(mlp: nn.Sequential, gen: torch.Generator) -> None:
+    """Every Linear ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) drawn from ``gen`` (reproducible per seed, whatever
+    the global torch seed), then the last layer zeroed so the head starts as the identity."""
+    with torch.no_grad():
+        for mod in mlp:
+            if isinstance(mod, nn.Linear):
+                bound = 1.0 / math.sqrt(mod.in_features)
+                mod.weight.copy_((torch.rand(mod.weight.shape, generator=gen) * 2 - 1) * bound)
+                mod.bias.copy_((torch.rand(mod.bias.shape, generator=gen) * 2 - 1) * bound)
+        mlp[-1].weight.zero_()
+        mlp[-1].bias.zero_()
+
+
 class NumpyMLP:
     """A numpy copy of a ``build_mlp`` network for allocation-light CPU inference.
 
@@ -212,15 +225,7 @@ class ResidualHead(_MLPWeights, nn.Module):
         self.config = config
         gen = torch.Generator().manual_seed(config.seed)
         self.mlp = build_mlp(config.input_dim, config.hidden, config.action_dim, config.layer_norm)
-        with torch.no_grad():
-            for mod in self.mlp:
-                if isinstance(mod, nn.Linear):
-                    bound = 1.0 / math.sqrt(mod.in_features)
-                    mod.weight.copy_((torch.rand(mod.weight.shape, generator=gen) * 2 - 1) * bound)
-                    mod.bias.copy_((torch.rand(mod.bias.shape, generator=gen) * 2 - 1) * bound)
-            last = self.mlp[-1]
-            last.weight.zero_()
-            last.bias.zero_()
+        _seeded_init_zero_last(self.mlp, gen)
         self.version = 0
         self._np = NumpyMLP(self.mlp)
         self._tick = np.eye(config.horizon, dtype=np.float32)
@@ -354,16 +359,9 @@ class EditHead(_MLPWeights, nn.Module):
         gen = torch.Generator().manual_seed(config.seed)
         d = config.chunk_dim
         self.mlp = build_mlp(config.input_dim, config.hidden, 2 * d, config.layer_norm)
+        _seeded_init_zero_last(self.mlp, gen)
         with torch.no_grad():
-            for mod in self.mlp:
-                if isinstance(mod, nn.Linear):
-                    bound = 1.0 / math.sqrt(mod.in_features)
-                    mod.weight.copy_((torch.rand(mod.weight.shape, generator=gen) * 2 - 1) * bound)
-                    mod.bias.copy_((torch.rand(mod.bias.shape, generator=gen) * 2 - 1) * bound)
-            last = self.mlp[-1]
-            last.weight.zero_()
-            last.bias.zero_()
-            last.bias[d:] = config.init_log_std
+            self.mlp[-1].bias[d:] = config.init_log_std
         self.version = 0
         self.selector: Selector | None = None
         self.use_mean = False  # run base + mean edit instead of the critic's choice

@@ -282,7 +282,73 @@ def _actor_q(critic: ChunkedCritic, mode: str, state: torch.Tensor, features: to
     return critic.aggregate(q, generator) if mode == "aggregate" else q.mean(0)
 
 
-class ResidualHeadObjective:
+class _HeadObjective:
+    """What both head objectives share: the critic step on every batch, then (after the critic warm-up,
+    every ``config.actor_every`` critic steps) the subclass's :meth:`_head_step`; the head's AdamW
+    optimiser; the critic's bootstrap action a' taken from :meth:`target_action`; and checkpoints holding
+    the critic objective, the head, its optimiser and the head step count plus :meth:`_extra_state`.
+
+    Args:
+        head: the head. critic_objective: the critic's objective (its next_action is replaced).
+        config: head settings with ``lr``, ``weight_decay`` and ``actor_every``.
+    """
+
+    name = ""
+
+    def __init__(self, head: ResidualHead | EditHead, critic_objective: CriticObjective,
+                 config: ResidualObjectiveConfig | EditObjectiveConfig) -> None:
+        self.head = head.to(critic_objective.device)
+        self.critic_objective = critic_objective
+        self.config = config
+        self.optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        critic_objective.next_action = self.target_action
+        self.head_steps = 0
+
+    def target_action(self, next_state: torch.Tensor, next_features: torch.Tensor,
+                      next_base: torch.Tensor) -> torch.Tensor:
+        """The action chunk a' the TD target bootstraps from: float[B, H, A]."""
+        raise NotImplementedError
+
+    def _head_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One head update on the batch ``b`` (tensors); returns its ``head/...`` metrics."""
+        raise NotImplementedError
+
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One critic step and, when due, one head step; returns both sets of metrics."""
+        co = self.critic_objective
+        b = to_tensors(batch, co.device)
+        due = not co.warming_up and (co.steps + 1) % self.config.actor_every == 0
+        metrics = co.update_tensors(b)
+        if not due:
+            return metrics
+        metrics.update(self._head_step(b))
+        self.head_steps += 1
+        metrics["head/steps"] = float(self.head_steps)
+        return metrics
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Subclass state saved beside the shared entries."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`_extra_state`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Critic objective state plus head, head optimiser, head step count and :meth:`_extra_state`."""
+        return {"critic_objective": self.critic_objective.state_dict(), "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "head_steps": self.head_steps, **self._extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.critic_objective.load_state_dict(state["critic_objective"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_extra_state(state)
+        self.head_steps = int(state["head_steps"])
+        self.head.sync_numpy()
+
+
+class ResidualHeadObjective(_HeadObjective):
     """Critic step, then (after the critic warm-up, every ``actor_every`` steps) a head step.
 
     Head loss: L = -mean_b Q_pess(s_b, a_base_b + head(s_b, f_b, a_base_b)), gradients into the head only.
@@ -297,12 +363,7 @@ class ResidualHeadObjective:
 
     def __init__(self, head: ResidualHead, critic_objective: CriticObjective,
                  config: ResidualObjectiveConfig | None = None) -> None:
-        self.head = head.to(critic_objective.device)
-        self.critic_objective = critic_objective
-        self.config = config or ResidualObjectiveConfig()
-        self.optimizer = torch.optim.AdamW(head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
-        critic_objective.next_action = self.target_action
-        self.head_steps = 0
+        super().__init__(head, critic_objective, config or ResidualObjectiveConfig())
 
     def target_action(self, next_state: torch.Tensor, next_features: torch.Tensor,
                       next_base: torch.Tensor) -> torch.Tensor:
@@ -315,48 +376,27 @@ class ResidualHeadObjective:
             a = a + noise.to(a.device)
         return a
 
-    def update(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One critic step and, when due, one head step; returns both sets of metrics."""
+    def _head_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Ascend Q_pess(s, a_base + head(s, f, a_base)) through the frozen critic."""
         co = self.critic_objective
-        b = to_tensors(batch, co.device)
-        due = not co.warming_up and (co.steps + 1) % self.config.actor_every == 0
-        metrics = co.update_tensors(b)
-        if not due:
-            return metrics
-        critic = co.critic
-        with critic.frozen():
+        with co.critic.frozen():
             correction = self.head(b["state"], b["features"], b["base"])
-            q = _actor_q(critic, self.config.actor_q, b["state"], b["features"], b["base"] + correction, co.generator)
+            q = _actor_q(co.critic, self.config.actor_q, b["state"], b["features"], b["base"] + correction,
+                         co.generator)
             loss = -q.mean()
             norm = _grad_step(self.optimizer, loss, list(self.head.parameters()), self.config.grad_clip,
                               co.distributed)
-        self.head_steps += 1
-        metrics.update({
+        return {
             "head/loss": float(loss.detach()),
             "head/q_pi": float(q.detach().mean()),
             "head/correction_abs": float(correction.detach().abs().mean()),
             "head/grad_norm": norm,
-            "head/steps": float(self.head_steps),
-        })
-        return metrics
+        }
 
     def weights(self) -> dict[str, dict[str, np.ndarray]]:
         """{"head": the head's parameters} (the residual head needs no critic on the robot)."""
         self.head.sync_numpy()
         return {"head": self.head.weights()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Critic objective state plus head, head optimiser and head step count."""
-        return {"critic_objective": self.critic_objective.state_dict(), "head": self.head.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "head_steps": self.head_steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
-        self.critic_objective.load_state_dict(state["critic_objective"])
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.head_steps = int(state["head_steps"])
-        self.head.sync_numpy()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -435,7 +475,7 @@ class EditObjectiveConfig:
         non_negative("grad_clip", self.grad_clip)
 
 
-class EditHeadObjective:
+class EditHeadObjective(_HeadObjective):
     """Critic step (target a' = best of {base} + N edits under the target critic), then an edit-policy step.
 
     Head loss (one reparameterised edit per state):
@@ -455,18 +495,13 @@ class EditHeadObjective:
 
     def __init__(self, head: EditHead, critic_objective: CriticObjective, config: EditObjectiveConfig | None = None
                  ) -> None:
-        self.head = head.to(critic_objective.device)
-        self.critic_objective = critic_objective
-        self.config = config or EditObjectiveConfig()
+        super().__init__(head, critic_objective, config or EditObjectiveConfig())
         cfg = self.config
-        self.optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=critic_objective.device, requires_grad=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
         d = head.config.chunk_dim
         self.target_entropy = -d / 2 if cfg.target_entropy is None else float(cfg.target_entropy)
         self.log_beta_term = d * math.log(head.config.beta)
-        critic_objective.next_action = self.target_action
-        self.head_steps = 0
 
     @property
     def alpha(self) -> float:
@@ -487,14 +522,9 @@ class EditHeadObjective:
                                         generator=co.generator)
         return best
 
-    def update(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One critic step and, when due, one edit-policy and temperature step; returns the metrics."""
+    def _head_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One edit-policy step (see the class docstring) and one temperature step."""
         co = self.critic_objective
-        b = to_tensors(batch, co.device)
-        due = not co.warming_up and (co.steps + 1) % self.config.actor_every == 0
-        metrics = co.update_tensors(b)
-        if not due:
-            return metrics
         critic, head = co.critic, self.head
         with critic.frozen():
             eps, log_prob = head.sample(b["state"], b["features"], b["base"], 1, co.generator)
@@ -511,8 +541,7 @@ class EditHeadObjective:
             norm = _grad_step(self.optimizer, loss, list(head.parameters()), self.config.grad_clip, co.distributed)
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         _grad_step(self.alpha_optimizer, alpha_loss, [self.log_alpha], 0.0, co.distributed)
-        self.head_steps += 1
-        metrics.update({
+        return {
             "head/loss": float(loss.detach()),
             "head/q_pi": float(q.detach().mean()),
             "head/entropy": float(-log_prob.detach().mean()),
@@ -520,10 +549,8 @@ class EditHeadObjective:
             "head/alpha": self.alpha,
             "head/edit_abs": float((head.config.beta * eps).detach().abs().mean()),
             "head/grad_norm": norm,
-            "head/steps": float(self.head_steps),
             **awr,
-        })
-        return metrics
+        }
 
     def _awr_terms(self, b: dict[str, torch.Tensor]) -> dict[str, Any]:
         """ALOE's improvement step on the edit head: -mean_b w_b log pi_e(eps*_b), per action dimension.
@@ -565,22 +592,14 @@ class EditHeadObjective:
         self.head.sync_numpy()
         return {"head": self.head.weights(), **self.critic_objective.weights()}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Critic objective state plus head, optimisers, temperature and head step count."""
-        return {"critic_objective": self.critic_objective.state_dict(), "head": self.head.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-                "alpha_optimizer": self.alpha_optimizer.state_dict(), "head_steps": self.head_steps}
+    def _extra_state(self) -> dict[str, Any]:
+        """The temperature and its optimiser."""
+        return {"log_alpha": self.log_alpha.detach().clone(), "alpha_optimizer": self.alpha_optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
-        self.critic_objective.load_state_dict(state["critic_objective"])
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self.head_steps = int(state["head_steps"])
-        self.head.sync_numpy()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -19,13 +19,7 @@ S, F, H, A = 5, 3, 4, 2
 DIMS = dict(state_dim=S, feature_dim=F, horizon=H, action_dim=A, hidden=(32, 32))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes small ops 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def inputs(bsz=3, seed=0):

@@ -8,14 +8,7 @@ import torch
 from tandem.errors import ConfigError
 from tandem.value.hl_gauss import HLGauss, bin_centers, cross_entropy, expected_value, project
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes small ops 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_projection_is_a_distribution_inside_at_edges_and_outside():

@@ -23,12 +23,7 @@ SMALL = {"critic": {"hidden": [32, 32]}, "head": {"hidden": [32, 32], "beta": 0.
 DIMS = Dims(S, F, H, A)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_learner_objective_builds_from_the_first_batch_and_matches_the_robot_schema():
