@@ -113,26 +113,39 @@ def _episode_rows(cols: dict[str, np.ndarray], sel: np.ndarray, horizon: int, fa
         return cols[name][sel] if name in cols else default
 
     zeros_b = np.zeros(n, bool)
+    # each column gathered once for the episode (indexing ``cols[name][sel]`` copies the whole episode)
+    state = cols[STATE_KEY][sel].astype(np.float32)
     features = get(POLICY_FEATURES_KEY, np.zeros((n, 0), np.float32))
     chunk_index = get("chunk_index", cols["frame_index"][sel] // horizon)
+    base_action = get("base_action", action)
+    head_action = get("head_action", np.zeros_like(action))
+    reward = get("reward", np.zeros(n, np.float32))
+    is_intervention = get("is_intervention", zeros_b)
+    takeover_start = get("takeover_start", zeros_b)
+    done = get("done", zeros_b)
+    truncated = get("truncated", zeros_b)
+    head_version = get("head_version", np.zeros(n, np.int64))
+    base_version = get("base_version", np.zeros(n, np.int64))
+    obs_time = get("obs_time", np.zeros(n))
+    send_time = get("send_time", np.zeros(n))
     return [
         _Row(
-            state=cols[STATE_KEY][sel][i].astype(np.float32),
+            state=state[i],
             features=features[i],
-            base_action=get("base_action", action)[i],
-            head_action=get("head_action", np.zeros_like(action))[i],
+            base_action=base_action[i],
+            head_action=head_action[i],
             action=action[i],
-            reward=float(get("reward", np.zeros(n, np.float32))[i]),
-            is_intervention=bool(get("is_intervention", zeros_b)[i]),
-            takeover_start=bool(get("takeover_start", zeros_b)[i]),
-            done=bool(get("done", zeros_b)[i]),
-            truncated=bool(get("truncated", zeros_b)[i]),
-            head_version=int(get("head_version", np.zeros(n, np.int64))[i]),
-            base_version=int(get("base_version", np.zeros(n, np.int64))[i]),
-            obs_time=float(get("obs_time", np.zeros(n))[i]),
-            send_time=float(get("send_time", np.zeros(n))[i]),
+            reward=float(reward[i]),
+            is_intervention=bool(is_intervention[i]),
+            takeover_start=bool(takeover_start[i]),
+            done=bool(done[i]),
+            truncated=bool(truncated[i]),
+            head_version=int(head_version[i]),
+            base_version=int(base_version[i]),
+            obs_time=float(obs_time[i]),
+            send_time=float(send_time[i]),
             chunk_index=int(chunk_index[i]),
-            failed=failed and bool(get("done", zeros_b)[i]),
+            failed=failed and bool(done[i]),
         )
         for i in range(n)
     ]
