@@ -123,7 +123,6 @@ class Controller:
         self.horizon = horizon
         self.windows_every_tick = windows_every_tick
         self.head_stride = stride_of("head_stride", head_stride, horizon)
-        self._correction_tick = 0
         self.hold = hold
         self.head = head
         self.operator = operator
@@ -158,8 +157,7 @@ class Controller:
                 )
             else:
                 self._correction = np.zeros_like(window)
-            self._correction_tick = tick
-        step = tick - self._correction_tick
+        step = tick % self.head_stride  # ticks since the last correction, as chunk_step is since the boundary
         head_action = self._correction[step] if self._correction.size else np.zeros_like(base_action)
         policy_action = None if starved else base_action + head_action
         decision = Decision(
