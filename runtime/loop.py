@@ -211,7 +211,11 @@ def _tick_loop(
         stopped = stop is not None and stop.is_set()
         done = status.terminated or (status.success and config.stop_on_success) or "success" in events
         done = done or "failure" in events
-        failed = done and ("failure" in events or not (success or "success" in events))
+        if "success" in events:
+            success = True
+        if "failure" in events:
+            success = False
+        failed = done and not success  # a failure mark, or a terminal before success
         ended = done or stopped or "stop" in events or "rerecord" in events or steps == max_steps
         with timer.section("record"):
             record = TickRecord(
@@ -241,10 +245,6 @@ def _tick_loop(
             )
             for sink in sinks:
                 sink.on_tick(record)
-        if "success" in events:
-            success = True
-        if "failure" in events:
-            success = False
         if ended:
             if "rerecord" in events:
                 outcome = "rerecord"
