@@ -60,3 +60,19 @@ class Feature:
 def image_keys(features: dict[str, Feature]) -> list[str]:
     """Keys of the camera features, in schema order."""
     return [k for k, f in features.items() if f.is_image]
+
+
+def zero_observation(features: dict[str, Feature]) -> dict[str, np.ndarray]:
+    """An all-zero observation matching ``features`` (for warm-up)."""
+    return {k: np.zeros(f.shape, f.dtype) for k, f in features.items()}
+
+
+def check_observation(arrays: dict[str, np.ndarray], features: dict[str, Feature]) -> str:
+    """Empty if ``arrays`` matches the schema ``features`` (keys, dtypes, shapes), else the first problem."""
+    for key, feat in features.items():
+        arr = arrays.get(key)
+        if arr is None:
+            return f"observation lacks {key!r}"
+        if str(arr.dtype) != feat.dtype or tuple(arr.shape) != tuple(feat.shape):
+            return f"{key}: got {arr.dtype}{list(arr.shape)}, the policy expects {feat.dtype}{list(feat.shape)}"
+    return ""

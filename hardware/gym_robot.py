@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from tandem.errors import ConfigError
+from tandem.core.errors import ConfigError
+from tandem.core.validate import in_range, positive
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
 from tandem.hardware.robot import EpisodeStatus, Robot
-from tandem.validate import in_range, positive
 
 # The key a non-dict observation is exposed under.
 PLAIN_OBS_KEY = "obs"

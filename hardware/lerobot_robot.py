@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from tandem.errors import ConfigError, DeviceAlreadyConnectedError, DeviceMissingError, TandemError
+from tandem.core.errors import ConfigError, DeviceAlreadyConnectedError, DeviceMissingError, TandemError
+from tandem.core.validate import in_range, non_negative, one_of
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
 from tandem.hardware.robot import EpisodeStatus, Robot
-from tandem.validate import in_range, non_negative, one_of
 
 log = logging.getLogger(__name__)
 

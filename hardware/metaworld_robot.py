@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tandem.core.validate import in_range, one_of, positive
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
 from tandem.hardware.render import configure_gl
 from tandem.hardware.robot import EpisodeStatus, Robot
-from tandem.validate import in_range, one_of, positive
 
 # The language instruction for each supported task (what a VLA is conditioned on).
 TASK_INSTRUCTIONS: dict[str, str] = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tandem.errors import DeviceNotConnectedError
+from tandem.core.errors import DeviceNotConnectedError
 from tandem.hardware.features import Feature
 
 

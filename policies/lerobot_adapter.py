@@ -44,8 +44,9 @@ from typing import Any
 
 import numpy as np
 
+from tandem.core.validate import non_negative
+from tandem.hardware.features import zero_observation
 from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
-from tandem.validate import non_negative
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,6 @@ class LeRobotPolicy(BasePolicy):
             )
         self._image_sizes = {k: tuple(self.policy.config.input_features[k].shape[1:]) for k in self._image_map}
         self._tap = _FeatureTap(self.policy, self.lerobot_type)
-        from tandem.runtime.policy_worker import zero_observation
-
         probe = self._infer_batch([zero_observation(robot.observation_features)], [robot.task])[0]
         self.chunk_length = probe.length
         self.feature_dim = int(probe.features.shape[0])

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tandem.core.validate import in_range, non_negative, one_of
 from tandem.hardware.features import STATE_KEY
 from tandem.hardware.metaworld_robot import ACTION_DIM, TASK_INSTRUCTIONS, expert_for, task_for_instruction
 from tandem.policies.base import BasePolicy, Chunk
-from tandem.validate import in_range, non_negative, one_of
 
 
 @dataclass

@@ -15,44 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from tandem.hardware.robot import Robot
-from tandem.policies.base import BasePolicy, PolicyLoadError
-from tandem.registry import component_class
-from tandem.runtime.controller import Controller
-from tandem.runtime.inference import InferenceBackend, InlineBackend, ThreadBackend
-from tandem.runtime.loop import EpisodeResult, TickSink, run_episode
-from tandem.runtime.safety import SafetyFilter
-from tandem.runtime.scheduler import ChunkScheduler
-from tandem.runtime.takeover import TakeoverOperator, make_operator
-from tandem.validate import stride_of
+from tandem.policies.base import BasePolicy
+from tandem.runtime.build import build_parts
+from tandem.runtime.control.controller import Controller
+from tandem.runtime.control.loop import EpisodeResult, TickSink, run_episode
+from tandem.runtime.control.safety import SafetyFilter
+from tandem.runtime.inference.backends import InferenceBackend
+from tandem.runtime.links.chunks import ChunkAssembler
+from tandem.runtime.links.experience import ExperienceLink
+from tandem.runtime.links.pacing import LearnerPacer
+from tandem.runtime.links.weights import WeightsSubscriber
+from tandem.runtime.recording.recorder import make_recorder
+from tandem.teleop.takeover import TakeoverOperator
 
 log = logging.getLogger(__name__)
-
-
-def make_robot(config: Any) -> Robot:
-    """The robot for a robot config (by its ``type``)."""
-    return component_class("robot", config.type)(config)
-
-
-def make_policy(config: Any, robot: Robot) -> BasePolicy:
-    """The base policy for a policy config (built for ``robot``'s schemas), checked against its action size."""
-    policy = component_class("policy", config.type)(config, robot)
-    check_action_dim(policy, robot)
-    return policy
-
-
-def check_action_dim(policy: BasePolicy, robot: Robot) -> None:
-    """Raise PolicyLoadError unless the policy's action size is the robot's."""
-    action_dim = robot.action_feature.shape[0]
-    if policy.action_dim != action_dim:
-        raise PolicyLoadError(
-            f"policy {policy.name!r} outputs {policy.action_dim}-D actions but robot {robot.name!r} "
-            f"takes {action_dim}-D actions; pick a policy trained for this robot"
-        )
-
-
-def make_backend(kind: str, policy: BasePolicy) -> InferenceBackend:
-    """Where an in-process policy runs: "inline" or "thread" ("process"/"remote": ``make_link_backend``)."""
-    return {"inline": InlineBackend, "thread": ThreadBackend}[kind](policy)
 
 
 @dataclass
@@ -111,59 +87,23 @@ class Session:
         self.controller: Controller | None = None
         self.safety: SafetyFilter | None = None
         self.operator: TakeoverOperator | None = None
-        self.learning: Any = None  # tandem.value.learning.RobotParts: head, critic, consumers
+        self.learning: Any = None  # tandem.policies.heads.build.RobotParts (head, critic); None: no head
+        self.parts: Any = None  # tandem.runtime.build.SessionParts
 
     def build(self) -> None:
-        """Create the parts (the robot is not connected yet)."""
-        cfg = self.config
-        self.robot = make_robot(cfg.robot)
-        if cfg.session.backend in ("process", "remote"):  # the policy is built in the worker / server
-            from tandem.runtime.policy_link import make_link_backend
-
-            self.backend, self.policy = make_link_backend(cfg.session.backend, cfg, self.robot)
-            try:
-                check_action_dim(self.policy, self.robot)
-            except BaseException:
-                self.backend.close()
-                raise
-        else:
-            self.policy = make_policy(cfg.policy, self.robot)
-            self.backend = make_backend(cfg.session.backend, self.policy)
-        low, high = self.robot.action_feature.bounds()
-        self.safety = SafetyFilter(cfg.safety, low, high, self.robot.hold_action(None))
-        scheduler = ChunkScheduler(
-            self.backend, cfg.scheduler, lookahead=cfg.session.horizon, synchronous=not self.robot.realtime
-        )
-        safety = self.safety
-        self.operator = make_operator(getattr(cfg, "teleop", None), self.robot, last_sent=lambda: safety.last)
-        self.learning = self._build_head()
-        horizon = cfg.session.horizon
-        record_stride = stride_of("session.record_stride", cfg.session.record_stride, horizon)
-        self.controller = Controller(
-            scheduler, horizon, hold=self.safety.hold_action, head=self.learning.head, operator=self.operator,
-            windows_every_tick=record_stride < horizon,  # overlapping records start between boundaries
-            head_stride=cfg.session.head_stride,
-        )
-
-    def _build_head(self) -> Any:
-        """The ``head`` block: the head (and the edit head's critic) and their weights consumers."""
-        from tandem.value.learning import HeadConfig, RobotParts, robot_dims, robot_parts
-
-        head_cfg = getattr(self.config, "head", None) or HeadConfig()
-        if head_cfg.type == "none":
-            return RobotParts()
-        parts = robot_parts(head_cfg, robot_dims(self.robot, self.policy, self.config.session.horizon))
-        for kind, consumer in parts.consumers.items():
-            self.weights_consumers.setdefault(kind, consumer)
-        return parts
+        """Create the parts (the robot is not connected yet): ``tandem.runtime.build.build_parts``."""
+        parts = build_parts(self.config, self.weights_consumers)
+        self.parts = parts
+        self.robot, self.policy, self.backend = parts.robot, parts.policy, parts.backend
+        self.safety, self.operator, self.controller = parts.safety, parts.operator, parts.controller
+        self.learning = parts.head
+        self.weights_consumers = parts.weights_consumers
 
     def _start_recorder(self) -> Any:
         """The episode recorder (``record.enabled``), started and added to the sinks; else None."""
         record = getattr(self.config, "record", None)
         if record is None or not record.enabled:
             return None
-        from tandem.runtime.recorder import make_recorder
-
         recorder = make_recorder(record, self.robot, self.policy).start()
         self.sinks.append(recorder)
         return recorder
@@ -173,10 +113,6 @@ class Session:
         link = getattr(self.config, "link", None)
         if link is None or not link.enabled:
             return
-        from tandem.runtime.chunk_assembler import ChunkAssembler
-        from tandem.runtime.experience_link import ExperienceLink
-        from tandem.runtime.weights_link import WeightsSubscriber
-
         self.experience_link = ExperienceLink(link).start()
         try:
             self.weights_link = WeightsSubscriber(link, self.weights_consumers).start()
@@ -189,8 +125,6 @@ class Session:
         self.sinks.append(self._link_sink)
         self.controller.boundary_callbacks.append(self.weights_link.apply_staged)
         if link.learner_updates_per_episode > 0:
-            from tandem.runtime.learner_pacing import LearnerPacer
-
             self.pacer = LearnerPacer(link.learner_updates_per_episode, link.learner_wait_s,
                                       self.weights_link.stats.learner_progress)
 

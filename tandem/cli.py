@@ -26,7 +26,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tandem.errors import ConfigError, DeviceMissingError, TandemError
+from tandem.core.errors import ConfigError, DeviceMissingError, TandemError
 from tandem.policies.base import PolicyLoadError
 
 
@@ -48,7 +48,7 @@ def _install_stop_signals(stop: threading.Event) -> None:
 
 def cmd_run(overrides: list[str]) -> int:
     """``tandem run``: compose the config, run the session, print results, write summary.json."""
-    from tandem.config import compose_run
+    from tandem.runtime.config import compose_run
     from tandem.runtime.session import default_run_dir
 
     cfg = compose_run(overrides)
@@ -57,7 +57,7 @@ def cmd_run(overrides: list[str]) -> int:
     run_dir = Path(cfg.session.run_dir) if cfg.session.run_dir else default_run_dir()
     learner = None
     if cfg.learn.spawn:
-        from tandem.runtime.learner_process import LearnerProcess
+        from tandem.commands.learner_process import LearnerProcess
 
         learner = LearnerProcess(cfg, run_dir).start()
         print(f"tandem run: learner pid {learner.proc.pid} on 127.0.0.1:{cfg.link.experience_port}/"
@@ -73,7 +73,7 @@ def cmd_run(overrides: list[str]) -> int:
 
 def _learner_report(store_dir: Path) -> None:
     """Write the learner's report (if it trained at all); a report failure never fails the run."""
-    from tandem.value.learner_report import write_learner_report
+    from tandem.reports.learner import write_learner_report
 
     if not (store_dir / "metrics.jsonl").exists():
         print(f"learner report: no metrics in {store_dir} (it never trained)", flush=True)
@@ -99,11 +99,11 @@ def _run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
     """Run the session with its sinks (tick log, status line, live view); write summary and report."""
     import dataclasses
 
-    from tandem.runtime.live_view import make_live_view
-    from tandem.runtime.report import write_session_report
+    from tandem.reports.session import write_session_report
+    from tandem.runtime.monitor.live_view import make_live_view
+    from tandem.runtime.monitor.status_line import make_status_line
+    from tandem.runtime.monitor.tick_log import TickLog
     from tandem.runtime.session import Session, write_summary
-    from tandem.runtime.status_line import make_status_line
-    from tandem.runtime.tick_log import TickLog
 
     if cfg.display:
         cfg.live_view = dataclasses.replace(cfg.live_view, enabled=True)
@@ -174,9 +174,9 @@ def cmd_learn(overrides: list[str], config_file: str | None = None) -> int:
 
 def cmd_serve_policy(overrides: list[str]) -> int:
     """``tandem serve-policy``: build the policy (for the configured robot's schemas), warm it up, serve it."""
-    from tandem.config import compose_run
-    from tandem.runtime.policy_worker import serve_policy, warm_up
-    from tandem.runtime.session import make_policy, make_robot
+    from tandem.runtime.build import make_policy, make_robot
+    from tandem.runtime.config import compose_run
+    from tandem.runtime.inference.server import serve_policy, warm_up
 
     cfg = compose_run(overrides)
     link = cfg.policy_link
@@ -202,14 +202,14 @@ def cmd_serve_policy(overrides: list[str]) -> int:
 
 def cmd_demos(overrides: list[str]) -> int:
     """``tandem demos``: ``tandem run`` with the demonstration defaults (scripted expert, recorder on) first."""
-    from tandem.policies.demos import DEMO_OVERRIDES
+    from tandem.commands.demos import DEMO_OVERRIDES
 
     return cmd_run([*DEMO_OVERRIDES, *overrides])
 
 
 def cmd_pretrain(overrides: list[str]) -> int:
     """``tandem pretrain``: behaviour cloning from a LeRobotDataset into a tiny VLA checkpoint."""
-    from tandem.policies.pretrain import compose_pretrain, pretrain
+    from tandem.commands.pretrain import compose_pretrain, pretrain
 
     cfg = compose_pretrain(overrides)
     meta = pretrain(cfg)
@@ -221,7 +221,7 @@ def cmd_pretrain(overrides: list[str]) -> int:
 
 def cmd_keys(directory: str, force: bool) -> int:
     """``tandem keys DIR``: a learner and a robot CURVE key pair, and the robot authorised."""
-    from tandem.runtime.link_security import create_keys
+    from tandem.protocol.security import create_keys
 
     for name, path in create_keys(directory, overwrite=force).items():
         print(f"{name:24s} {path}")
@@ -233,25 +233,25 @@ def cmd_keys(directory: str, force: bool) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """``tandem bench <what>``: print one JSON object."""
     if args.what == "loop":
-        from tandem.runtime.bench_loop import bench_loop
+        from tandem.bench.loop import bench_loop
 
         result = bench_loop(hz=args.hz, seconds=args.seconds or 10.0, load=args.load)
     elif args.what == "recorder":
-        from tandem.runtime.bench_recorder import bench_recorder
+        from tandem.bench.recorder import bench_recorder
 
         result = bench_recorder(
             seconds=args.seconds or 60.0, hz=args.hz, episode_s=args.episode_seconds, source=args.source
         )
     elif args.what == "links":
-        from tandem.value.bench_links import bench_links
+        from tandem.bench.links import bench_links
 
         result = bench_links(pushes=args.pushes, records=args.records)
     elif args.what == "inference":
-        from tandem.runtime.bench_inference import bench_inference
+        from tandem.bench.inference import bench_inference
 
         result = bench_inference(seconds=args.seconds or 20.0, n=args.n, hz=args.hz, policy_overrides=args.overrides)
     elif args.what == "learner":
-        from tandem.value.bench_learner import bench_learner
+        from tandem.bench.learner import bench_learner
 
         result = bench_learner(batch_size=args.batch_size, updates=args.updates, threads=args.threads)
     else:  # argparse restricts the choices
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return cmd_bench(args)
         if args.command == "eval":
-            from tandem.eval import main as eval_main
+            from tandem.commands.eval import main as eval_main
 
             return eval_main(args.args)
         if args.command == "learn":
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pretrain":
             return cmd_pretrain(args.overrides)
         if args.command == "recover":
-            from tandem.runtime.dataset_store import DatasetBusyError, DatasetCorruptError, recover
+            from tandem.runtime.recording.dataset_store import DatasetBusyError, DatasetCorruptError, recover
 
             try:
                 report = recover(args.root, args.repo_id)
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report, indent=2))
             return 0
         if args.command == "replay":
-            from tandem.runtime.replay import replay_summary
+            from tandem.runtime.links.from_dataset import replay_summary
 
             print(json.dumps(replay_summary(args.root, args.horizon, args.robot_id), indent=2))
             return 0

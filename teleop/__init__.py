@@ -2,5 +2,5 @@
 
 Nothing here imports torch, pygame or lerobot at module load; each device imports what it needs in
 ``connect()``. The takeover state machine that turns a device into the runtime's Operator lives in
-``tandem.runtime.takeover``.
+``tandem.teleop.takeover``.
 """

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tandem.errors import DeviceMissingError, DeviceNotConnectedError
+from tandem.core.errors import DeviceMissingError, DeviceNotConnectedError
+from tandem.core.validate import in_range, positive
 from tandem.hardware.features import ACTION_KEY, Feature
 from tandem.teleop.teleoperator import DeviceContext, Event, TakeoverSettings, Teleoperator, TeleopEvents
-from tandem.validate import in_range, positive
 
 # key bytes -> (axis, sign) for motion keys
 MOTION_KEYS: dict[bytes, tuple[int, float]] = {

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from tandem.errors import DeviceMissingError, DeviceNotConnectedError
+from tandem.core.errors import DeviceMissingError, DeviceNotConnectedError
+from tandem.core.validate import one_of
 from tandem.hardware.features import ACTION_KEY, Feature
 from tandem.teleop.keyboard import KeyboardConfig, KeyboardTeleop
 from tandem.teleop.teleoperator import DeviceContext, TakeoverSettings, Teleoperator, TeleopEvents
-from tandem.validate import one_of
 
 # lerobot teleoperator type -> its motors, in lerobot's order
 LEADER_MOTORS: dict[str, tuple[str, ...]] = {

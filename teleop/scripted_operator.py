@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tandem.core.validate import in_range, non_negative, one_of, positive
 from tandem.hardware.features import ACTION_KEY, STATE_KEY, Feature
 from tandem.hardware.metaworld_robot import ACTION_DIM, TASK_INSTRUCTIONS, expert_for, task_for_instruction
 from tandem.teleop.teleoperator import DeviceContext, TakeoverSettings, Teleoperator, TeleopEvents
-from tandem.validate import in_range, non_negative, one_of, positive
 
 
 @dataclass

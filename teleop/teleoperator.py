@@ -4,14 +4,14 @@ A teleoperator is a source of human (or scripted stand-in) actions in the robot'
 Lifecycle: construct from a config and a :class:`DeviceContext` (cheap, no I/O), read
 ``action_features`` (valid before connecting), ``connect()``, then per control tick
 ``observe()`` -> ``get_events()`` -> ``get_action()`` (the last only while the human is in control),
-and ``disconnect()`` in ``finally``. The takeover state machine (``tandem.runtime.takeover``) turns a
+and ``disconnect()`` in ``finally``. The takeover state machine (``tandem.teleop.takeover``) turns a
 teleoperator into the runtime's ``Operator``: it decides who is in control, ramps the device's
 action in on takeover, and fades the policy back in on handback.
 
 Events (:class:`Event`) are one-shot: a device reports each press once. A device that holds a
 button to intervene (a gamepad's RB, a scripted operator) reports ``intervene`` every poll instead
 of ``takeover`` toggles. A device that is gone (unplugged, terminal closed) raises
-:class:`~tandem.errors.DeviceMissingError` from ``connect``, ``get_events`` or ``get_action``.
+:class:`~tandem.core.errors.DeviceMissingError` from ``connect``, ``get_events`` or ``get_action``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from tandem.core.validate import non_negative
 from tandem.hardware.features import ACTION_KEY, Feature
-from tandem.validate import non_negative
 
 
 class Event(StrEnum):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tandem.runtime.chunk_record import ChunkRecord
+from tandem.protocol.chunk_record import ChunkRecord
 
 
 def make_record(robot: str, episode: int, chunk: int, horizon: int = 10, action_dim: int = 4, state_dim: int = 39,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tandem.runtime.wire import DEFAULT_MAX_BYTES, Message, decode, encode, pack_frames, unpack_frames
+from tandem.protocol.wire import DEFAULT_MAX_BYTES, Message, decode, encode, pack_frames, unpack_frames
 
 IDLE, BATCH, STOP = 0, 1, 2
 

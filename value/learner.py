@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from tandem.durable import write_json_atomic
-from tandem.runtime.wire import digest_arrays
-from tandem.validate import in_range, non_negative, one_of, positive
+from tandem.core.durable import write_json_atomic
+from tandem.core.validate import in_range, non_negative, one_of, positive
+from tandem.protocol.checkpoint import load_checkpoint, save_checkpoint
+from tandem.protocol.wire import digest_arrays
 from tandem.value import ddp
-from tandem.value.checkpoint import load_checkpoint, save_checkpoint
-from tandem.value.link_server import LinkServer, ServerConfig
-from tandem.value.objective import ObjectiveConfig, make_objective
+from tandem.value.objectives.base import ObjectiveConfig, make_objective
 from tandem.value.replay import ReplayConfig, ReplayStore
+from tandem.value.server import LinkServer, ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def compose_learner(overrides: list[str], config_file: str | Path | None = None)
     With ``config_file`` (a YAML ``learner:`` block, e.g. written by ``tandem run learn.spawn=true``) its
     values replace the defaults and the overrides (plain ``learner.key=value``) apply on top.
     """
-    from tandem.config import build_dataclass, compose
+    from tandem.core.config import build_dataclass, compose
 
     if config_file is None:
         values = compose("learner/default", overrides).get("learner", {})

@@ -1,6 +1,6 @@
 """The learner's replay store: a durable log of every chunk record plus in-memory buffers to sample.
 
-Durability: each accepted record is appended to a :class:`~tandem.runtime.durable_log.DurableLog`
+Durability: each accepted record is appended to a :class:`~tandem.core.durable_log.DurableLog`
 (the packed wire frames, as received) and :meth:`ReplayStore.commit` flushes and fsyncs a batch
 before the learner acks it. Restarting rebuilds the buffers and the duplicate filter from the log,
 so a SIGKILL loses nothing that was acked. Records whose content is invalid (NaN reward, wrong
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tandem.runtime.chunk_record import ARRAY_FIELDS, ChunkRecord
-from tandem.runtime.durable_log import DurableLog
-from tandem.runtime.messages import message_to_record
-from tandem.runtime.wire import Message, WireError, decode, encode, pack_frames, unpack_frames
-from tandem.validate import in_range, non_negative
+from tandem.core.durable_log import DurableLog
+from tandem.core.validate import in_range, non_negative
+from tandem.protocol.chunk_record import ARRAY_FIELDS, ChunkRecord
+from tandem.protocol.messages import message_to_record
+from tandem.protocol.wire import Message, WireError, decode, encode, pack_frames, unpack_frames
 
 log = logging.getLogger(__name__)
 

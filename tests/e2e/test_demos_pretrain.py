@@ -33,7 +33,7 @@ def test_demos_then_pretrain_then_the_checkpoint_runs(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
     from tandem.hardware.metaworld_robot import TASK_INSTRUCTIONS, MetaWorldRobot, MetaWorldRobotConfig
-    from tandem.policies.tiny_vla import TinyVLAPolicy, TinyVLAPolicyConfig
+    from tandem.policies.tiny_vla.policy import TinyVLAPolicy, TinyVLAPolicyConfig
 
     policy = TinyVLAPolicy(TinyVLAPolicyConfig(path=str(out), device="cpu"), MetaWorldRobot(MetaWorldRobotConfig()))
     chunk = policy.infer({"observation.state": np.zeros(39, np.float32),

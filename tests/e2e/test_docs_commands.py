@@ -160,7 +160,8 @@ DIMS = (39, 128, 10, 4)  # S, F, H, A: any valid sizes; the blocks' keys and val
 
 def build_objective(values: dict, horizon: int = 10) -> None:
     """Build the learner objective of an ``objective``-style block (critic/residual/edit) at test sizes."""
-    from tandem.value.learning import Dims, LearningObjective, ObjectiveSpec
+    from tandem.policies.heads.config import Dims
+    from tandem.value.objectives.learning import LearningObjective, ObjectiveSpec
 
     spec = ObjectiveSpec(**{k: values.get(k) or ({} if k != "type" else "critic")
                             for k in ("type", "critic", "head", "critic_objective", "head_objective")})
@@ -169,7 +170,8 @@ def build_objective(values: dict, horizon: int = 10) -> None:
 
 def check_head(cfg: object) -> None:
     """The run's head block: the robot's head (and critic) and the learner objective it implies build."""
-    from tandem.value.learning import Dims, robot_parts
+    from tandem.policies.heads.build import robot_parts
+    from tandem.policies.heads.config import Dims
 
     head = cfg.head
     if head.type == "none":
@@ -181,7 +183,7 @@ def check_head(cfg: object) -> None:
 
 def check_endpoint(endpoint: str, keys_dir: str, field: str) -> None:
     """Loopback, or keys that exist (created here, like `tandem keys`), or the documented CURVE refusal."""
-    from tandem.runtime.link_security import LinkSecurityError, check_endpoint, create_keys, is_loopback
+    from tandem.protocol.security import LinkSecurityError, check_endpoint, create_keys, is_loopback
 
     if is_loopback(endpoint):
         return
@@ -199,8 +201,8 @@ def check_endpoint(endpoint: str, keys_dir: str, field: str) -> None:
 
 def check_devices(cfg: object) -> None:
     """Real-robot devices fail at connect, with the documented message, when their port is not there."""
-    from tandem.errors import DeviceMissingError
-    from tandem.runtime.session import make_robot
+    from tandem.core.errors import DeviceMissingError
+    from tandem.runtime.build import make_robot
 
     if cfg.robot.type == "lerobot":
         robot = make_robot(dataclasses.replace(cfg.robot, port=MISSING_PORT))
@@ -258,19 +260,19 @@ def exercise(cmd: DocCommand, workdir: Path) -> None:
 
 
 def do_run(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
-    from tandem.config import compose_run
+    from tandem.runtime.config import compose_run
 
     check_run_config(compose_run(rest))
 
 
 def do_serve_policy(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
-    from tandem.config import compose_run
+    from tandem.runtime.config import compose_run
 
     check_run_config(compose_run(rest), serving=True)
 
 
 def do_demos(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
-    from tandem.policies.demos import compose_demos
+    from tandem.commands.demos import compose_demos
 
     cfg = compose_demos(rest)
     assert cfg.record.enabled and cfg.record.root
@@ -278,8 +280,8 @@ def do_demos(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
 
 
 def do_eval(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
-    from tandem.config import compose_run
-    from tandem.eval import build_parser, split_overrides
+    from tandem.commands.eval import build_parser, split_overrides
+    from tandem.runtime.config import compose_run
 
     overrides, options = split_overrides(rest)
     args = build_parser().parse_intermixed_args(options)
@@ -293,7 +295,7 @@ def do_eval(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
 
 def do_learn(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
     from tandem.cli import build_parser
-    from tandem.runtime.link_config import tcp_endpoint
+    from tandem.runtime.links.config import tcp_endpoint
     from tandem.value.learner import compose_learner
 
     args = build_parser().parse_args(["learn", *rest])
@@ -308,7 +310,7 @@ def do_learn(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
 
 
 def do_pretrain(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
-    from tandem.policies.pretrain import compose_pretrain
+    from tandem.commands.pretrain import compose_pretrain
 
     compose_pretrain(rest)
 
@@ -325,7 +327,7 @@ def do_keys(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
 def do_parse_only(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
     """bench / recover / replay: the CLI's own parser (bench inference: its policy overrides composed)."""
     from tandem.cli import build_parser
-    from tandem.config import compose_run
+    from tandem.runtime.config import compose_run
 
     args = build_parser().parse_args([cmd.words[1], *rest])
     if cmd.words[1] == "bench" and args.what == "inference":
@@ -371,7 +373,7 @@ def test_docs_command(cmd: DocCommand, tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_real_robot_learner_file_matches_the_robot_head(tmp_path: Path) -> None:
     """docs/real_robot.md: the learner's objective file describes exactly the robot's head block."""
-    from tandem.config import compose_run
+    from tandem.runtime.config import compose_run
     from tandem.value.learner import compose_learner
 
     page = "docs/real_robot.md"
@@ -389,22 +391,22 @@ def test_real_robot_learner_file_matches_the_robot_head(tmp_path: Path) -> None:
 def test_configuration_reference_lists_every_field() -> None:
     """docs/configuration.md has a row for every field of every config dataclass, in the class's section."""
     from tandem import registry
-    from tandem.value.learning import Dims
+    from tandem.policies.heads.config import Dims
 
     text = (REPO / "docs" / "configuration.md").read_text()
     sizes = set(Dims._fields) | {"device"}
     classes = {
-        "tandem.config:SessionConfig": set(), "tandem.runtime.loop:LoopConfig": set(),
-        "tandem.runtime.safety:SafetyConfig": set(), "tandem.runtime.scheduler:SchedulerConfig": set(),
-        "tandem.runtime.policy_link:PolicyLinkConfig": set(), "tandem.runtime.recorder:RecordConfig": set(),
-        "tandem.runtime.link_config:LinkConfig": set(), "tandem.value.learning:HeadConfig": set(),
-        "tandem.runtime.learner_process:LearnConfig": set(), "tandem.runtime.live_view:LiveViewConfig": set(),
-        "tandem.runtime.status_line:StatusLineConfig": set(), "tandem.value.learner:LearnerConfig": set(),
-        "tandem.value.replay:ReplayConfig": set(), "tandem.value.objective:ObjectiveConfig": set(),
-        "tandem.value.critic:CriticConfig": sizes, "tandem.policies.heads:ResidualHeadConfig": sizes,
-        "tandem.policies.heads:EditHeadConfig": sizes, "tandem.value.objectives:CriticObjectiveConfig": set(),
-        "tandem.value.objectives:ResidualObjectiveConfig": set(), "tandem.value.objectives:EditObjectiveConfig": set(),
-        "tandem.policies.pretrain:PretrainConfig": set(), "tandem.policies.tiny_vla_model:TinyVLAModelConfig": set(),
+        "tandem.runtime.config:SessionConfig": set(), "tandem.runtime.control.loop:LoopConfig": set(),
+        "tandem.runtime.control.safety:SafetyConfig": set(), "tandem.runtime.control.scheduler:SchedulerConfig": set(),
+        "tandem.runtime.inference.client:PolicyLinkConfig": set(), "tandem.runtime.recording.recorder:RecordConfig": set(),
+        "tandem.runtime.links.config:LinkConfig": set(), "tandem.policies.heads.config:HeadConfig": set(),
+        "tandem.commands.learner_process:LearnConfig": set(), "tandem.runtime.monitor.live_view:LiveViewConfig": set(),
+        "tandem.runtime.monitor.status_line:StatusLineConfig": set(), "tandem.value.learner:LearnerConfig": set(),
+        "tandem.value.replay:ReplayConfig": set(), "tandem.value.objectives.base:ObjectiveConfig": set(),
+        "tandem.policies.heads.critic:CriticConfig": sizes, "tandem.policies.heads.networks:ResidualHeadConfig": sizes,
+        "tandem.policies.heads.networks:EditHeadConfig": sizes, "tandem.value.objectives.critic:CriticObjectiveConfig": set(),
+        "tandem.value.objectives.residual:ResidualObjectiveConfig": set(), "tandem.value.objectives.edit:EditObjectiveConfig": set(),
+        "tandem.commands.pretrain:PretrainConfig": set(), "tandem.policies.tiny_vla.model:TinyVLAModelConfig": set(),
     }
     for table in registry.GROUPS.values():
         for config_path, _ in table.values():
@@ -423,9 +425,9 @@ def test_configuration_reference_lists_every_field() -> None:
 
 def test_troubleshooting_quotes_the_real_messages(tmp_path: Path) -> None:
     """The errors docs/troubleshooting.md quotes are the ones the code raises (generated here, then looked up)."""
-    from tandem.errors import DeviceMissingError
+    from tandem.core.errors import DeviceMissingError
     from tandem.hardware.lerobot_robot import LeRobotRobot, LeRobotRobotConfig
-    from tandem.runtime.link_security import LinkSecurityError, check_endpoint
+    from tandem.protocol.security import LinkSecurityError, check_endpoint
     from tandem.teleop.leader_arm import LeaderArmConfig, LeaderArmTeleop
 
     text = " ".join((REPO / "docs" / "troubleshooting.md").read_text().split())

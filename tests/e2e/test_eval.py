@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from tandem.eval import main
+from tandem.commands.eval import main
 
-EVAL = [sys.executable, "-m", "tandem.eval"]
+EVAL = [sys.executable, "-m", "tandem.commands.eval"]
 RUN = ["policy=scripted", "robot.realtime=false", "robot.cameras=[]", "robot.task=reach-v3"]
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
-from tandem.config import compose_run
-from tandem.runtime.recorder import Recorder
+from tandem.runtime.config import compose_run
+from tandem.runtime.recording.recorder import Recorder
 from tandem.runtime.session import Session
 
 

@@ -12,14 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from tandem.config import compose_run
 from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
 from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
 from tandem.policies.scripted import ScriptedPolicy, ScriptedPolicyConfig
-from tandem.runtime.inference import ThreadBackend
-from tandem.runtime.policy_link import LinkBackend, PolicyLinkConfig, ProcessBackend, RemoteBackend
-from tandem.runtime.policy_worker import serve_policy
-from tandem.runtime.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.config import compose_run
+from tandem.runtime.control.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.inference.backends import ThreadBackend
+from tandem.runtime.inference.client import LinkBackend, PolicyLinkConfig, ProcessBackend, RemoteBackend
+from tandem.runtime.inference.server import serve_policy
 from tandem.runtime.session import Session
 
 

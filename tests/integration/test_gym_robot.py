@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tandem.errors import ConfigError
+from tandem.core.errors import ConfigError
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY
 from tandem.hardware.gym_robot import GymRobot, GymRobotConfig
 from tandem.policies.base import BasePolicy, Chunk
-from tandem.runtime.chunk_assembler import ChunkAssembler
-from tandem.runtime.controller import Controller, OperatorOutput
-from tandem.runtime.inference import InlineBackend
-from tandem.runtime.loop import EpisodeResult, TickRecord, run_episode
-from tandem.runtime.safety import SafetyConfig, SafetyFilter
-from tandem.runtime.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.control.controller import Controller
+from tandem.runtime.control.loop import EpisodeResult, TickRecord, run_episode
+from tandem.runtime.control.safety import SafetyConfig, SafetyFilter
+from tandem.runtime.control.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.inference.backends import InlineBackend
+from tandem.runtime.links.chunks import ChunkAssembler
+from tandem.teleop.operator import OperatorOutput
 
 HORIZON = 4
 CAMERA = IMAGE_PREFIX + "top"
@@ -171,7 +172,7 @@ def test_config_errors_name_the_field():
 
 
 def test_pusht_config_composes():
-    from tandem.config import compose_run
+    from tandem.runtime.config import compose_run
 
     cfg = compose_run(["robot=pusht", "robot.realtime=false"])
     assert isinstance(cfg.robot, GymRobotConfig)

@@ -9,8 +9,8 @@ import sys
 
 from links_testkit import make_record
 
-from tandem.runtime.messages import record_to_message
-from tandem.runtime.wire import decode, encode
+from tandem.protocol.messages import record_to_message
+from tandem.protocol.wire import decode, encode
 from tandem.value.replay import ReplayStore
 
 

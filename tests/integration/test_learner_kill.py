@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 from links_testkit import free_port, wait_for
 
-from tandem.config import compose_run
 from tandem.hardware.features import STATE_KEY
-from tandem.runtime.chunk_assembler import ChunkAssembler
+from tandem.runtime.config import compose_run
+from tandem.runtime.links.chunks import ChunkAssembler
+from tandem.runtime.links.weights import ArrayWeights
 from tandem.runtime.session import Session
-from tandem.runtime.weights_link import ArrayWeights
-from tandem.value.objective import ObjectiveConfig, chunk_reward_schema
+from tandem.value.objectives.base import ObjectiveConfig
+from tandem.value.objectives.chunk_reward import chunk_reward_schema
 from tandem.value.replay import record_entries
 
 HORIZON = 10

@@ -9,11 +9,11 @@ import time
 import pytest
 from links_testkit import wait_for
 
-from tandem.errors import ConfigError
-from tandem.runtime.learner_pacing import LearnerPacer
-from tandem.runtime.link_config import LinkConfig
-from tandem.runtime.weights_link import ArrayWeights, WeightsSubscriber
-from tandem.value.link_server import LinkServer, ServerConfig
+from tandem.core.errors import ConfigError
+from tandem.runtime.links.config import LinkConfig
+from tandem.runtime.links.pacing import LearnerPacer
+from tandem.runtime.links.weights import ArrayWeights, WeightsSubscriber
+from tandem.value.server import LinkServer, ServerConfig
 
 SCHEMA = {"w": ("float32", (4,))}
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tandem.config import compose_run
 from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
 from tandem.policies.base import PolicyLoadError
 from tandem.policies.lerobot_adapter import LeRobotPolicy, LeRobotPolicyConfig
+from tandem.runtime.config import compose_run
 from tandem.runtime.session import Session
 
 STATE, IMAGE = "observation.state", "observation.images.corner"

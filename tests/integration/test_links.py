@@ -9,13 +9,13 @@ import pytest
 import zmq
 from links_testkit import free_port, make_record, wait_for
 
-from tandem.runtime.experience_link import ExperienceLink
-from tandem.runtime.link_config import LinkConfig
-from tandem.runtime.messages import HB, record_to_message, weights_message
-from tandem.runtime.weights_link import ArrayWeights, TorchModuleWeights, WeightsSubscriber
-from tandem.runtime.wire import Message, encode
-from tandem.value.link_server import LinkServer, ServerConfig
+from tandem.protocol.messages import HB, record_to_message, weights_message
+from tandem.protocol.wire import Message, encode
+from tandem.runtime.links.config import LinkConfig
+from tandem.runtime.links.experience import ExperienceLink
+from tandem.runtime.links.weights import ArrayWeights, TorchModuleWeights, WeightsSubscriber
 from tandem.value.replay import ReplayStore, record_entries
+from tandem.value.server import LinkServer, ServerConfig
 
 SCHEMA = {"w": ("float32", (8, 8)), "b": ("float32", (8,))}
 
@@ -128,7 +128,7 @@ def test_large_weights_are_pulled_in_pieces_by_a_late_robot(tmp_path):
     """A ~1M-parameter torch MLP over the piece path; a robot that joins late pulls the latest version."""
     import torch
 
-    from tandem.value.objective import mlp
+    from tandem.value.objectives.chunk_reward import mlp
 
     torch.manual_seed(0)
     model = mlp(96, 960, 2, 4)

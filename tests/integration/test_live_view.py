@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from sinks_testkit import Collect
 
-from tandem.config import compose_run
-from tandem.errors import ConfigError, DeviceMissingError
+from tandem.core.errors import ConfigError, DeviceMissingError
 from tandem.hardware.features import IMAGE_PREFIX
-from tandem.runtime.live_view import LiveView, LiveViewConfig, grpc_url
-from tandem.runtime.loop import TickRecord
+from tandem.runtime.config import compose_run
+from tandem.runtime.control.loop import TickRecord
+from tandem.runtime.monitor.live_view import LiveView, LiveViewConfig, grpc_url
 from tandem.runtime.session import Session
 
 

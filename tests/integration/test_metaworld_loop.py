@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from tandem.config import compose_run
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY
 from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
+from tandem.runtime.config import compose_run
 from tandem.runtime.session import Session
 
 

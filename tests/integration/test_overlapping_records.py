@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sinks_testkit import Collect
 
-from tandem.config import compose_run
 from tandem.hardware.features import STATE_KEY
-from tandem.runtime.chunk_assembler import ChunkAssembler
+from tandem.runtime.config import compose_run
+from tandem.runtime.links.chunks import ChunkAssembler
 from tandem.runtime.session import Session
 
 

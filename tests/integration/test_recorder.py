@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 from tandem.cli import main as tandem_main
-from tandem.config import compose_run
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
-from tandem.runtime.chunk_assembler import ChunkAssembler
-from tandem.runtime.dataset_store import default_repo_id, spool_dir
-from tandem.runtime.loop import EpisodeResult, TickRecord
-from tandem.runtime.recorder import RecordConfig, Recorder
-from tandem.runtime.replay import column_to_numpy as column
-from tandem.runtime.replay import load_chunk_records, read_outcomes
+from tandem.runtime.config import compose_run
+from tandem.runtime.control.loop import EpisodeResult, TickRecord
+from tandem.runtime.links.chunks import ChunkAssembler
+from tandem.runtime.links.from_dataset import column_to_numpy as column
+from tandem.runtime.links.from_dataset import load_chunk_records, read_outcomes
+from tandem.runtime.recording.dataset_store import default_repo_id, spool_dir
+from tandem.runtime.recording.recorder import RecordConfig, Recorder
+from tandem.runtime.recording.tick_spool import SpoolEpisodeWriter
 from tandem.runtime.session import Session
-from tandem.runtime.tick_spool import SpoolEpisodeWriter
 
 POOR_POLICY = ["policy.noise_std=0.3", "policy.bias=0.3", "policy.chunk_length=5"]
 
@@ -274,7 +274,7 @@ def test_a_full_queue_logs_a_warning(tmp_path, caplog):
 
 
 def test_recording_into_a_directory_that_is_not_a_dataset_is_refused(tmp_path):
-    from tandem.errors import ConfigError
+    from tandem.core.errors import ConfigError
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="record.root"):

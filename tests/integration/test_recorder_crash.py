@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from tandem.cli import main as tandem_main
-from tandem.runtime.dataset_store import default_repo_id, spool_dir
-from tandem.runtime.replay import read_outcomes
+from tandem.runtime.links.from_dataset import read_outcomes
+from tandem.runtime.recording.dataset_store import default_repo_id, spool_dir
 
 CHILD = Path(__file__).with_name("recorder_crash_child.py")
 FPS = 50

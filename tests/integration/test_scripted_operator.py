@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sinks_testkit import Collect
 
-from tandem.config import compose_run
 from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
+from tandem.runtime.config import compose_run
 from tandem.runtime.session import Session
 from tandem.teleop.scripted_operator import ScriptedOperator, ScriptedOperatorConfig, task_potential
 from tandem.teleop.teleoperator import DeviceContext

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tandem.hardware.features import STATE_KEY
-from tandem.runtime.chunk_assembler import ChunkAssembler
-from tandem.runtime.loop import EpisodeResult, TickRecord
-from tandem.runtime.messages import record_to_message
-from tandem.runtime.wire import decode, encode
+from tandem.protocol.messages import record_to_message
+from tandem.protocol.wire import decode, encode
+from tandem.runtime.control.loop import EpisodeResult, TickRecord
+from tandem.runtime.links.chunks import ChunkAssembler
 from tandem.value.replay import ReplayConfig, ReplayStore
 
 H, A = 4, 2

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tandem.config import compose_run
-from tandem.errors import ConfigError
+from tandem.core.errors import ConfigError
 from tandem.hardware.metaworld_robot import MetaWorldRobotConfig
+from tandem.runtime.config import compose_run
 
 
 def test_defaults_compose():

@@ -7,9 +7,9 @@ import pytest
 
 from tandem.hardware.features import STATE_KEY, Feature
 from tandem.policies.base import BasePolicy, Chunk
-from tandem.runtime.controller import Controller
-from tandem.runtime.inference import InlineBackend
-from tandem.runtime.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.control.controller import Controller
+from tandem.runtime.control.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.inference.backends import InlineBackend
 
 H, A = 5, 2
 

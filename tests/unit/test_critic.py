@@ -1,13 +1,13 @@
-"""The chunked critic ensemble (tandem.value.critic): shapes, vectorisation, Polyak, weights, learning."""
+"""The chunked critic ensemble (tandem.policies.heads.critic): shapes, vectorisation, Polyak, weights, learning."""
 
 import numpy as np
 import pytest
 import torch
 
-from tandem.errors import ConfigError
-from tandem.value.critic import ChunkedCritic, CriticConfig
-from tandem.value.objectives import CriticObjective, CriticObjectiveConfig
-from tandem.value.targets import critic_target
+from tandem.core.errors import ConfigError
+from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
+from tandem.value.objectives.critic import CriticObjective, CriticObjectiveConfig
+from tandem.value.objectives.targets import critic_target
 
 S, F, H, A = 4, 2, 3, 2
 

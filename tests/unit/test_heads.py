@@ -1,19 +1,19 @@
-"""Residual and edit heads (tandem.policies.heads): init behaviour, numpy/torch agreement, weights, selection."""
+"""Residual and edit heads (tandem.policies.heads.networks): init behaviour, numpy/torch agreement, weights, selection."""
 
 import numpy as np
 import pytest
 import torch
 
-from tandem.errors import ConfigError
-from tandem.policies.heads import (
+from tandem.core.errors import ConfigError
+from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
+from tandem.policies.heads.networks import (
     EditHead,
     EditHeadConfig,
     ResidualHead,
     ResidualHeadConfig,
     tanh_gaussian_log_prob,
 )
-from tandem.value.critic import ChunkedCritic, CriticConfig
-from tandem.value.targets import best_of_candidates, make_selector
+from tandem.policies.heads.select import best_of_candidates, make_selector
 
 S, F, H, A = 5, 3, 4, 2
 DIMS = dict(state_dim=S, feature_dim=F, horizon=H, action_dim=A, hidden=(32, 32))

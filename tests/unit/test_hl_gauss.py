@@ -1,12 +1,12 @@
-"""HL-Gauss projection, loss and expected value (tandem.value.hl_gauss)."""
+"""HL-Gauss projection, loss and expected value (tandem.policies.heads.hl_gauss)."""
 
 import math
 
 import pytest
 import torch
 
-from tandem.errors import ConfigError
-from tandem.value.hl_gauss import HLGauss, bin_centers, cross_entropy, expected_value, project
+from tandem.core.errors import ConfigError
+from tandem.policies.heads.hl_gauss import HLGauss, bin_centers, cross_entropy, expected_value, project
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tandem.errors import DeviceMissingError
-from tandem.runtime.takeover import Mode, TakeoverOperator
+from tandem.core.errors import DeviceMissingError
 from tandem.teleop.keyboard import KEY_HELP, KeyboardConfig, KeyboardTeleop, split_keys
+from tandem.teleop.takeover import Mode, TakeoverOperator
 
 REPO = Path(__file__).resolve().parents[2]
 

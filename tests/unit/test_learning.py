@@ -1,4 +1,4 @@
-"""The shared head/critic description (tandem.value.learning): learner objective, robot parts, init, AWR, time reward."""
+"""The shared head/critic description (tandem.policies.heads.build): learner objective, robot parts, init, AWR, time reward."""
 
 import io
 
@@ -7,17 +7,16 @@ import pytest
 import torch
 from test_objectives import A, F, H, S, batch
 
-from tandem.errors import ConfigError
-from tandem.runtime.messages import weights_schema_hash
-from tandem.value.checkpoint import save_checkpoint
-from tandem.value.learning import Dims, HeadConfig, LearningObjective, ObjectiveSpec, robot_parts
-from tandem.value.objective import ObjectiveConfig, make_objective
-from tandem.value.objectives import (
-    CriticObjective,
-    CriticObjectiveConfig,
-    EditHeadObjective,
-    EditObjectiveConfig,
-)
+from tandem.core.errors import ConfigError
+from tandem.policies.heads.build import robot_parts
+from tandem.policies.heads.config import Dims, HeadConfig
+from tandem.protocol.checkpoint import save_checkpoint
+from tandem.protocol.messages import weights_schema_hash
+from tandem.runtime.build import head_consumers
+from tandem.value.objectives.base import ObjectiveConfig, make_objective
+from tandem.value.objectives.critic import CriticObjective, CriticObjectiveConfig
+from tandem.value.objectives.edit import EditHeadObjective, EditObjectiveConfig
+from tandem.value.objectives.learning import LearningObjective, ObjectiveSpec
 
 SMALL = {"critic": {"hidden": [32, 32]}, "head": {"hidden": [32, 32], "beta": 0.5, "num_candidates": 4}}
 DIMS = Dims(S, F, H, A)
@@ -35,7 +34,7 @@ def test_learner_objective_builds_from_the_first_batch_and_matches_the_robot_sch
     assert set(weights) == {"head", "critic"}
     parts = robot_parts(HeadConfig(type="edit", **SMALL), DIMS)
     for kind in ("head", "critic"):  # the robot accepts what the learner publishes
-        consumer = parts.consumers[kind]
+        consumer = head_consumers(parts)[kind]
         arrays = {k: v for k, v in weights[kind].items()}
         schema = {k: (str(v.dtype), tuple(v.shape)) for k, v in arrays.items()}
         assert weights_schema_hash(consumer.weights_schema()) == weights_schema_hash(schema)
@@ -52,7 +51,7 @@ def test_robot_refuses_weights_of_another_architecture():
     learner.update(batch())
     parts = robot_parts(HeadConfig(type="edit", **SMALL), DIMS)
     with pytest.raises(ValueError):
-        parts.consumers["critic"].prepare_weights(learner.weights()["critic"], 1)
+        head_consumers(parts)["critic"].prepare_weights(learner.weights()["critic"], 1)
 
 
 def test_unknown_settings_name_the_key():
@@ -106,7 +105,7 @@ def test_learning_objective_resume_is_exact():
 
 def test_time_reward_makes_the_value_minus_the_discounted_time_to_the_terminal():
     """reward_mode=time: r = -1 per valid tick; a terminal chunk of h ticks has target -(1 - g^h) / (1 - g)."""
-    from tandem.value.critic import ChunkedCritic, CriticConfig
+    from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
 
     critic = ChunkedCritic(CriticConfig(state_dim=S, feature_dim=F, horizon=H, action_dim=A, hidden=(32,), gamma=0.9))
     co = CriticObjective(critic, CriticObjectiveConfig(reward_mode="time", reward_scale=1.0))
@@ -153,8 +152,8 @@ def test_awr_term_pulls_the_edit_policy_toward_high_advantage_executed_chunks():
 
 
 def test_edit_objective_without_awr_reports_no_awr_metrics():
-    from tandem.policies.heads import EditHead, EditHeadConfig
-    from tandem.value.critic import ChunkedCritic, CriticConfig
+    from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
+    from tandem.policies.heads.networks import EditHead, EditHeadConfig
 
     dims = dict(state_dim=S, feature_dim=F, horizon=H, action_dim=A, hidden=(16,))
     co = CriticObjective(ChunkedCritic(CriticConfig(**dims)))

@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 
-from tandem.errors import ConfigError, DeviceMissingError
+from tandem.core.errors import ConfigError, DeviceMissingError
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY
 from tandem.hardware.lerobot_robot import CalibrationError, LeRobotRobot, LeRobotRobotConfig
 
@@ -265,11 +265,11 @@ def test_config_validation():
 
 def test_in_the_control_loop(tmp_path, port, motors):
     from tandem.policies.base import BasePolicy, Chunk
-    from tandem.runtime.controller import Controller
-    from tandem.runtime.inference import InlineBackend
-    from tandem.runtime.loop import run_episode
-    from tandem.runtime.safety import SafetyConfig, SafetyFilter
-    from tandem.runtime.scheduler import ChunkScheduler, SchedulerConfig
+    from tandem.runtime.control.controller import Controller
+    from tandem.runtime.control.loop import run_episode
+    from tandem.runtime.control.safety import SafetyConfig, SafetyFilter
+    from tandem.runtime.control.scheduler import ChunkScheduler, SchedulerConfig
+    from tandem.runtime.inference.backends import InlineBackend
 
     class Raise(BasePolicy):
         """Raises the shoulder toward -40 deg, in chunks of 5."""

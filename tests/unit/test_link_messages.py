@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from links_testkit import make_record
 
-from tandem.runtime.durable_log import DurableLog
-from tandem.runtime.messages import (
+from tandem.core.durable_log import DurableLog
+from tandem.protocol.messages import (
     RECORD_SCHEMA,
-    check_weights,
+    check_weights_message,
     message_to_record,
     record_to_message,
     weights_message,
     weights_schema_hash,
 )
-from tandem.runtime.record_spool import RecordSpool
-from tandem.runtime.wire import WireError, decode, encode, pack_frames, unpack_frames
+from tandem.protocol.wire import WireError, decode, encode, pack_frames, unpack_frames
+from tandem.runtime.links.spool import RecordSpool
 
 
 def roundtrip(msg):
@@ -77,16 +77,16 @@ def test_weights_checks():
     arrays = {"w": np.ones((3, 4), np.float32), "b": np.zeros(4, np.float32)}
     expected = weights_schema_hash({"w": ("float32", (3, 4)), "b": ("float32", (4,))})
     msg = roundtrip(weights_message("head", arrays, 2, "run"))
-    assert set(check_weights(msg, expected)) == {"w", "b"}
+    assert set(check_weights_message(msg, expected)) == {"w", "b"}
     with pytest.raises(WireError, match="wrong_schema"):
-        check_weights(msg, weights_schema_hash({"w": ("float32", (4, 3)), "b": ("float32", (4,))}))
+        check_weights_message(msg, weights_schema_hash({"w": ("float32", (4, 3)), "b": ("float32", (4,))}))
     bad = roundtrip(weights_message("head", arrays, 2, "run"))
     bad.meta["sha256"] = "0" * 64
     with pytest.raises(WireError, match="bad_hash"):
-        check_weights(bad, expected)
+        check_weights_message(bad, expected)
     nan = roundtrip(weights_message("head", {"w": np.full((3, 4), np.inf, np.float32), "b": arrays["b"]}, 3, "run"))
     with pytest.raises(WireError, match="non_finite"):
-        check_weights(nan, expected)
+        check_weights_message(nan, expected)
 
 
 def test_pack_frames_roundtrip_and_malformed():

@@ -9,9 +9,7 @@ import pytest
 import zmq
 from links_testkit import make_record, wait_for
 
-from tandem.runtime.experience_link import ExperienceLink
-from tandem.runtime.link_config import LinkConfig
-from tandem.runtime.link_security import (
+from tandem.protocol.security import (
     LinkSecurityError,
     check_endpoint,
     create_keys,
@@ -19,8 +17,10 @@ from tandem.runtime.link_security import (
     load_keys,
     open_socket,
 )
-from tandem.value.link_server import LinkServer, ServerConfig
+from tandem.runtime.links.config import LinkConfig
+from tandem.runtime.links.experience import ExperienceLink
 from tandem.value.replay import ReplayStore
+from tandem.value.server import LinkServer, ServerConfig
 
 
 @pytest.mark.parametrize(

@@ -6,19 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from tandem.errors import ConfigError
-from tandem.policies.heads import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
-from tandem.value.advantages import advantage, awr_weights, q_and_value, weighted_bc_loss
-from tandem.value.critic import ChunkedCritic, CriticConfig
-from tandem.value.objectives import (
-    CriticObjective,
-    CriticObjectiveConfig,
-    EditHeadObjective,
-    EditObjectiveConfig,
-    ResidualHeadObjective,
-    ResidualObjectiveConfig,
-    to_tensors,
-)
+from tandem.core.errors import ConfigError
+from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
+from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
+from tandem.value.objectives.advantages import advantage, awr_weights, q_and_value, weighted_bc_loss
+from tandem.value.objectives.common import to_tensors
+from tandem.value.objectives.critic import CriticObjective, CriticObjectiveConfig
+from tandem.value.objectives.edit import EditHeadObjective, EditObjectiveConfig
+from tandem.value.objectives.residual import ResidualHeadObjective, ResidualObjectiveConfig
 
 S, F, H, A = 5, 3, 4, 2
 DIMS = dict(state_dim=S, feature_dim=F, horizon=H, action_dim=A, hidden=(32, 32))
@@ -331,8 +326,8 @@ _RANK_SCRIPT = r"""
 import sys, numpy as np, torch, torch.distributed as dist
 sys.path.insert(0, {testdir!r})
 import test_objectives as t
-from tandem.policies.heads import ResidualHead, ResidualHeadConfig
-from tandem.value.objectives import ResidualHeadObjective
+from tandem.policies.heads.networks import ResidualHead, ResidualHeadConfig
+from tandem.value.objectives.residual import ResidualHeadObjective
 rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + port, rank=rank, world_size=2)
@@ -392,8 +387,8 @@ def test_distributed_ranks_match_full_batch_training(tmp_path):
 
 
 def test_factory_builds_each_objective_and_checks_dims():
-    from tandem.errors import ConfigError
-    from tandem.value.objectives import make_learning_objective
+    from tandem.core.errors import ConfigError
+    from tandem.value.objectives.learning import make_learning_objective
 
     ccfg = CriticConfig(**DIMS)
     assert make_learning_objective("critic", ccfg).name == "critic"
@@ -408,7 +403,7 @@ def test_factory_builds_each_objective_and_checks_dims():
 
 
 def test_bench_learner_smoke():
-    from tandem.value.bench_learner import bench_learner
+    from tandem.bench.learner import bench_learner
 
     out = bench_learner(batch_size=8, updates=2, threads=1, horizon=H, action_dim=A, state_dim=S, feature_dim=F,
                         publish_reps=2, head_calls=5, num_candidates=2)

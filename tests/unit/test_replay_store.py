@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from links_testkit import make_record
 
-from tandem.runtime.messages import record_to_message
-from tandem.runtime.wire import decode, encode
-from tandem.value.checkpoint import load_checkpoint, save_checkpoint
+from tandem.protocol.checkpoint import load_checkpoint, save_checkpoint
+from tandem.protocol.messages import record_to_message
+from tandem.protocol.wire import decode, encode
 from tandem.value.replay import DUPLICATE, GAP, REJECTED, STORED, ReplayConfig, ReplayStore, record_entries
 
 
@@ -88,7 +88,7 @@ def test_checkpoint_write_then_rename_and_fallback(tmp_path):
 def test_learner_trains_checkpoints_and_resumes(tmp_path):
     """A real learner (sockets on free ports) trains, checkpoints, and resumes step, optimiser and versions."""
     from tandem.value.learner import Learner, LearnerConfig
-    from tandem.value.objective import ObjectiveConfig
+    from tandem.value.objectives.base import ObjectiveConfig
 
     store = ReplayStore(tmp_path / "replay")
     for i in range(1, 41):
@@ -110,7 +110,7 @@ def test_learner_trains_checkpoints_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("device", "tpu"), ("piece_bytes", 10)])
 def test_learner_config_validation(field, value):
-    from tandem.errors import ConfigError
+    from tandem.core.errors import ConfigError
     from tandem.value.learner import LearnerConfig
 
     with pytest.raises(ConfigError, match=f"learner.{field}"):
@@ -126,7 +126,7 @@ def test_compose_learner_overrides():
 
 def test_resume_from_an_older_checkpoint_never_reuses_a_published_version(tmp_path):
     from tandem.value.learner import Learner, LearnerConfig
-    from tandem.value.objective import ObjectiveConfig
+    from tandem.value.objectives.base import ObjectiveConfig
 
     store = ReplayStore(tmp_path / "replay")
     for i in range(1, 21):
@@ -143,8 +143,8 @@ def test_resume_from_an_older_checkpoint_never_reuses_a_published_version(tmp_pa
 
 
 def test_latest_only_keeps_the_newest_weights_per_kind():
-    from tandem.runtime.weights_link import latest_only
-    from tandem.runtime.wire import Message
+    from tandem.protocol.wire import Message
+    from tandem.runtime.links.weights import latest_only
 
     msgs = [Message("weights", meta={"wkind": "head", "version": 1}), Message("hb"),
             Message("weights", meta={"wkind": "critic", "version": 1}), Message("weights", meta={"wkind": "head", "version": 2})]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from tandem.runtime.loop import TickRecord
-from tandem.runtime.report import fmt, rolling_rate, write_session_report
-from tandem.runtime.tick_log import TickLog, load_ticks
-from tandem.value.learner_report import write_learner_report
+from tandem.reports.learner import write_learner_report
+from tandem.reports.session import fmt, rolling_rate, write_session_report
+from tandem.runtime.control.loop import TickRecord
+from tandem.runtime.monitor.tick_log import TickLog, load_ticks
 
 # -- helpers ----------------------------------------------------------------------------------------
 

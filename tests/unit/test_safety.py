@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tandem.errors import ConfigError
-from tandem.runtime.safety import SafetyConfig, SafetyFilter
+from tandem.core.errors import ConfigError
+from tandem.runtime.control.safety import SafetyConfig, SafetyFilter
 
 
 def make(max_delta=0.5, watchdog_s=0.5):

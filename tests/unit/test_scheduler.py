@@ -9,8 +9,8 @@ import time
 import numpy as np
 
 from tandem.policies.base import BasePolicy, Chunk
-from tandem.runtime.inference import InlineBackend, ThreadBackend
-from tandem.runtime.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.control.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.inference.backends import InlineBackend, ThreadBackend
 
 
 class TickPolicy(BasePolicy):

@@ -1,9 +1,9 @@
-"""tandem.stats: seed-averaged success rates and bootstrap intervals on cases with known answers."""
+"""tandem.reports.stats: seed-averaged success rates and bootstrap intervals on cases with known answers."""
 
 import numpy as np
 import pytest
 
-from tandem.stats import bootstrap_ci, bootstrap_diff_ci, bootstrap_distribution, seed_mean
+from tandem.reports.stats import bootstrap_ci, bootstrap_diff_ci, bootstrap_distribution, seed_mean
 
 
 def test_all_success_gives_a_point_interval_at_one():

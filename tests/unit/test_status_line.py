@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from tandem.errors import ConfigError
-from tandem.runtime.loop import EpisodeResult, TickRecord
-from tandem.runtime.status_line import StatusLine, StatusLineConfig
+from tandem.core.errors import ConfigError
+from tandem.runtime.control.loop import EpisodeResult, TickRecord
+from tandem.runtime.monitor.status_line import StatusLine, StatusLineConfig
 
 
 class FakeClock:

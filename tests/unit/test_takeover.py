@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tandem.errors import DeviceMissingError
+from tandem.core.errors import DeviceMissingError
 from tandem.hardware.features import ACTION_KEY, Feature
 from tandem.policies.base import BasePolicy, Chunk
-from tandem.runtime.controller import Controller
-from tandem.runtime.inference import InlineBackend
-from tandem.runtime.safety import SafetyConfig, SafetyFilter
-from tandem.runtime.scheduler import ChunkScheduler, SchedulerConfig
-from tandem.runtime.takeover import Mode, TakeoverOperator
+from tandem.runtime.control.controller import Controller
+from tandem.runtime.control.safety import SafetyConfig, SafetyFilter
+from tandem.runtime.control.scheduler import ChunkScheduler, SchedulerConfig
+from tandem.runtime.inference.backends import InlineBackend
+from tandem.teleop.takeover import Mode, TakeoverOperator
 from tandem.teleop.teleoperator import TakeoverSettings, Teleoperator, TeleopEvents
 
 A = 4

@@ -1,17 +1,15 @@
-"""Chunked TD targets against hand-computed values (tandem.value.targets)."""
+"""Chunked TD targets against hand-computed values (tandem.value.objectives.targets)."""
 
 import numpy as np
 import pytest
 import torch
 
-from tandem.value.critic import ChunkedCritic, CriticConfig
-from tandem.value.targets import (
-    best_of_candidates,
+from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
+from tandem.policies.heads.select import best_of_candidates, make_selector, select_best
+from tandem.value.objectives.targets import (
     bootstrap_terms,
     chunk_return,
     critic_target,
-    make_selector,
-    select_best,
     shaped_reward,
     td_target,
 )

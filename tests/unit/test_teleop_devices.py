@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tandem.config import compose_run
-from tandem.errors import ConfigError, DeviceMissingError
-from tandem.runtime.takeover import Mode, TakeoverOperator, make_operator
+from tandem.core.errors import ConfigError, DeviceMissingError
+from tandem.runtime.config import compose_run
 from tandem.teleop.gamepad import GamepadConfig, GamepadTeleop
 from tandem.teleop.keyboard import KeyboardConfig
 from tandem.teleop.leader_arm import LeaderArmConfig, LeaderArmTeleop
 from tandem.teleop.scripted_operator import ScriptedOperatorConfig
+from tandem.teleop.takeover import Mode, TakeoverOperator, make_operator
 
 
 class FakeJoystick:

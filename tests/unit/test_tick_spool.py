@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
-from tandem.runtime.dataset_store import DatasetBusyError, DatasetCorruptError, Journal, acquire_session_lock
-from tandem.runtime.loop import TickRecord
-from tandem.runtime.tick_spool import (
+from tandem.runtime.control.loop import TickRecord
+from tandem.runtime.recording.dataset_store import (
+    DatasetBusyError,
+    DatasetCorruptError,
+    Journal,
+    acquire_session_lock,
+)
+from tandem.runtime.recording.tick_spool import (
     TICKS,
     SpoolEpisodeWriter,
     SpoolSchema,

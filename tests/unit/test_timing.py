@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from tandem.runtime.timing import TickTimer, percentile
+from tandem.runtime.control.timing import TickTimer, percentile
 
 
 def test_percentile_empty_and_values():

@@ -8,9 +8,9 @@ import torch
 
 from tandem.hardware.metaworld_robot import TASK_INSTRUCTIONS, MetaWorldRobot, MetaWorldRobotConfig
 from tandem.policies.base import PolicyLoadError
-from tandem.policies.tiny_vla import TinyVLAPolicy, TinyVLAPolicyConfig
-from tandem.policies.tiny_vla_model import TinyVLA, TinyVLAModelConfig, load_checkpoint, save_checkpoint
-from tandem.policies.tokenizer import build_tokenizer, encode, load_tokenizer
+from tandem.policies.tiny_vla.model import TinyVLA, TinyVLAModelConfig, load_checkpoint, save_checkpoint
+from tandem.policies.tiny_vla.policy import TinyVLAPolicy, TinyVLAPolicyConfig
+from tandem.policies.tiny_vla.tokenizer import build_tokenizer, encode, load_tokenizer
 
 IMG = "observation.images.corner"
 PUSH = TASK_INSTRUCTIONS["push-v3"]

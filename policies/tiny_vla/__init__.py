@@ -1,0 +1,1 @@
+"""policies/tiny_vla."""

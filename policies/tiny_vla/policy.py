@@ -1,0 +1,148 @@
+"""``policy=tiny_vla``: the project's own small vision-language-action policy as a base policy.
+
+Image(s) + language instruction + proprio state -> a chunk of P actions, sampled by flow matching;
+``Chunk.features`` is the fused observation embedding (F floats). The network lives in
+``tandem.policies.tiny_vla.model``; checkpoints are made by ``tandem pretrain`` (see docs/policies.md).
+Torch is imported when the policy is built, not when its config is read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tandem.core.validate import in_range, non_negative
+from tandem.hardware.features import STATE_KEY
+from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
+
+
+@dataclass
+class TinyVLAPolicyConfig:
+    """How to run a tiny VLA checkpoint.
+
+    Attributes:
+        type: registry key, always "tiny_vla".
+        path: checkpoint directory (absolute, or relative to the working directory or the repository).
+        device: "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+        flow_steps: Euler steps when sampling (0: the checkpoint's own setting).
+        seed: seed of the sampling noise.
+        torch_threads: torch intra-op threads (0: torch's default); 1 leaves the other cores to the loop.
+    """
+
+    type: str = "tiny_vla"
+    path: str = "checkpoints/tiny_vla"
+    device: str = "auto"
+    flow_steps: int = 0
+    seed: int = 0
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        in_range("policy.flow_steps", self.flow_steps, 0, 1000)
+        non_negative("policy.torch_threads", self.torch_threads)
+
+
+class TinyVLAPolicy(BasePolicy):
+    """A loaded tiny VLA. ``robot`` (not connected) is checked against the checkpoint's schema.
+
+    Raises:
+        PolicyLoadError: the checkpoint is missing or corrupt, or does not fit the robot (state size,
+            cameras, image size, action size).
+    """
+
+    name = "tiny_vla"
+
+    def __init__(self, config: TinyVLAPolicyConfig, robot: Any = None, model: Any = None, tokenizer: Any = None) -> None:
+        import torch
+
+        from tandem.policies.loading import resolve_device, resolve_path, set_torch_threads
+        from tandem.policies.tiny_vla.model import load_checkpoint
+
+        self.config = config
+        set_torch_threads(config.torch_threads)
+        self.meta: dict[str, Any] = {}
+        if model is None:
+            path = resolve_path(config.path, "policy=tiny_vla")
+            model, tokenizer, self.meta = load_checkpoint(path, resolve_device(config.device))
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        cfg = model.cfg
+        self.chunk_length = cfg.chunk_length
+        self.action_dim = cfg.action_dim
+        self.feature_dim = cfg.feature_dim
+        self.version = int(self.meta.get("version", 0))
+        self.flow_steps = config.flow_steps or cfg.flow_steps
+        self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self._text_cache: dict[str, Any] = {}
+        if robot is not None:
+            self._check_robot(robot)
+
+    def _check_robot(self, robot: Any) -> None:
+        from tandem.policies.loading import check_cameras, check_state
+
+        cfg = self.model.cfg
+        feats = robot.observation_features
+        check_state(self.name, feats, STATE_KEY, cfg.state_dim)
+        check_cameras(self.name, feats, cfg.image_keys)
+        for key in cfg.image_keys:
+            if tuple(feats[key].shape) != (cfg.image_size, cfg.image_size, 3):
+                raise PolicyLoadError(
+                    f"{self.name} was trained on {cfg.image_size}x{cfg.image_size} images but {key} is "
+                    f"{feats[key].shape}; set robot.image_size={cfg.image_size}"
+                )
+        robot_a = int(robot.action_feature.shape[0])
+        if robot_a != cfg.action_dim:
+            raise PolicyLoadError(
+                f"{self.name} outputs {cfg.action_dim}-D actions but the robot takes {robot_a}-D actions; "
+                "pick a checkpoint trained for this robot"
+            )
+
+    # -- inference ---------------------------------------------------------------------------------
+    def _text(self, tasks: list[str]) -> Any:
+        """Text embeddings float[B, D], cached per instruction (the set of instructions is small)."""
+        import torch
+
+        from tandem.policies.tiny_vla.tokenizer import encode
+
+        missing = [t for t in dict.fromkeys(tasks) if t not in self._text_cache]
+        if missing:
+            ids, mask = encode(self.tokenizer, missing, self.model.cfg.max_text_len)
+            emb = self.model.encode_text(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
+            for t, e in zip(missing, emb, strict=True):
+                self._text_cache[t] = e
+        return torch.stack([self._text_cache[t] for t in tasks])
+
+    def _batch(self, observations: list[dict[str, np.ndarray]]) -> tuple[Any, Any]:
+        import torch
+
+        keys = self.model.cfg.image_keys
+        state = torch.from_numpy(np.stack([np.asarray(o[STATE_KEY], np.float32) for o in observations]))
+        if keys:
+            images = np.stack([np.stack([np.asarray(o[k], np.uint8) for k in keys]) for o in observations])
+        else:
+            images = np.zeros((len(observations), 0, 1, 1, 3), np.uint8)
+        return torch.from_numpy(images).to(self.device), state.to(self.device)
+
+    def infer_batch(self, observations: list[dict[str, np.ndarray]], tasks: list[str]) -> list[Chunk]:
+        """Chunks for a batch of observations in one forward pass. Actions are clipped to [-1, 1]."""
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            images, state = self._batch(observations)
+            feats = self.model.features(images, state, self._text(list(tasks)))
+            actions = self.model.sample(feats, self.flow_steps, generator=self._generator)
+            actions = actions.clamp(-1.0, 1.0).float().cpu().numpy()
+            feats = feats.float().cpu().numpy().astype(np.float16)
+        dt = (time.perf_counter() - t0) / len(observations)
+        return [
+            Chunk(actions=a, features=f, policy=self.name, version=self.version, infer_s=dt)
+            for a, f in zip(actions, feats, strict=True)
+        ]
+
+    def infer(self, observation: dict[str, np.ndarray], task: str) -> Chunk:
+        """One chunk: float32[P, A] actions and float16[F] features."""
+        return self.infer_batch([observation], [task])[0]

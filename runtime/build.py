@@ -1,0 +1,143 @@
+"""Every part of a robot session, assembled in one function from a validated RunConfig.
+
+:func:`build_parts` is the one place that knows how the parts fit: robot -> base policy and where its
+inference runs -> safety filter -> chunk scheduler -> operator (teleop device or scripted) -> head (and
+the edit head's critic) -> controller. :class:`~tandem.runtime.session.Session` runs episodes on what it
+returns; benchmarks and tools that need one part use the ``make_*`` functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tandem.core.registry import component_class
+from tandem.core.validate import stride_of
+from tandem.hardware.robot import Robot
+from tandem.policies.base import BasePolicy, PolicyLoadError
+from tandem.policies.heads.config import HeadConfig
+from tandem.runtime.control.controller import Controller
+from tandem.runtime.control.safety import SafetyFilter
+from tandem.runtime.control.scheduler import ChunkScheduler
+from tandem.runtime.inference.backends import InferenceBackend, InlineBackend, ThreadBackend
+from tandem.runtime.inference.client import make_link_backend
+from tandem.runtime.links.weights import ModuleWeights
+from tandem.teleop.takeover import TakeoverOperator, make_operator
+
+
+def make_robot(config: Any) -> Robot:
+    """The robot for a robot config (by its ``type``)."""
+    return component_class("robot", config.type)(config)
+
+
+def make_policy(config: Any, robot: Robot) -> BasePolicy:
+    """The base policy for a policy config (built for ``robot``'s schemas), checked against its action size."""
+    policy = component_class("policy", config.type)(config, robot)
+    check_action_dim(policy, robot)
+    return policy
+
+
+def check_action_dim(policy: BasePolicy, robot: Robot) -> None:
+    """Raise PolicyLoadError unless the policy's action size is the robot's."""
+    action_dim = robot.action_feature.shape[0]
+    if policy.action_dim != action_dim:
+        raise PolicyLoadError(
+            f"policy {policy.name!r} outputs {policy.action_dim}-D actions but robot {robot.name!r} "
+            f"takes {action_dim}-D actions; pick a policy trained for this robot"
+        )
+
+
+def make_backend(kind: str, policy: BasePolicy) -> InferenceBackend:
+    """Where an in-process policy runs: "inline" or "thread" ("process"/"remote": ``make_link_backend``)."""
+    return {"inline": InlineBackend, "thread": ThreadBackend}[kind](policy)
+
+
+@dataclass
+class SessionParts:
+    """What :func:`build_parts` assembles (the robot is not connected yet).
+
+    Attributes:
+        robot, policy, backend: the robot, the base policy (a proxy when it runs in a worker or server)
+            and where its inference runs.
+        safety: the filter between every action source and the robot.
+        operator: who may take over (None: nobody).
+        head: the head and the edit head's critic (``tandem.policies.heads.build.RobotParts``; None: no head).
+        controller: base scheduler + head + operator, the loop's decision per tick.
+        weights_consumers: weight kind ("head", "critic", "base") -> consumer the learner's weights feed.
+    """
+
+    robot: Robot
+    policy: BasePolicy
+    backend: InferenceBackend
+    safety: SafetyFilter
+    operator: TakeoverOperator | None
+    head: Any
+    controller: Controller
+    weights_consumers: dict[str, Any] = field(default_factory=dict)
+
+    def value(self) -> float | None:
+        """The critic's score of the chunk the edit head chose last (None without one)."""
+        return self.head.value() if self.head is not None else None
+
+
+def build_parts(config: Any, weights_consumers: dict[str, Any] | None = None) -> SessionParts:
+    """Assemble a session's parts from a validated RunConfig.
+
+    Args:
+        config: the RunConfig.
+        weights_consumers: extra weight consumers by kind (the head's and critic's are added unless given).
+
+    Raises:
+        PolicyLoadError: the policy could not be built or does not fit the robot (nothing is left running).
+    """
+    robot = make_robot(config.robot)
+    if config.session.backend in ("process", "remote"):  # the policy is built in the worker / server
+        backend, policy = make_link_backend(config.session.backend, config, robot)
+        try:
+            check_action_dim(policy, robot)
+        except BaseException:
+            backend.close()
+            raise
+    else:
+        policy = make_policy(config.policy, robot)
+        backend = make_backend(config.session.backend, policy)
+    low, high = robot.action_feature.bounds()
+    safety = SafetyFilter(config.safety, low, high, robot.hold_action(None))
+    scheduler = ChunkScheduler(backend, config.scheduler, lookahead=config.session.horizon,
+                               synchronous=not robot.realtime)
+    operator = make_operator(getattr(config, "teleop", None), robot, last_sent=lambda: safety.last)
+    head = build_head(getattr(config, "head", None) or HeadConfig(), robot, policy, config.session.horizon)
+    consumers = dict(weights_consumers or {})
+    for kind, consumer in head_consumers(head).items():
+        consumers.setdefault(kind, consumer)
+    horizon = config.session.horizon
+    record_stride = stride_of("session.record_stride", config.session.record_stride, horizon)
+    controller = Controller(
+        scheduler, horizon, hold=safety.hold_action, head=head.head if head is not None else None, operator=operator,
+        windows_every_tick=record_stride < horizon,  # overlapping records start between boundaries
+        head_stride=config.session.head_stride,
+    )
+    return SessionParts(robot, policy, backend, safety, operator, head, controller, consumers)
+
+
+def build_head(config: HeadConfig, robot: Robot, policy: BasePolicy, horizon: int) -> Any:
+    """The ``head`` block's head (and the edit head's critic); None for ``head=none``."""
+    if config.type == "none":
+        return None
+    from tandem.policies.heads.build import (  # torch: only sessions with a head load it
+        robot_dims,
+        robot_parts,
+    )
+
+    return robot_parts(config, robot_dims(robot, policy, horizon))
+
+
+def head_consumers(head: Any) -> dict[str, ModuleWeights]:
+    """The weights-link consumers of a head's networks: ``head``, and ``critic`` when the robot selects
+    with one (installing the first critic weights turns the edit head's selection on)."""
+    if head is None:
+        return {}
+    consumers = {"head": ModuleWeights(head.head)}
+    if head.critic is not None:
+        consumers["critic"] = ModuleWeights(head.critic, on_load=head.critic_loaded)
+    return consumers

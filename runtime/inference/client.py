@@ -1,0 +1,350 @@
+"""Base inference in another process or on another machine, as non-blocking InferenceBackends.
+
+- :class:`ProcessBackend` (``session.backend=process``): spawns :func:`policy_worker.worker_main` in
+  a child process (the policy's own interpreter: no GIL contention with the control loop, lower CPU
+  priority), waits until it has built and warmed up the policy, then talks to it over pyzmq on
+  127.0.0.1. ``close()`` stops it and, if it does not stop, kills it.
+- :class:`RemoteBackend` (``session.backend=remote``): connects to ``tandem serve-policy`` running
+  elsewhere (``policy_link.endpoint``); a non-loopback endpoint needs CURVE keys (``policy_link.keys_dir``).
+
+Both send ``infer`` requests without blocking (a full send queue drops the request, counted; the
+scheduler re-asks after its request timeout) and return the replies that have arrived. Ids let the
+scheduler drop stale replies. Observations travel as raw arrays (:mod:`tandem.protocol.wire`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tandem.core.validate import in_range, positive
+from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
+from tandem.protocol.wire import Message, WireError, decode, encode
+from tandem.runtime.inference.server import CHUNK, ERROR, INFER, INFO, LINK_SCHEMA
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyLinkConfig:
+    """Where base inference runs when ``session.backend`` is "process" or "remote".
+
+    Attributes:
+        endpoint: remote backend: the ``tandem serve-policy`` address, ``tcp://host:port``.
+        bind: ``tandem serve-policy``: the address to listen on (non-loopback needs ``keys_dir``).
+        keys_dir: CURVE keys from ``tandem keys DIR`` (both sides); empty: loopback only.
+        start_timeout_s: seconds to wait for the worker to build and warm up the policy, or for the
+            remote server's first answer, before failing.
+        warmup: inferences run on a dummy observation before the worker reports ready.
+        nice: niceness added to the worker process (CPU priority below the control loop's).
+        max_message_bytes: largest message accepted on the link.
+    """
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    bind: str = "tcp://127.0.0.1:5555"
+    keys_dir: str = ""
+    start_timeout_s: float = 180.0
+    warmup: int = 3
+    nice: int = 5
+    max_message_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        positive("policy_link.start_timeout_s", self.start_timeout_s)
+        in_range("policy_link.warmup", self.warmup, 0, 1000)
+        in_range("policy_link.nice", self.nice, 0, 19)
+        in_range("policy_link.max_message_bytes", self.max_message_bytes, 1024, 2**31 - 1)
+
+
+@dataclass
+class LinkStats:
+    """Client-side counters."""
+
+    sent: int = 0
+    send_dropped: int = 0
+    replies: int = 0
+    malformed: int = 0
+
+
+class PolicyProxy(BasePolicy):
+    """Stands in for a policy that runs elsewhere: its name and sizes, for the session's checks."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.name = str(info["name"])
+        self.chunk_length = int(info["chunk_length"])
+        self.action_dim = int(info["action_dim"])
+        self.feature_dim = int(info["feature_dim"])
+        self.version = int(info.get("version", 0))
+
+    def infer(self, observation: dict[str, np.ndarray], task: str) -> Chunk:
+        """Not available here: the policy runs in a worker process or on a policy server."""
+        raise RuntimeError(f"policy {self.name!r} runs behind a policy link; submit through its backend")
+
+
+class LinkBackend:
+    """DEALER client of a policy server. ``submit``/``poll`` never block longer than asked.
+
+    Args:
+        endpoint: the server's ROUTER address.
+        config: link settings (keys, size limit).
+    """
+
+    def __init__(self, endpoint: str, config: PolicyLinkConfig) -> None:
+        import zmq
+
+        from tandem.protocol.security import open_socket
+
+        self.endpoint = endpoint
+        self.config = config
+        self.stats = LinkStats()
+        self._ctx = zmq.Context()
+        try:
+            self._sock = open_socket(
+                self._ctx, zmq.DEALER, endpoint, bind=False, max_message_bytes=config.max_message_bytes,
+                keys_dir=config.keys_dir, field="policy_link.endpoint",
+                options={zmq.SNDHWM: 4, zmq.RCVHWM: 64, zmq.IMMEDIATE: 1},
+            )
+        except Exception:
+            self._ctx.term()
+            raise
+        self._closed = False
+
+    # -- InferenceBackend ---------------------------------------------------------------------------
+    def submit(self, request_id: int, observation: dict[str, np.ndarray], task: str) -> None:
+        """Send an ``infer`` request; if the link cannot take it now it is dropped (counted)."""
+        import zmq
+
+        msg = Message(kind=INFER, schema=LINK_SCHEMA, seq=int(request_id), meta={"task": task},
+                      arrays={k: np.asarray(v) for k, v in observation.items()})
+        try:
+            self._sock.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+            self.stats.sent += 1
+        except zmq.Again:
+            self.stats.send_dropped += 1
+
+    def poll(self, wait_s: float = 0.0) -> list[tuple[int, Chunk]]:
+        """Chunk replies that have arrived (waiting up to ``wait_s`` for the first).
+
+        Raises:
+            RuntimeError: the policy reported an inference error, or the worker died.
+        """
+        import zmq
+
+        self._check_alive()
+        out: list[tuple[int, Chunk]] = []
+        if not self._sock.poll(int(wait_s * 1000) if wait_s > 0 else 0):
+            return out
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                msg = decode(frames, self.config.max_message_bytes, copy=True)
+                if msg.schema != LINK_SCHEMA:
+                    raise WireError("bad_schema", msg.schema)
+            except WireError as exc:
+                self.stats.malformed += 1
+                log.debug("policy link: dropped a malformed reply (%s)", exc)
+                continue
+            if msg.kind == CHUNK:
+                try:
+                    chunk = Chunk(
+                        actions=msg.arrays["actions"], features=msg.arrays.get("features", np.zeros(0, np.float16)),
+                        policy=str(msg.meta.get("policy", "")), version=int(msg.meta.get("version", 0)),
+                        infer_s=float(msg.meta.get("infer_s", 0.0)),
+                    )
+                except (KeyError, ValueError, TypeError) as exc:
+                    self.stats.malformed += 1
+                    log.debug("policy link: dropped a bad chunk (%s)", exc)
+                    continue
+                self.stats.replies += 1
+                out.append((msg.seq, chunk))
+            elif msg.kind == ERROR:
+                raise RuntimeError(f"base policy inference failed on {self.endpoint}: {msg.meta.get('error')}")
+            elif msg.kind != INFO:
+                self.stats.malformed += 1
+        return out
+
+    def close(self) -> None:
+        """Close the socket and context. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close(0)
+        self._ctx.term()
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        """Raise if the server is known to be gone (subclasses with a process override this)."""
+
+    def request_info(self, timeout_s: float) -> dict[str, Any]:
+        """Ask the server for the policy's name and sizes; waits up to ``timeout_s``.
+
+        Raises:
+            PolicyLoadError: no answer in time.
+        """
+        import zmq
+
+        deadline = time.monotonic() + timeout_s
+        next_ask = 0.0
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_ask:  # IMMEDIATE drops sends until connected: re-ask
+                try:
+                    self._sock.send_multipart(encode(Message(kind=INFO, schema=LINK_SCHEMA)), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                next_ask = time.monotonic() + 0.5
+            if self._sock.poll(100):
+                try:
+                    msg = decode(self._sock.recv_multipart(zmq.NOBLOCK), self.config.max_message_bytes)
+                except (zmq.Again, WireError):
+                    continue
+                if msg.kind == INFO and msg.schema == LINK_SCHEMA:
+                    return dict(msg.meta)
+        raise PolicyLoadError(
+            f"no policy server answered at {self.endpoint} within {timeout_s} s; start `tandem serve-policy` "
+            "there (same policy and robot config) or check policy_link.endpoint / keys_dir"
+        )
+
+
+class RemoteBackend(LinkBackend):
+    """A policy served by ``tandem serve-policy`` on ``config.endpoint``."""
+
+    def __init__(self, config: PolicyLinkConfig) -> None:
+        super().__init__(config.endpoint, config)
+        try:
+            self.info = self.request_info(config.start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+
+class ProcessBackend(LinkBackend):
+    """A policy in a child process on this machine (spawned here, stopped in ``close``).
+
+    Args:
+        robot_config: the robot's config dataclass (the worker builds the policy for its schemas).
+        policy_config: the policy's config dataclass.
+        config: link settings.
+
+    Raises:
+        PolicyLoadError: the worker could not build the policy (its message), died, or timed out.
+    """
+
+    def __init__(self, robot_config: Any, policy_config: Any, config: PolicyLinkConfig) -> None:
+        import multiprocessing as mp
+
+        from tandem.runtime.inference.server import worker_main
+
+        spec = {
+            "robot": dataclasses.asdict(robot_config),
+            "policy": dataclasses.asdict(policy_config),
+            "warmup": config.warmup,
+            "nice": config.nice,
+            "max_bytes": config.max_message_bytes,
+        }
+        ctx = mp.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=worker_main, args=(json.dumps(spec), child_conn), name="tandem-policy-worker", daemon=True
+        )
+        self.process.start()
+        child_conn.close()
+        self._last_check = 0.0
+        try:
+            ready = self._wait_ready(config.start_timeout_s, policy_config.type)
+            self.info = dict(ready["info"])
+            self.warmup_s = float(ready.get("warmup_s", 0.0))
+            super().__init__(ready["endpoint"], config)
+        except BaseException:
+            self._stop_process()
+            raise
+
+    def _wait_ready(self, timeout_s: float, policy_type: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._conn.poll(0.05):
+                try:
+                    ready = json.loads(self._conn.recv_bytes())
+                except (EOFError, OSError):
+                    break  # the worker died before reporting
+                if not ready.get("ok"):
+                    raise PolicyLoadError(f"policy={policy_type} failed to start: {ready.get('error')}")
+                return ready
+            if not self.process.is_alive():
+                break
+        code = self.process.exitcode
+        if code is None:
+            raise PolicyLoadError(
+                f"policy={policy_type}: the worker did not get ready within policy_link.start_timeout_s={timeout_s} s"
+            )
+        raise PolicyLoadError(f"policy={policy_type}: the worker process exited with code {code} before it was ready")
+
+    def _check_alive(self) -> None:
+        now = time.monotonic()
+        if now - self._last_check < 0.25:
+            return
+        self._last_check = now
+        if self.process.exitcode is not None:
+            raise RuntimeError(f"the base policy worker process exited with code {self.process.exitcode}")
+
+    def _stop_process(self) -> None:
+        try:
+            self._conn.send_bytes(b"stop")
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=2)
+        self._conn.close()
+
+    def close(self) -> None:
+        """Close the link, then stop (or kill) the worker process."""
+        try:
+            super().close()
+        finally:
+            if self.process.pid is not None and self._conn is not None and not self._conn.closed:
+                self._stop_process()
+
+
+def check_observation_schema(info: dict[str, Any], robot: Any, where: str) -> None:
+    """Raise PolicyLoadError unless the robot observes everything the served policy expects, as it expects."""
+    have = {k: [f.dtype, list(f.shape)] for k, f in robot.observation_features.items()}
+    for key, spec in info.get("observation", {}).items():
+        if have.get(key) != list(spec):
+            raise PolicyLoadError(
+                f"the policy served at {where} expects {key} as {spec[0]}{spec[1]} but this robot gives "
+                f"{'nothing' if key not in have else have[key][0] + str(have[key][1])}; serve it with this "
+                "robot's config (same robot.* overrides on both machines)"
+            )
+
+
+def make_link_backend(kind: str, run_config: Any, robot: Any) -> tuple[LinkBackend, PolicyProxy]:
+    """The backend for ``session.backend`` "process" or "remote" and a proxy holding the policy's sizes.
+
+    Raises:
+        PolicyLoadError: the policy could not be started or reached, or its observation schema is not the robot's.
+    """
+    link: PolicyLinkConfig = getattr(run_config, "policy_link", None) or PolicyLinkConfig()
+    if kind == "process":
+        backend: LinkBackend = ProcessBackend(run_config.robot, run_config.policy, link)
+    elif kind == "remote":
+        backend = RemoteBackend(link)
+    else:
+        raise ValueError(f"kind={kind!r}: one of 'process', 'remote'")
+    try:
+        check_observation_schema(backend.info, robot, backend.endpoint)
+    except BaseException:
+        backend.close()
+        raise
+    return backend, PolicyProxy(backend.info)

@@ -1,0 +1,557 @@
+"""Weights link, robot side: receive, check and stage new weights; the loop swaps them at a chunk edge.
+
+The subscriber's thread owns a SUB socket on the learner's weights PUB (latest only) and a DEALER on
+the learner's ROUTER for pulling large weights in pieces. Everything is checked on that thread: the
+header's schema hash against the consumer's :meth:`WeightsConsumer.weights_schema`, the sha256 of the
+arrays, finiteness of every float array. A set that passes is prepared (by the consumer, still off
+the control thread) and staged; :meth:`WeightsSubscriber.apply_staged`, registered in
+``Controller.boundary_callbacks``, hands it over at the next chunk boundary: a reference swap.
+A refused set is counted, logged and reported to the learner; the robot keeps its current weights.
+
+The learner's heartbeat (on the PUB) carries the latest version of each kind, so a robot that missed
+a publication (slow joiner, dropped by the PUB's high-water mark, reconnected) pulls it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from tandem.protocol.messages import (
+    HB,
+    PIECE,
+    PULL,
+    REPORT,
+    WEIGHTS,
+    check_arrays,
+    check_weights_message,
+    verify_digest,
+    weights_header,
+    weights_schema_hash,
+)
+from tandem.protocol.security import open_socket
+from tandem.protocol.wire import Message, WireError, decode, digest_arrays, encode, unpack_frames
+from tandem.runtime.links.config import LinkConfig
+
+log = logging.getLogger(__name__)
+
+WeightsSpec = dict[str, tuple[str, tuple[int, ...]]]
+HASH_ASIDE_BYTES = 256 * 1024  # weight sets above this are hashed beside the consumer's preparation
+
+
+def latest_only(messages: list[Message]) -> list[Message]:
+    """Drop every ``weights`` message followed by a newer one of the same kind (a backlog after a
+    stall is not validated set by set); heartbeats and everything else are kept, in order."""
+    last: dict[str, int] = {}
+    for i, msg in enumerate(messages):
+        if msg.kind == WEIGHTS and isinstance(msg.meta.get("wkind"), str):
+            last[msg.meta["wkind"]] = i
+    return [m for i, m in enumerate(messages)
+            if not (m.kind == WEIGHTS and isinstance(m.meta.get("wkind"), str) and last[m.meta["wkind"]] != i)]
+
+
+class WeightsConsumer(Protocol):
+    """Something on the robot that runs on pushed weights (a head, a critic, the base policy)."""
+
+    def weights_schema(self) -> WeightsSpec:
+        """name -> (dtype, shape) of the arrays it accepts (the learner's schema hash must match)."""
+
+    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> Any:
+        """Build what :meth:`load_weights` will swap in. Runs off the control thread; may be slow."""
+
+    def load_weights(self, prepared: Any, version: int) -> None:
+        """Swap ``prepared`` in. Runs on the control thread at a chunk boundary: a reference swap."""
+
+
+class ArrayWeights:
+    """A WeightsConsumer that holds the latest arrays as they are (tests, inspection, simple heads).
+
+    Args:
+        schema: name -> (dtype, shape) accepted.
+        arrays: initial arrays (default: zeros of the schema).
+    """
+
+    def __init__(self, schema: WeightsSpec, arrays: dict[str, np.ndarray] | None = None) -> None:
+        self._schema = {k: (str(np.dtype(d)), tuple(s)) for k, (d, s) in schema.items()}
+        self.arrays = arrays or {k: np.zeros(s, d) for k, (d, s) in self._schema.items()}
+        self.version = 0
+
+    def weights_schema(self) -> WeightsSpec:
+        """The accepted schema."""
+        return dict(self._schema)
+
+    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> dict[str, np.ndarray]:
+        """Read-only copies of the arrays."""
+        out = {k: np.array(v) for k, v in arrays.items()}
+        for v in out.values():
+            v.flags.writeable = False
+        return out
+
+    def load_weights(self, prepared: dict[str, np.ndarray], version: int) -> None:
+        """Swap the dict."""
+        self.arrays, self.version = prepared, version
+
+
+class ModuleWeights:
+    """WeightsConsumer for a module with ``schema()`` / ``load_weights(arrays, version)`` (heads, critic).
+
+    ``prepare_weights`` validates and copies off the control thread; ``load_weights`` copies the arrays
+    into the module at a chunk boundary (a few hundred microseconds for the default sizes), then calls
+    ``on_load`` if given.
+    """
+
+    def __init__(self, module: Any, on_load: Callable[[], None] | None = None) -> None:
+        self.module = module
+        self.on_load = on_load
+
+    @property
+    def version(self) -> int:
+        """The module's weights version (0: never loaded)."""
+        return int(getattr(self.module, "version", 0))
+
+    def weights_schema(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """name -> (dtype, shape) of the module's weights."""
+        return {k: (d, tuple(s)) for k, (d, s) in self.module.schema()["params"].items()}
+
+    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> dict[str, np.ndarray]:
+        """Validated float32 copies."""
+        check_arrays(self.module.schema()["params"], arrays)
+        return {k: np.array(v, np.float32) for k, v in arrays.items()}
+
+    def load_weights(self, prepared: dict[str, np.ndarray], version: int) -> None:
+        """Install into the module."""
+        self.module.load_weights(prepared, version)
+        if self.on_load is not None:
+            self.on_load()
+
+
+class TorchModuleWeights:
+    """A WeightsConsumer around a torch module: a new module is built off-thread, then swapped in.
+
+    Args:
+        module: the module in use; its ``state_dict`` defines the schema. Read :attr:`module` at the
+            point of use (it is replaced, not mutated).
+    """
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.version = 0
+        self._template: Any = None
+
+    def _skeleton(self) -> Any:
+        """A data-less copy (meta tensors) of the module: cheap to deepcopy, filled by assignment."""
+        if self._template is None:
+            self._template = copy.deepcopy(self.module).to("meta")
+        return copy.deepcopy(self._template)
+
+    def weights_schema(self) -> WeightsSpec:
+        """Names, dtypes and shapes of the module's state_dict."""
+        return {k: (str(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in self.module.state_dict().items()}
+
+    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> Any:
+        """A copy of the module with the new weights (torch imported here, off the control thread)."""
+        import torch
+
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}  # own the memory
+        new = self._skeleton()
+        new.load_state_dict(tensors, assign=True)
+        if any(t.is_meta for t in [*new.parameters(), *new.buffers()]):  # state outside the state_dict
+            new = copy.deepcopy(self.module)
+            new.load_state_dict(tensors)
+        new.train(self.module.training)
+        return new
+
+    def load_weights(self, prepared: Any, version: int) -> None:
+        """Swap the module reference."""
+        self.module, self.version = prepared, version
+
+
+@dataclass
+class WeightsStats:
+    """Counters of the weights link (read from any thread)."""
+
+    received: int = 0
+    accepted: int = 0
+    applied: int = 0
+    rejected: int = 0
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    malformed: int = 0
+    malformed_reasons: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0
+    pulls: int = 0
+    pieces: int = 0
+    disconnects: int = 0
+    resubscribes: int = 0
+    learner_alive: bool = False
+    learner_step: int = -1  # the learner's update count from its last heartbeat (-1: not heard)
+    learner_training: bool = False  # ... and whether its replay holds enough records to train
+    versions: dict[str, int] = field(default_factory=dict)
+    applied_versions: dict[str, int] = field(default_factory=dict)
+    apply_max_ms: float = 0.0  # the control thread's cost of a swap: wall clock
+    apply_cpu_max_ms: float = 0.0  # ... and CPU time of that thread (immune to preemption)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    def learner_progress(self) -> tuple[bool, bool, int]:
+        """(alive, training, step) from the learner's latest heartbeat: what ``LearnerPacer`` waits on."""
+        return self.learner_alive, self.learner_training, self.learner_step
+
+
+@dataclass
+class _Pull:
+    wkind: str
+    version: int = -1
+    run: str = ""
+    count: int = 0
+    blob_bytes: int = 0
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    requested: int = 0
+    last_activity: float = 0.0
+
+
+class WeightsSubscriber:
+    """Robot-side weights receiver.
+
+    Args:
+        config: the robot's LinkConfig.
+        consumers: weight kind ("head", "critic", "base") -> consumer. Other kinds are ignored.
+        context: zmq context to share.
+        on_staged, on_applied: optional hooks ``(kind, version)`` (metrics, benchmarks).
+    """
+
+    def __init__(
+        self,
+        config: LinkConfig,
+        consumers: dict[str, WeightsConsumer],
+        context: zmq.Context | None = None,
+        on_staged: Callable[[str, int], None] | None = None,
+        on_applied: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.consumers = dict(consumers)
+        self.expected = {k: weights_schema_hash(c.weights_schema()) for k, c in self.consumers.items()}
+        self.stats = WeightsStats()
+        self.history: dict[str, list[int]] = {k: [] for k in self.consumers}
+        self.on_staged = on_staged
+        self.on_applied = on_applied
+        self._context = context or zmq.Context.instance()
+        self._staged: dict[str, tuple[int, Any]] = {}
+        self._current: dict[str, tuple[str, int]] = {}
+        self._refused: dict[str, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._hash_pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ control thread
+
+    def apply_staged(self, chunk_index: int = 0) -> None:
+        """Swap in staged weights (a boundary callback: runs on the control thread, cheap)."""
+        if not self._staged:
+            return
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for kind in list(self._staged):
+            item = self._staged.pop(kind, None)
+            if item is None:
+                continue
+            version, prepared = item
+            self.consumers[kind].load_weights(prepared, version)
+            self.stats.applied += 1
+            self.stats.applied_versions[kind] = version
+            if self.on_applied is not None:
+                self.on_applied(kind, version)
+        self.stats.apply_max_ms = max(self.stats.apply_max_ms, (time.perf_counter() - t0) * 1e3)
+        self.stats.apply_cpu_max_ms = max(self.stats.apply_cpu_max_ms, (time.thread_time() - c0) * 1e3)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> WeightsSubscriber:
+        """Start the receiver thread (returns self)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"weights-{self.config.robot_id}", daemon=True)
+            self._thread.start()
+            self._ready.wait(10.0)
+            if self._error is not None:
+                raise self._error
+        return self
+
+    def close(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+            self._thread = None
+        if self._hash_pool is not None:
+            self._hash_pool.shutdown(wait=True)
+            self._hash_pool = None
+
+    def _hasher(self) -> ThreadPoolExecutor:
+        if self._hash_pool is None:
+            self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix=f"weights-hash-{self.config.robot_id}")
+        return self._hash_pool
+
+    # ------------------------------------------------------------------ receiver thread
+
+    def _open(self, kind: int) -> zmq.Socket:
+        cfg = self.config
+        if kind == zmq.SUB:
+            sock = open_socket(
+                self._context, zmq.SUB, cfg.weights_endpoint, bind=False, max_message_bytes=cfg.max_message_bytes,
+                keys_dir=cfg.keys_dir, field="link.weights endpoint", options={zmq.RCVHWM: 8},
+            )
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            return sock
+        return open_socket(
+            self._context, zmq.DEALER, cfg.experience_endpoint, bind=False, max_message_bytes=cfg.max_message_bytes,
+            keys_dir=cfg.keys_dir, field="link.experience endpoint",
+        )
+
+    def _run(self) -> None:
+        cfg = self.config
+        try:
+            socks = {"sub": self._open(zmq.SUB), "dealer": self._open(zmq.DEALER)}
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        socks["monitor"] = socks["sub"].get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._ready.set()
+        pull: _Pull | None = None
+        last_heard, sub_born = 0.0, time.monotonic()
+        poller = zmq.Poller()
+        for s in socks.values():
+            poller.register(s, zmq.POLLIN)
+
+        def rebuild(name: str) -> None:
+            """A fresh socket: libzmq never reconnects a session it closed for a protocol error
+            (e.g. a frame over MAXMSGSIZE), so silence is answered by reconnecting ourselves."""
+            old = [name, "monitor"] if name == "sub" else [name]
+            if name == "sub":
+                socks["sub"].disable_monitor()
+            for n in old:
+                poller.unregister(socks[n])
+                socks[n].close(0)
+            socks[name] = self._open(zmq.SUB if name == "sub" else zmq.DEALER)
+            if name == "sub":
+                socks["monitor"] = socks["sub"].get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            for n in old:
+                poller.register(socks[n], zmq.POLLIN)
+
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(20))
+                sub, dealer, monitor = socks["sub"], socks["dealer"], socks["monitor"]
+                if monitor in events:
+                    while monitor.poll(0):
+                        recv_monitor_message(monitor)
+                        self.stats.disconnects += 1
+                if sub in events:
+                    backlog: list[Message] = []
+                    while True:
+                        try:
+                            frames = sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        msg = self._decode(frames)
+                        if msg is not None:
+                            last_heard = time.monotonic()
+                            backlog.append(msg)
+                    for msg in latest_only(backlog):
+                        pull = self._on_broadcast(msg, dealer, pull)
+                if dealer in events:
+                    while True:
+                        try:
+                            frames = dealer.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        msg = self._decode(frames)
+                        if msg is not None:
+                            pull = self._on_piece(msg, dealer, pull)
+                now = time.monotonic()
+                self.stats.learner_alive = bool(last_heard) and now - last_heard < cfg.timeout_s
+                if now - max(last_heard, sub_born) > cfg.timeout_s:
+                    rebuild("sub")
+                    sub_born = now
+                    self.stats.resubscribes += 1
+                if pull is not None and now - pull.last_activity > cfg.timeout_s:
+                    log.warning("weights %s: pull of %s v%d stalled, restarting", cfg.robot_id, pull.wkind, pull.version)
+                    rebuild("dealer")
+                    pull = self._start_pull(socks["dealer"], pull.wkind)
+        except Exception:
+            log.exception("weights subscriber %s failed", cfg.robot_id)
+        finally:
+            socks["sub"].disable_monitor()
+            for sock in socks.values():
+                sock.close(0)
+
+    def _decode(self, frames: list) -> Message | None:
+        try:
+            return decode(frames, self.config.max_message_bytes, copy=False)
+        except WireError as exc:
+            self.stats.malformed += 1
+            self.stats.malformed_reasons[exc.reason] = self.stats.malformed_reasons.get(exc.reason, 0) + 1
+            log.debug("weights %s: dropped malformed message (%s)", self.config.robot_id, exc)
+            return None
+
+    def _is_new(self, wkind: str, run: str, version: int) -> bool:
+        if self._refused.get(wkind) == (run, version):
+            return False  # refused once: not pulled again
+        cur = self._current.get(wkind)
+        return cur is None or run != cur[0] or version > cur[1]
+
+    def _on_broadcast(self, msg: Message, dealer: zmq.Socket, pull: _Pull | None) -> _Pull | None:
+        if msg.kind == HB:
+            step, training = msg.meta.get("step"), msg.meta.get("training")
+            if isinstance(step, int) and not isinstance(step, bool) and isinstance(training, bool):
+                self.stats.learner_step, self.stats.learner_training = step, training
+            versions = msg.meta.get("versions", {})
+            if not isinstance(versions, dict):
+                return pull
+            for wkind, item in versions.items():
+                if wkind not in self.consumers or pull is not None:
+                    continue
+                if isinstance(item, list) and len(item) == 2 and isinstance(item[1], int) and isinstance(item[0], str):
+                    if self._is_new(wkind, item[0], item[1]):
+                        pull = self._start_pull(dealer, wkind)
+            return pull
+        if msg.kind != WEIGHTS:
+            self._malformed("unexpected_kind")
+            return pull
+        try:
+            wkind, version, run = weights_header(msg)
+        except WireError as exc:
+            self._reject(dealer, "?", -1, exc.reason, str(exc))
+            return pull
+        if wkind not in self.consumers:
+            self.stats.ignored += 1
+            return pull
+        if not self._is_new(wkind, run, version):
+            return pull
+        if msg.meta["pieces"] > 0:
+            if pull is None or pull.wkind != wkind or pull.version != version:
+                return self._start_pull(dealer, wkind)
+            return pull
+        self._accept(dealer, msg)
+        return pull
+
+    def _start_pull(self, dealer: zmq.Socket, wkind: str) -> _Pull:
+        """Ask for piece 0 of the latest ``wkind``; the answer says how many pieces follow."""
+        self.stats.pulls += 1
+        pull = _Pull(wkind=wkind, last_activity=time.monotonic())
+        self._request(dealer, pull, 0)
+        return pull
+
+    def _request(self, dealer: zmq.Socket, pull: _Pull, index: int) -> None:
+        req = Message(kind=PULL, robot=self.config.robot_id, meta={"wkind": pull.wkind, "version": pull.version, "index": index})
+        try:
+            dealer.send_multipart(encode(req), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        pull.requested = max(pull.requested, index + 1)
+
+    def _on_piece(self, msg: Message, dealer: zmq.Socket, pull: _Pull | None) -> _Pull | None:
+        if msg.kind != PIECE:
+            self._malformed("unexpected_kind")
+            return pull
+        m = msg.meta
+        try:
+            wkind, version, index, count, blob_bytes, run = (
+                m["wkind"], m["version"], m["index"], m["count"], m["blob_bytes"], m["run"]
+            )
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in (version, index, count, blob_bytes)):
+                raise TypeError
+            data = msg.arrays["data"]
+            if data.dtype != np.uint8 or not 0 <= index < count or count > 1_000_000:
+                raise TypeError
+        except (KeyError, TypeError):
+            self._malformed("bad_piece")
+            return pull
+        if pull is None or wkind != pull.wkind:
+            return pull  # an answer to a pull we gave up
+        if pull.version == -1 or version != pull.version or run != pull.run:
+            if index != 0:
+                return pull  # a piece of a version we no longer pull
+            pull.version, pull.run, pull.count, pull.blob_bytes, pull.pieces = version, run, count, blob_bytes, {}
+            pull.requested = 1
+        pull.pieces[index] = bytes(data)
+        pull.last_activity = time.monotonic()
+        self.stats.pieces += 1
+        while pull.requested < pull.count and pull.requested - len(pull.pieces) < self.config.pull_window:
+            self._request(dealer, pull, pull.requested)
+        if len(pull.pieces) < pull.count:
+            return pull
+        blob = b"".join(pull.pieces[i] for i in range(pull.count))
+        if len(blob) != pull.blob_bytes:
+            self._reject(dealer, wkind, version, "bad_size", f"{len(blob)} != {pull.blob_bytes}")
+            return None
+        try:
+            full = decode(unpack_frames(blob, self.config.max_message_bytes), self.config.max_message_bytes)
+            if weights_header(full) != (wkind, version, run):
+                raise WireError("bad_meta", "pieces do not match the announced weights")
+        except WireError as exc:
+            self._reject(dealer, wkind, version, exc.reason, str(exc))
+            return None
+        self._accept(dealer, full)
+        return None
+
+    def _accept(self, dealer: zmq.Socket, msg: Message) -> None:
+        wkind, version, run = weights_header(msg)
+        self.stats.received += 1
+        try:
+            # large sets: hash on a helper thread while the consumer prepares (both release the GIL);
+            # nothing is staged before the hash is confirmed
+            big = int(msg.meta.get("nbytes", 0)) > HASH_ASIDE_BYTES
+            digest = self._hasher().submit(digest_arrays, msg.arrays) if big else None
+            arrays = check_weights_message(msg, self.expected[wkind], verify_hash=not big)
+            prepared = self.consumers[wkind].prepare_weights(arrays, version)
+            if digest is not None:
+                verify_digest(msg, digest.result())
+        except WireError as exc:
+            self._refused[wkind] = (run, version)
+            self._reject(dealer, wkind, version, exc.reason, str(exc))
+            return
+        except Exception as exc:  # a consumer that cannot build the weights refuses them
+            self._refused[wkind] = (run, version)
+            self._reject(dealer, wkind, version, "prepare_failed", repr(exc)[:200])
+            return
+        self._current[wkind] = (run, version)
+        self.history[wkind].append(version)
+        self.stats.accepted += 1
+        self.stats.versions[wkind] = version
+        if self.on_staged is not None:
+            self.on_staged(wkind, version)
+        self._staged[wkind] = (version, prepared)  # from here the control thread may swap it in
+        self._report(dealer, wkind, version, "staged", "")
+
+    def _malformed(self, reason: str) -> None:
+        self.stats.malformed += 1
+        self.stats.malformed_reasons[reason] = self.stats.malformed_reasons.get(reason, 0) + 1
+
+    def _reject(self, dealer: zmq.Socket, wkind: str, version: int, reason: str, detail: str) -> None:
+        self.stats.rejected += 1
+        self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + 1
+        log.warning("weights %s: refused %s v%s (%s); keeping the current weights", self.config.robot_id, wkind, version, detail)
+        self._report(dealer, wkind, version, "refused", reason)
+
+    def _report(self, dealer: zmq.Socket, wkind: str, version: int, status: str, reason: str) -> None:
+        msg = Message(
+            kind=REPORT, robot=self.config.robot_id,
+            meta={"wkind": wkind, "version": int(version), "status": status, "reason": reason},
+        )
+        try:
+            dealer.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass

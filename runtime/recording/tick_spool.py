@@ -1,0 +1,303 @@
+"""The recorder's append-only spool: one directory per episode, raw fixed-size tick records.
+
+The spool is the recorder's write-ahead log (DESIGN §8). LeRobotDataset keeps its parquet and video
+files open until ``finalize()``, so a killed process leaves them unreadable; the spool instead holds
+every tick as it happens, in a format that survives a kill at any byte, until the episode has been
+committed to the dataset (``tandem.runtime.recording.dataset_store``).
+
+Layout of one episode, ``<root>/.tandem/spool/<session:06d>-<seq:06d>/``:
+
+- ``header.json``: written (atomically, fsynced) before the first tick: task, fps, the LeRobotDataset
+  feature spec, and the numpy structured dtype of a tick record.
+- ``ticks.bin``: fixed-size records appended with ``os.write`` as ticks arrive (a killed process
+  loses nothing already written; power loss loses at most what was written since the last fsync,
+  which happens at least every ``flush_s``). Each record is ``_magic`` (u4), ``_crc`` (u4, CRC-32 of
+  the rest of the record), then one field per dataset feature (``observation.state``,
+  ``observation.images.<cam>`` uint8[H, W, 3], ``action``, ``reward`` ...). Raw arrays, no pickle.
+  A torn or corrupt tail is detected by the magic/CRC and dropped on reading.
+- ``end.json``: written (atomically, fsynced) when the episode ends: outcome, steps, dropped ticks.
+  An episode without it was interrupted (its process died).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tandem.core.durable import fsync_path, write_json_atomic  # noqa: F401  (re-exported for dataset_store)
+from tandem.hardware.features import ACTION_KEY, Feature
+
+MAGIC = 0x54445331  # "TDS1"
+FORMAT_VERSION = 1
+HEADER = "header.json"
+TICKS = "ticks.bin"
+END = "end.json"
+
+# Per-tick features beyond the robot's observation and the executed action (DESIGN §8), with the
+# TickRecord attribute each comes from. Scalars are stored with shape (1,), as LeRobotDataset wants.
+SCALAR_FIELDS: dict[str, tuple[str, str]] = {
+    # dataset key: (dtype, TickRecord attribute)
+    "is_intervention": ("bool", "is_intervention"),
+    "takeover_start": ("bool", "takeover_start"),
+    "starved": ("bool", "starved"),
+    "success": ("bool", "success"),
+    "done": ("bool", "done"),
+    "truncated": ("bool", "truncated"),
+    "tick": ("int64", "tick"),
+    "chunk_index": ("int64", "chunk_index"),
+    "chunk_step": ("int64", "chunk_step"),
+    "head_version": ("int64", "head_version"),
+    "base_version": ("int64", "base_version"),
+    "reward": ("float32", "reward"),
+    "tick_lateness_ms": ("float32", "lateness_ms"),
+    "wall_time": ("float64", "obs_time"),
+    "obs_time": ("float64", "obs_time"),
+    "send_time": ("float64", "send_time"),
+}
+POLICY_FEATURES_KEY = "policy_features"
+
+
+@dataclass(frozen=True)
+class SpoolSchema:
+    """The tick record layout and the LeRobotDataset feature spec, built from one robot schema.
+
+    Attributes:
+        dtype: numpy structured dtype of one record (``_magic``, ``_crc``, then one field per feature).
+        features: LeRobotDataset ``features`` dict (without lerobot's implicit index/timestamp ones).
+        observation_keys: keys copied from ``TickRecord.observation``.
+        action_dim: A.
+        feature_dim: F (0: no ``policy_features`` column).
+    """
+
+    dtype: np.dtype
+    features: dict[str, dict]
+    observation_keys: tuple[str, ...]
+    action_dim: int
+    feature_dim: int
+
+    @classmethod
+    def build(
+        cls,
+        observation_features: dict[str, Feature],
+        action_feature: Feature,
+        feature_dim: int = 0,
+        use_videos: bool = True,
+    ) -> SpoolSchema:
+        """The schema for a robot's observation/action features and a base policy with F features."""
+        fields: list[tuple] = [("_magic", "<u4"), ("_crc", "<u4")]
+        features: dict[str, dict] = {}
+        for key, feat in observation_features.items():
+            fields.append((key, np.dtype(feat.dtype).str, tuple(feat.shape)))
+            features[key] = feat.to_lerobot(use_videos)
+        if len(action_feature.shape) != 1:
+            raise ValueError(f"the action feature must be a vector, got shape {action_feature.shape}")
+        action_dim = int(action_feature.shape[0])
+        names = list(action_feature.names) if action_feature.names else None
+        for key in (ACTION_KEY, "base_action", "head_action"):
+            fields.append((key, "<f4", (action_dim,)))
+            features[key] = {"dtype": "float32", "shape": (action_dim,), "names": names}
+        if feature_dim > 0:
+            fields.append((POLICY_FEATURES_KEY, "<f4", (feature_dim,)))
+            features[POLICY_FEATURES_KEY] = {"dtype": "float32", "shape": (feature_dim,), "names": None}
+        for key, (dtype, _) in SCALAR_FIELDS.items():
+            fields.append((key, np.dtype(dtype).str, (1,)))
+            features[key] = {"dtype": dtype, "shape": (1,), "names": None}
+        return cls(
+            dtype=np.dtype(fields),
+            features=features,
+            observation_keys=tuple(observation_features),
+            action_dim=action_dim,
+            feature_dim=int(feature_dim),
+        )
+
+    @property
+    def record_bytes(self) -> int:
+        """Size of one tick record in bytes."""
+        return int(self.dtype.itemsize)
+
+    def pack(self, record: Any) -> np.ndarray:
+        """Copy one ``TickRecord`` into a new 1-element structured array (the control thread's only copy)."""
+        row = np.empty(1, self.dtype)
+        obs = record.observation
+        for key in self.observation_keys:
+            row[key] = obs[key]
+        row[ACTION_KEY] = record.action
+        row["base_action"] = record.base_action
+        row["head_action"] = record.head_action
+        if self.feature_dim:
+            features = record.features
+            # before the first chunk with features (or from a policy without them): zeros
+            row[POLICY_FEATURES_KEY] = features if np.shape(features) == (self.feature_dim,) else 0.0
+        for key, (_, attr) in SCALAR_FIELDS.items():
+            row[key] = getattr(record, attr)
+        return row
+
+
+def dtype_to_json(dtype: np.dtype) -> list[list]:
+    """A structured dtype as JSON: ``[[name, dtype string, shape], ...]``."""
+    out = []
+    for name in dtype.names:
+        sub = dtype.fields[name][0]
+        base, shape = (sub.base, list(sub.shape)) if sub.shape else (sub, [])
+        out.append([name, base.str, shape])
+    return out
+
+
+def dtype_from_json(spec: list[list]) -> np.dtype:
+    """Inverse of :func:`dtype_to_json`."""
+    return np.dtype([(name, d, tuple(shape)) if shape else (name, d) for name, d, shape in spec])
+
+
+def features_from_json(features: dict) -> dict[str, dict]:
+    """A feature spec read from JSON, with shapes as tuples (LeRobotDataset compares them to arrays')."""
+    return {k: {**v, "shape": tuple(v["shape"])} for k, v in features.items()}
+
+
+fsync_dir = fsync_path  # a directory fsync; the one implementation lives in tandem.core.durable
+
+
+def episode_name(session: int, seq: int) -> str:
+    """Spool directory name; names sort in recording order."""
+    return f"{session:06d}-{seq:06d}"
+
+
+def parse_name(name: str) -> tuple[int, int] | None:
+    """(session, seq) of a spool directory name, or None if it is not one."""
+    parts = name.split("-")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+class SpoolEpisodeWriter:
+    """Appends tick records of one episode; used by the recorder's writer thread only.
+
+    Args:
+        directory: the episode's spool directory (created; must not exist).
+        header: JSON-ready header (task, fps, features ...); ``dtype`` is added.
+        dtype: the record dtype.
+    """
+
+    def __init__(self, directory: Path, header: dict, dtype: np.dtype) -> None:
+        self.directory = Path(directory)
+        self.dtype = dtype
+        self.directory.mkdir(parents=True, exist_ok=False)
+        write_json_atomic(self.directory / HEADER, {**header, "format": FORMAT_VERSION, "dtype": dtype_to_json(dtype)})
+        fsync_dir(self.directory.parent)
+        self._fd = os.open(str(self.directory / TICKS), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.records = 0
+        self._dirty = False
+
+    def append(self, row: np.ndarray) -> None:
+        """Stamp magic and CRC into the 1-element record ``row`` and append it (one ``os.write``)."""
+        raw = row.view(np.uint8)
+        row["_magic"] = MAGIC
+        row["_crc"] = zlib.crc32(raw[8:])
+        view = memoryview(raw)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self.records += 1
+        self._dirty = True
+
+    def sync(self) -> None:
+        """fsync what was appended since the last sync."""
+        if self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
+
+    def finish(self, end: dict) -> None:
+        """Sync, close the tick file and write ``end.json``: the episode is complete."""
+        self.close()
+        write_json_atomic(self.directory / END, {**end, "records": self.records})
+
+    def close(self) -> None:
+        """Sync and close the tick file (without marking the episode complete). Safe to call twice."""
+        if self._fd is not None:
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+@dataclass
+class SpooledEpisode:
+    """An episode read back from the spool.
+
+    Attributes:
+        name: spool directory name (``<session>-<seq>``).
+        directory: its path.
+        header: header.json contents (``features`` with tuple shapes).
+        rows: structured array [N] of the valid records, in order.
+        end: end.json contents, or None if the episode was interrupted.
+        torn_bytes: bytes after the last valid record (a torn or corrupt tail), dropped.
+    """
+
+    name: str
+    directory: Path
+    header: dict
+    rows: np.ndarray
+    end: dict | None
+    torn_bytes: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True if the episode ended normally (end.json exists)."""
+        return self.end is not None
+
+    @property
+    def session(self) -> int:
+        """Recording session number."""
+        return int(self.header["session"])
+
+
+def read_records(path: Path, dtype: np.dtype) -> tuple[np.ndarray, int]:
+    """Valid records of a tick file (memory-mapped, read-only) and the number of trailing bytes dropped.
+
+    Records are checked in order; the first one with a wrong magic or CRC ends the valid prefix.
+    """
+    size = dtype.itemsize
+    total = path.stat().st_size if path.exists() else 0
+    n = total // size
+    if n == 0:
+        return np.zeros(0, dtype), total
+    raw = np.memmap(path, np.uint8, mode="r", shape=(n * size,))
+    rows = raw.view(dtype)
+    good = 0
+    for i in range(n):
+        if rows["_magic"][i] != MAGIC or zlib.crc32(raw[i * size + 8 : (i + 1) * size]) != int(rows["_crc"][i]):
+            break
+        good += 1
+    return rows[:good], total - good * size
+
+
+def read_spool_episode(directory: Path) -> SpooledEpisode | None:
+    """Read one spooled episode, or None if its header was never completed (nothing was recorded)."""
+    directory = Path(directory)
+    try:
+        header = json.loads((directory / HEADER).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    header["features"] = features_from_json(header["features"])
+    dtype = dtype_from_json(header["dtype"])
+    rows, torn = read_records(directory / TICKS, dtype)
+    end = None
+    if (directory / END).exists():
+        try:
+            end = json.loads((directory / END).read_text())
+        except json.JSONDecodeError:
+            end = None
+    return SpooledEpisode(directory.name, directory, header, rows, end, torn)
+
+
+def list_spool(spool_dir: Path) -> list[Path]:
+    """Episode directories in a spool, in recording order (other entries are ignored)."""
+    if not Path(spool_dir).is_dir():
+        return []
+    return sorted(p for p in Path(spool_dir).iterdir() if p.is_dir() and parse_name(p.name) is not None)

@@ -1,0 +1,285 @@
+"""``tandem bench links``: weight push latency, experience throughput, and lerobot's gRPC transport.
+
+Three measurements in one process, all on 127.0.0.1:
+
+1. Weight push: a ~1M-parameter torch MLP head, from ``state_dict`` on the learner to the new module
+   swapped in on the robot. The clock starts before the tensors are converted to numpy and stops
+   when :meth:`WeightsSubscriber.apply_staged` has swapped the module in, on a thread standing in for
+   the control loop that reaches a chunk boundary as soon as a set is staged (the wait for a real
+   boundary, up to H ticks, is a property of the loop, not the link, and is excluded).
+2. The same state_dict pushed through lerobot 0.4.4's own actor-learner transport: a real gRPC
+   server running lerobot's ``LearnerService`` servicer (``StreamParameters``, 2 MiB pieces via
+   ``send_bytes_in_chunks``), a client draining the stream with ``receive_bytes_in_chunks``, then
+   ``bytes_to_state_dict`` + ``load_state_dict`` as lerobot's actor does. The clock starts before
+   ``state_to_bytes``; lerobot's actor would apply it only at episode end, which is excluded too.
+3. Experience: ChunkRecords (H=10, A=4, S=39) through ExperienceLink -> LinkServer -> ReplayStore
+   (spooled, fsync-batched, acked); steps/s = records x H / time until the last ack.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tandem.protocol.chunk_record import ChunkRecord
+from tandem.runtime.control.timing import percentile
+
+
+def head_mlp(seed: int = 0) -> Any:
+    """A ~1.02M-parameter MLP head: 96 -> 960 -> 960 -> 4."""
+    import torch
+
+    from tandem.value.objectives.chunk_reward import mlp
+
+    torch.manual_seed(seed)
+    return mlp(96, 960, 2, 4)
+
+
+def _stats(values_s: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values_s]
+    return {"p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3), "max_ms": round(max(ms), 3)}
+
+
+def _boundary_thread(apply: Any, staged: threading.Event, stop: threading.Event) -> threading.Thread:
+    """Stands in for the control loop: reaches a chunk boundary as soon as a set is staged."""
+
+    def run() -> None:
+        while not stop.is_set():
+            if staged.wait(0.05):
+                staged.clear()
+                apply(0)
+
+    t = threading.Thread(target=run, name="bench-boundaries", daemon=True)
+    t.start()
+    return t
+
+
+def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
+    """Publish -> applied latency of ``model``'s weights over the tandem weights link."""
+    from tandem.runtime.links.config import LinkConfig
+    from tandem.runtime.links.weights import TorchModuleWeights, WeightsSubscriber
+    from tandem.value.server import LinkServer, ServerConfig
+
+    server = LinkServer(ServerConfig(experience_port=0, weights_port=0), store=None).start()
+    cfg = LinkConfig(robot_id="bench", experience_port=server.experience_port, weights_port=server.weights_port)
+    consumer = TorchModuleWeights(head_mlp(seed=1))
+    staged: dict[int, float] = {}
+    applied: dict[int, float] = {}
+    staged_event = threading.Event()
+
+    def on_staged(kind: str, version: int) -> None:
+        staged[version] = time.perf_counter()
+        staged_event.set()
+
+    sub = WeightsSubscriber(
+        cfg, {"head": consumer}, on_staged=on_staged,
+        on_applied=lambda k, v: applied.__setitem__(v, time.perf_counter()),
+    ).start()
+    stop = threading.Event()
+    boundary = _boundary_thread(sub.apply_staged, staged_event, stop)
+    to_applied, to_staged = [], []
+    try:
+        version = 0
+        deadline = time.monotonic() + 10
+        while not applied and time.monotonic() < deadline:  # warm up: wait for the subscription
+            version += 1
+            server.publish("head", {k: v.detach().numpy() for k, v in model.state_dict().items()}, version, "bench")
+            time.sleep(0.1)
+        if not applied:
+            raise RuntimeError("the weights subscriber never received the warm-up push")
+        for _ in range(pushes):
+            version += 1
+            time.sleep(0.02)
+            t0 = time.perf_counter()
+            arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+            server.publish("head", arrays, version, "bench")
+            end = time.monotonic() + 5
+            while version not in applied and time.monotonic() < end:
+                time.sleep(0.0001)
+            if version in applied:
+                to_applied.append(applied[version] - t0)
+                to_staged.append(staged[version] - t0)
+        ok = all(
+            np.array_equal(a.detach().numpy(), b.detach().numpy())
+            for a, b in zip(consumer.module.state_dict().values(), model.state_dict().values(), strict=True)
+        )
+    finally:
+        stop.set()
+        boundary.join()
+        sub.close()
+        server.stop()
+    return {
+        "pushes": pushes,
+        "received": len(to_applied),
+        "publish_to_staged": _stats(to_staged) if to_staged else {},
+        "publish_to_applied": _stats(to_applied) if to_applied else {},
+        "weights_equal": bool(ok),
+        "rejected": sub.stats.rejected,
+    }
+
+
+def bench_weights_lerobot(model: Any, pushes: int) -> dict[str, Any]:
+    """Publish -> applied latency of ``model``'s weights over lerobot's gRPC LearnerService."""
+    from concurrent import futures
+
+    import grpc
+    from lerobot.rl.learner_service import LearnerService
+    from lerobot.transport import services_pb2, services_pb2_grpc
+    from lerobot.transport.utils import (
+        MAX_MESSAGE_SIZE,
+        bytes_to_state_dict,
+        grpc_channel_options,
+        receive_bytes_in_chunks,
+        state_to_bytes,
+    )
+
+    shutdown = threading.Event()
+    params_q: queue.Queue = queue.Queue()
+    servicer = LearnerService(
+        shutdown_event=shutdown, parameters_queue=params_q, seconds_between_pushes=0.0,
+        transition_queue=queue.Queue(), interaction_message_queue=queue.Queue(), queue_get_timeout=0.001,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=3),
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_SIZE), ("grpc.max_send_message_length", MAX_MESSAGE_SIZE)],
+    )
+    services_pb2_grpc.add_LearnerServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=grpc_channel_options())
+    stub = services_pb2_grpc.LearnerServiceStub(channel)
+    stub.Ready(services_pb2.Empty(), timeout=10)
+    received: queue.Queue = queue.Queue()
+    actor_model = head_mlp(seed=1)
+    applied: list[float] = []
+
+    def receiver() -> None:
+        try:
+            receive_bytes_in_chunks(stub.StreamParameters(services_pb2.Empty()), received, shutdown, log_prefix="[bench]")
+        except grpc.RpcError:
+            pass
+
+    def actor() -> None:  # what lerobot's actor does with new parameters
+        while not shutdown.is_set():
+            try:
+                blob = received.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            actor_model.load_state_dict(bytes_to_state_dict(blob))
+            applied.append(time.perf_counter())
+
+    threads = [threading.Thread(target=receiver, daemon=True), threading.Thread(target=actor, daemon=True)]
+    for t in threads:
+        t.start()
+    latencies = []
+    try:
+        params_q.put(state_to_bytes(model.state_dict()))  # warm up the stream
+        end = time.monotonic() + 10
+        while not applied and time.monotonic() < end:
+            time.sleep(0.01)
+        for _ in range(pushes):
+            time.sleep(0.02)
+            n = len(applied)
+            t0 = time.perf_counter()
+            params_q.put(state_to_bytes(model.state_dict()))
+            end = time.monotonic() + 5
+            while len(applied) == n and time.monotonic() < end:
+                time.sleep(0.0001)
+            if len(applied) > n:
+                latencies.append(applied[n] - t0)
+    finally:
+        shutdown.set()
+        server.stop(0)
+        channel.close()
+        for t in threads:
+            t.join(2)
+    return {"pushes": pushes, "received": len(latencies), "publish_to_applied": _stats(latencies) if latencies else {},
+            "transport": "lerobot 0.4.4 LearnerService.StreamParameters over gRPC (torch.save, 2 MiB pieces)"}
+
+
+def bench_records(n: int, horizon: int = 10, action_dim: int = 4, state_dim: int = 39) -> list[ChunkRecord]:
+    """``n`` distinct records of one robot (content shared, keys distinct)."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "state": rng.standard_normal(state_dim).astype(np.float32),
+        "features": np.zeros(0, np.float16),
+        "base": rng.standard_normal((horizon, action_dim)).astype(np.float32),
+        "head": np.zeros((horizon, action_dim), np.float32),
+        "executed": rng.standard_normal((horizon, action_dim)).astype(np.float32),
+        "reward": rng.random(horizon).astype(np.float32),
+        "valid": np.ones(horizon, bool),
+        "intervention": np.zeros(horizon, bool),
+        "takeover_start": np.zeros(horizon, bool),
+        "obs_time": np.zeros(horizon),
+        "send_time": np.zeros(horizon),
+    }
+    return [
+        ChunkRecord(robot_id="bench", episode_id=i // 50, chunk_index=i % 50, task="bench", done=False, truncated=False,
+                    head_version=0, base_version=0, **arrays)
+        for i in range(n)
+    ]
+
+
+def bench_experience(records: int, horizon: int = 10) -> dict[str, Any]:
+    """Throughput of records from ExperienceLink into a durable ReplayStore (acked)."""
+    from tandem.runtime.links.config import LinkConfig
+    from tandem.runtime.links.experience import ExperienceLink
+    from tandem.value.replay import ReplayConfig, ReplayStore
+    from tandem.value.server import LinkServer, ServerConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="tandem-bench-links-"))
+    recs = bench_records(records, horizon)
+    store = ReplayStore(tmp / "replay", ReplayConfig(capacity=max(records, 1)))
+    server = LinkServer(ServerConfig(experience_port=0, weights_port=0), store).start()
+    cfg = LinkConfig(robot_id="bench", experience_port=server.experience_port, weights_port=server.weights_port,
+                     spool_dir=str(tmp / "spool"), window=2048)
+    link = ExperienceLink(cfg).start()
+    try:
+        t0 = time.perf_counter()
+        for r in recs:
+            link.send(r)
+        ok = link.wait_acked(120)
+        dt = time.perf_counter() - t0
+    finally:
+        link.close(0)
+        server.stop()
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "records": records,
+        "horizon": horizon,
+        "all_acked": ok,
+        "stored": server.stats["stored"],
+        "seconds": round(dt, 3),
+        "records_per_s": round(records / dt, 1),
+        "steps_per_s": round(records * horizon / dt, 1),
+        "fsync": True,
+    }
+
+
+def bench_links(pushes: int = 50, records: int = 20000) -> dict[str, Any]:
+    """All three measurements (see the module docstring), as one JSON-ready dict."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = head_mlp()
+    params = sum(p.numel() for p in model.parameters())
+    tandem = bench_weights_tandem(model, pushes)
+    lerobot = bench_weights_lerobot(model, pushes)
+    experience = bench_experience(records)
+    t50 = tandem["publish_to_applied"].get("p50_ms", float("nan"))
+    l50 = lerobot["publish_to_applied"].get("p50_ms", float("nan"))
+    t99 = tandem["publish_to_applied"].get("p99_ms", float("nan"))
+    l99 = lerobot["publish_to_applied"].get("p99_ms", float("nan"))
+    return {
+        "weights": {"params": int(params), "bytes": int(params * 4), "tandem": tandem, "lerobot_grpc": lerobot,
+                    "lerobot_over_tandem_p50": round(l50 / t50, 2), "lerobot_over_tandem_p99": round(l99 / t99, 2)},
+        "experience": experience,
+    }
