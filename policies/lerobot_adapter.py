@@ -47,6 +47,7 @@ import numpy as np
 from tandem.core.validate import non_negative
 from tandem.hardware.features import zero_observation
 from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
+from tandem.policies.loading import resolve_device, resolve_path, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,6 @@ class LeRobotPolicy(BasePolicy):
     """
 
     def __init__(self, config: LeRobotPolicyConfig, robot: Any) -> None:
-        from tandem.policies.loading import resolve_device, resolve_path, set_torch_threads
-
         self.config = config
         set_torch_threads(config.torch_threads)
         path = resolve_path(config.path, "policy=lerobot")

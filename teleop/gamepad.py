@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tandem.core.errors import DeviceMissingError, DeviceNotConnectedError
+from tandem.core.errors import ConfigError, DeviceMissingError, DeviceNotConnectedError
 from tandem.core.validate import in_range, non_negative
 from tandem.hardware.features import ACTION_KEY, Feature
 from tandem.teleop.teleoperator import DeviceContext, Event, TakeoverSettings, Teleoperator, TeleopEvents
@@ -65,8 +65,6 @@ class GamepadConfig(TakeoverSettings):
         in_range("teleop.speed", self.speed, 0.0, 1.0)
         in_range("teleop.deadzone", self.deadzone, 0.0, 0.99)
         if len(self.axes) != 3 or len(self.invert) != 3:
-            from tandem.core.errors import ConfigError
-
             raise ConfigError("teleop.axes", self.axes, "three axis indices (x, y, z) and three invert flags")
 
 

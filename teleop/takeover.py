@@ -1,4 +1,4 @@
-"""The takeover state machine: a teleoperator as the runtime's ``Operator`` (DESIGN §3, §9).
+"""The takeover state machine: a teleoperator as the runtime's ``Operator``.
 
 States and transitions (one ``step`` per control tick)::
 
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from tandem.core.registry import component_class
 from tandem.teleop.operator import OperatorOutput
 from tandem.teleop.teleoperator import DeviceContext, Event, TakeoverSettings, Teleoperator
 
@@ -234,7 +235,6 @@ def make_operator(config: Any, robot: Any, last_sent: Callable[[], np.ndarray | 
     """
     if config is None or config.type == "none":
         return None
-    from tandem.core.registry import component_class
 
     context = DeviceContext(instruction=lambda: robot.task, fps=robot.fps, action_feature=robot.action_feature)
     device = component_class("teleop", config.type)(config, context)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tandem.core.config import build_dataclass, compose
 from tandem.core.durable import write_json_atomic
 from tandem.core.validate import in_range, non_negative, one_of, positive
 from tandem.protocol.checkpoint import load_checkpoint, save_checkpoint
@@ -323,7 +324,6 @@ def compose_learner(overrides: list[str], config_file: str | Path | None = None)
     With ``config_file`` (a YAML ``learner:`` block, e.g. written by ``tandem run learn.spawn=true``) its
     values replace the defaults and the overrides (plain ``learner.key=value``) apply on top.
     """
-    from tandem.core.config import build_dataclass, compose
 
     if config_file is None:
         values = compose("learner/default", overrides).get("learner", {})

@@ -1,4 +1,4 @@
-"""The chunked critic: an ensemble Q_j(s, a_{t:t+H}) over [state, features, flattened chunk] (DESIGN §6).
+"""The chunked critic: an ensemble Q_j(s, a_{t:t+H}) over [state, features, flattened chunk].
 
 The M members are one vectorised MLP (weights stacked as [M, in, out], one batched matmul per layer), so
 an ensemble of 2 or 10 costs about one network's worth of Python overhead on a CPU. A Polyak-averaged

@@ -1,4 +1,4 @@
-"""Heads on top of a base chunk policy (DESIGN §6): the ResFiT residual and the EXPO edit.
+"""Heads on top of a base chunk policy: the ResFiT residual and the EXPO edit.
 
 Both are small MLPs trained by the learner (``tandem.value.objectives``) and run on the robot inside
 the control loop. Each has a torch path (training, batched) and a numpy path (the robot: one state,

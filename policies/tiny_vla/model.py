@@ -31,7 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from tandem.core.errors import ConfigError
 from tandem.core.validate import in_range, positive
+from tandem.policies.base import PolicyLoadError
+from tandem.policies.tiny_vla.tokenizer import load_tokenizer
 
 
 def _default_vision() -> dict[str, Any]:
@@ -103,8 +106,6 @@ class TinyVLAModelConfig:
         in_range("model.flow_steps", self.flow_steps, 1, 1000)
         for name, cfg in (("model.vision", self.vision), ("model.text", self.text)):
             if "model_type" not in cfg:
-                from tandem.core.errors import ConfigError
-
                 raise ConfigError(name, cfg, "needs a 'model_type' (e.g. 'vit', 'bert')")
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,9 +331,6 @@ def load_checkpoint(path: Any, device: str = "cpu") -> tuple[TinyVLA, Any, dict[
     """
     import json
     from pathlib import Path
-
-    from tandem.policies.base import PolicyLoadError
-    from tandem.policies.tiny_vla.tokenizer import load_tokenizer
 
     path = Path(path)
     if not path.is_dir():

@@ -17,6 +17,14 @@ import numpy as np
 from tandem.core.validate import in_range, non_negative
 from tandem.hardware.features import STATE_KEY
 from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
+from tandem.policies.loading import (
+    check_cameras,
+    check_state,
+    resolve_device,
+    resolve_path,
+    set_torch_threads,
+)
+from tandem.policies.tiny_vla.tokenizer import encode
 
 
 @dataclass
@@ -57,7 +65,6 @@ class TinyVLAPolicy(BasePolicy):
     def __init__(self, config: TinyVLAPolicyConfig, robot: Any = None, model: Any = None, tokenizer: Any = None) -> None:
         import torch
 
-        from tandem.policies.loading import resolve_device, resolve_path, set_torch_threads
         from tandem.policies.tiny_vla.model import load_checkpoint
 
         self.config = config
@@ -81,8 +88,6 @@ class TinyVLAPolicy(BasePolicy):
             self._check_robot(robot)
 
     def _check_robot(self, robot: Any) -> None:
-        from tandem.policies.loading import check_cameras, check_state
-
         cfg = self.model.cfg
         feats = robot.observation_features
         check_state(self.name, feats, STATE_KEY, cfg.state_dim)
@@ -104,8 +109,6 @@ class TinyVLAPolicy(BasePolicy):
     def _text(self, tasks: list[str]) -> Any:
         """Text embeddings float[B, D], cached per instruction (the set of instructions is small)."""
         import torch
-
-        from tandem.policies.tiny_vla.tokenizer import encode
 
         missing = [t for t in dict.fromkeys(tasks) if t not in self._text_cache]
         if missing:

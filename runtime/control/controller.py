@@ -1,4 +1,4 @@
-"""Deciding each tick's action: base chunk, head, and the human (DESIGN §3, §4).
+"""Deciding each tick's action: base chunk, head, and the human.
 
 Chunk boundaries fall every ``horizon`` (H) ticks of an episode. At a boundary the controller asks
 the head for its correction of the base plan's next H ticks (zeros without a head) and runs the

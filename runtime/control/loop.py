@@ -1,4 +1,4 @@
-"""The fixed-rate control loop for one episode (DESIGN §3).
+"""The fixed-rate control loop for one episode.
 
 Per tick: observe -> decide (controller) -> safety filter -> send -> record (sinks) -> wait for the
 next deadline. Sections are timed; lateness and overruns are counted by the ``TickTimer``. Nothing

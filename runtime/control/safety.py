@@ -1,4 +1,4 @@
-"""The safety filter between every action source and the robot (DESIGN §9).
+"""The safety filter between every action source and the robot.
 
 Per tick, in order:
 1. non-finite input (NaN/inf anywhere) is rejected: the robot holds its last safe action;

@@ -1,4 +1,4 @@
-"""Chunk scheduling (DESIGN §4): ask early, align on arrival, blend the overlap, hold on starvation.
+"""Chunk scheduling: ask early, align on arrival, blend the overlap, hold on starvation.
 
 The scheduler keeps a *plan*: base actions indexed by absolute episode tick. Each tick it
 

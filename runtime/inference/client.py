@@ -25,8 +25,9 @@ import numpy as np
 
 from tandem.core.validate import in_range, positive
 from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
+from tandem.protocol.security import open_socket
 from tandem.protocol.wire import Message, WireError, decode, encode
-from tandem.runtime.inference.server import CHUNK, ERROR, INFER, INFO, LINK_SCHEMA
+from tandem.runtime.inference.server import CHUNK, ERROR, INFER, INFO, LINK_SCHEMA, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ class LinkBackend:
 
     def __init__(self, endpoint: str, config: PolicyLinkConfig) -> None:
         import zmq
-
-        from tandem.protocol.security import open_socket
 
         self.endpoint = endpoint
         self.config = config
@@ -239,8 +238,6 @@ class ProcessBackend(LinkBackend):
 
     def __init__(self, robot_config: Any, policy_config: Any, config: PolicyLinkConfig) -> None:
         import multiprocessing as mp
-
-        from tandem.runtime.inference.server import worker_main
 
         spec = {
             "robot": dataclasses.asdict(robot_config),

@@ -1,4 +1,4 @@
-"""The base-policy server: a policy behind a pyzmq ROUTER socket (DESIGN §3, §7).
+"""The base-policy server: a policy behind a pyzmq ROUTER socket.
 
 One loop serves both deployments:
 
@@ -43,6 +43,7 @@ from tandem.core.config import build_group
 from tandem.core.registry import component_class
 from tandem.hardware.features import Feature, check_observation, zero_observation
 from tandem.policies.base import BasePolicy
+from tandem.protocol.security import bound_endpoint, load_keys, open_socket, start_authenticator
 from tandem.protocol.wire import Message, WireError, decode, encode, schema_hash
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,6 @@ class ServerSocket:
 def open_server_socket(bind: str, keys_dir: str, max_bytes: int) -> ServerSocket:
     """A bound ROUTER socket; CURVE when ``keys_dir`` is set (required for a non-loopback ``bind``)."""
     import zmq
-
-    from tandem.protocol.security import bound_endpoint, load_keys, open_socket, start_authenticator
 
     ctx = zmq.Context()
     auth = None

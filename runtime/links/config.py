@@ -12,7 +12,7 @@ from tandem.protocol.security import tcp_endpoint  # noqa: F401  (the robot side
 
 @dataclass
 class LinkConfig:
-    """How a robot talks to the learner (DESIGN §7).
+    """How a robot talks to the learner.
 
     Attributes:
         enabled: connect the session to a learner (experience up, weights down).

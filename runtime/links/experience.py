@@ -1,4 +1,4 @@
-"""Experience link, robot side: chunk records up to the learner, exactly once (DESIGN §7).
+"""Experience link, robot side: chunk records up to the learner, exactly once.
 
 The control thread calls :meth:`ExperienceLink.send` (a queue put, never blocks). The link's I/O
 thread numbers each record, appends it to the on-disk :class:`~tandem.runtime.links.spool.RecordSpool`, and sends

@@ -1,4 +1,4 @@
-"""Replay a recorded dataset into chunk records (DESIGN §5), offline.
+"""Replay a recorded dataset into chunk records, offline.
 
 Rows are read from the dataset's parquet files (no video decoding) and fed through the same
 :func:`~tandem.runtime.links.chunks.build_chunk` the live ``ChunkAssembler`` uses, so the records

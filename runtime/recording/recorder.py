@@ -1,4 +1,4 @@
-"""The episode recorder: every tick into a LeRobotDataset, crash-safe (DESIGN §8).
+"""The episode recorder: every tick into a LeRobotDataset, crash-safe.
 
 Data path::
 

@@ -1,6 +1,6 @@
 """The recorder's append-only spool: one directory per episode, raw fixed-size tick records.
 
-The spool is the recorder's write-ahead log (DESIGN §8). LeRobotDataset keeps its parquet and video
+The spool is the recorder's write-ahead log. LeRobotDataset keeps its parquet and video
 files open until ``finalize()``, so a killed process leaves them unreadable; the spool instead holds
 every tick as it happens, in a format that survives a kill at any byte, until the episode has been
 committed to the dataset (``tandem.runtime.recording.dataset_store``).
@@ -39,7 +39,7 @@ HEADER = "header.json"
 TICKS = "ticks.bin"
 END = "end.json"
 
-# Per-tick features beyond the robot's observation and the executed action (DESIGN §8), with the
+# Per-tick features beyond the robot's observation and the executed action, with the
 # TickRecord attribute each comes from. Scalars are stored with shape (1,), as LeRobotDataset wants.
 SCALAR_FIELDS: dict[str, tuple[str, str]] = {
     # dataset key: (dtype, TickRecord attribute)

@@ -7,7 +7,7 @@ Two measurements, one JSON object:
 2. **loop**: a real-time session (MetaWorld at ``hz``, camera rendering, safety filter) with the same
    policy in its worker process (``session.backend=process``) for ``seconds``: tick lateness p50/p99/max
    over every tick, overruns, starved ticks, chunks received, each section's p99 (worst episode;
-   ``decide`` is the scheduler + head, ``observe`` includes camera rendering). DESIGN §11's budget is p99 lateness <= 1 ms with no overrun over 3,000 ticks.
+   ``decide`` is the scheduler + head, ``observe`` includes camera rendering). The budget in docs/architecture.md is p99 lateness <= 1 ms with no overrun over 3,000 ticks.
 """
 
 from __future__ import annotations

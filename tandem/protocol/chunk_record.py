@@ -1,4 +1,4 @@
-"""The unit of experience: one record per executed chunk of H ticks (DESIGN §5).
+"""The unit of experience: one record per executed chunk of H ticks.
 
 Records of an episode are linked by ``(robot_id, episode_id, chunk_index)``; the learner forms TD
 tuples from consecutive records (the next record's ``state``/``features``/``base`` are s_{t+H} and

@@ -1,4 +1,4 @@
-"""The link protocol's messages, on top of :mod:`tandem.protocol.wire` (DESIGN §7).
+"""The link protocol's messages, on top of :mod:`tandem.protocol.wire`.
 
 Kinds:
 

@@ -1,4 +1,4 @@
-"""Endpoint checks, CURVE keys and socket limits for every tandem link (DESIGN §7).
+"""Endpoint checks, CURVE keys and socket limits for every tandem link.
 
 Rules enforced here, before any socket binds or connects:
 

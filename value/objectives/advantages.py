@@ -1,4 +1,4 @@
-"""Advantages and advantage-weighted regression weights (ALOE's improvement step, DESIGN §6).
+"""Advantages and advantage-weighted regression weights (ALOE's improvement step).
 
     V(s)  = (1/K) sum_i Q_pess(s, a_i),    a_i ~ pi_current(s),  i = 1..K
     A     = Q_pess(s, a_data) - V(s)
