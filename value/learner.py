@@ -35,6 +35,8 @@ from tandem.value.server import LinkServer, ServerConfig
 
 log = logging.getLogger(__name__)
 
+ENDPOINTS_FILE = "endpoints.json"  # {experience, weights, pid, run}; see Learner._write_endpoints
+
 
 @dataclass
 class LearnerConfig:
@@ -195,6 +197,7 @@ class Learner:
                 self.server.start()
                 self.server.versions.update({k: (self.run_id, v) for k, v in self.versions.items()})
                 self.server.progress = {"step": self.step, "training": False}
+                self._write_endpoints()
                 if on_ready is not None:
                     on_ready(self)
             while True:
@@ -247,6 +250,14 @@ class Learner:
                 self.store.close()
             ddp.shutdown(info)
         return summary
+
+    def _write_endpoints(self) -> None:
+        """``<store_dir>/endpoints.json``: where this learner serves, written once its sockets are bound
+        (a launcher such as ``tandem run learn.spawn=true`` waits for it and connects the robot there)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.root / ENDPOINTS_FILE, {
+            "experience": self.server.experience_endpoint, "weights": self.server.weights_endpoint,
+            "pid": os.getpid(), "run": self.run_id})
 
     def publish(self, weights: dict[str, dict[str, np.ndarray]]) -> None:
         """Publish each weight kind with the next version number.
