@@ -390,7 +390,7 @@ def test_real_robot_learner_file_matches_the_robot_head(tmp_path: Path) -> None:
 
 def test_configuration_reference_lists_every_field() -> None:
     """docs/configuration.md has a row for every field of every config dataclass, in the class's section."""
-    from tandem import registry
+    from tandem.core import registry
     from tandem.policies.heads.config import Dims
 
     text = (REPO / "docs" / "configuration.md").read_text()
@@ -400,7 +400,7 @@ def test_configuration_reference_lists_every_field() -> None:
         "tandem.runtime.control.safety:SafetyConfig": set(), "tandem.runtime.control.scheduler:SchedulerConfig": set(),
         "tandem.runtime.inference.client:PolicyLinkConfig": set(), "tandem.runtime.recording.recorder:RecordConfig": set(),
         "tandem.runtime.links.config:LinkConfig": set(), "tandem.policies.heads.config:HeadConfig": set(),
-        "tandem.commands.learner_process:LearnConfig": set(), "tandem.runtime.monitor.live_view:LiveViewConfig": set(),
+        "tandem.runtime.config:LearnConfig": set(), "tandem.runtime.monitor.live_view:LiveViewConfig": set(),
         "tandem.runtime.monitor.status_line:StatusLineConfig": set(), "tandem.value.learner:LearnerConfig": set(),
         "tandem.value.replay:ReplayConfig": set(), "tandem.value.objectives.base:ObjectiveConfig": set(),
         "tandem.policies.heads.critic:CriticConfig": sizes, "tandem.policies.heads.networks:ResidualHeadConfig": sizes,
