@@ -54,6 +54,15 @@ def test_robot_refuses_weights_of_another_architecture():
         head_consumers(parts)["critic"].prepare_weights(learner.weights()["critic"], 1)
 
 
+def test_bad_settings_fail_when_the_learner_objective_is_made_not_at_the_first_batch():
+    with pytest.raises(ConfigError, match="objective.head.hiden"):
+        make_objective(ObjectiveConfig(type="edit", head={"hiden": [3]}))
+    with pytest.raises(ConfigError, match="objective.critic_objective.reward_mod"):
+        make_objective(ObjectiveConfig(type="residual", critic_objective={"reward_mod": "time"}))
+    with pytest.raises(ConfigError, match="objective.critic.state_dim"):  # sizes come from the data
+        make_objective(ObjectiveConfig(type="critic", critic={"state_dim": 3}))
+
+
 def test_unknown_settings_name_the_key():
     with pytest.raises(ConfigError, match="objective.critic.hiden"):
         LearningObjective(ObjectiveSpec(type="critic", critic={"hiden": [3]})).build(DIMS)

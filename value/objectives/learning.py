@@ -60,6 +60,10 @@ def make_learning_objective(kind: str, critic: CriticConfig, head: ResidualHeadC
     return EditHeadObjective(EditHead(head), co, head_objective)  # type: ignore[arg-type]
 
 
+CHECK_DIMS = Dims(1, 1, 1, 1)
+"""Sizes the settings are checked at when the learner starts (the real ones come with the first batch)."""
+
+
 @dataclass
 class ObjectiveSpec:
     """Settings of a learning objective (the learner's ``objective`` block when type is critic/residual/edit).
@@ -93,16 +97,27 @@ class LearningObjective:
         self.distributed = distributed
         self.dims: Dims | None = None
         self.inner: Any = None
+        self.settings(CHECK_DIMS)  # every setting typed and validated now, not at the first batch
 
-    def build(self, dims: Dims) -> None:
-        """Create the networks and optimisers for these sizes."""
+    def settings(self, dims: Dims) -> tuple[Any, Any, Any, Any]:
+        """The typed (critic, head, critic objective, head objective) configs at these sizes (head ones
+        None for the critic objective).
+
+        Raises:
+            ConfigError: an unknown key (named, with a hint) or a bad value, by its ``objective.*`` path.
+        """
         spec = self.spec
+        critic = critic_config(spec.critic, dims, "objective.critic")
         head = None if spec.type == "critic" else head_config(spec.type, spec.head, dims, "objective.head")
         head_cls = ResidualObjectiveConfig if spec.type == "residual" else EditObjectiveConfig
         head_obj = None if spec.type == "critic" else build_settings(head_cls, spec.head_objective, "objective.head_objective")
         co = build_settings(CriticObjectiveConfig, spec.critic_objective, "objective.critic_objective")
-        self.inner = make_learning_objective(spec.type, critic_config(spec.critic, dims, "objective.critic"), head, co,
-                                             head_obj, self.device, self.distributed)
+        return critic, head, co, head_obj
+
+    def build(self, dims: Dims) -> None:
+        """Create the networks and optimisers for these sizes."""
+        critic, head, co, head_obj = self.settings(dims)
+        self.inner = make_learning_objective(self.spec.type, critic, head, co, head_obj, self.device, self.distributed)
         self.dims = dims
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
