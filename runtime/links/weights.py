@@ -73,35 +73,6 @@ class WeightsConsumer(Protocol):
         """Swap ``prepared`` in. Runs on the control thread at a chunk boundary: a reference swap."""
 
 
-class ArrayWeights:
-    """A WeightsConsumer that holds the latest arrays as they are (tests, inspection, simple heads).
-
-    Args:
-        schema: name -> (dtype, shape) accepted.
-        arrays: initial arrays (default: zeros of the schema).
-    """
-
-    def __init__(self, schema: WeightsSpec, arrays: dict[str, np.ndarray] | None = None) -> None:
-        self._schema = {k: (str(np.dtype(d)), tuple(s)) for k, (d, s) in schema.items()}
-        self.arrays = arrays or {k: np.zeros(s, d) for k, (d, s) in self._schema.items()}
-        self.version = 0
-
-    def weights_schema(self) -> WeightsSpec:
-        """The accepted schema."""
-        return dict(self._schema)
-
-    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> dict[str, np.ndarray]:
-        """Read-only copies of the arrays."""
-        out = {k: np.array(v) for k, v in arrays.items()}
-        for v in out.values():
-            v.flags.writeable = False
-        return out
-
-    def load_weights(self, prepared: dict[str, np.ndarray], version: int) -> None:
-        """Swap the dict."""
-        self.arrays, self.version = prepared, version
-
-
 class ModuleWeights:
     """WeightsConsumer for a module with ``schema()`` / ``load_weights(arrays, version)`` (heads, critic).
 

@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-from links_testkit import free_port, wait_for
+from links_testkit import ArrayWeights, free_port, wait_for
 
 from tandem.hardware.features import STATE_KEY
 from tandem.runtime.config import compose_run
 from tandem.runtime.links.chunks import ChunkAssembler
-from tandem.runtime.links.weights import ArrayWeights
 from tandem.runtime.session import Session
 from tandem.value.objectives.base import ObjectiveConfig
 from tandem.value.objectives.chunk_reward import chunk_reward_schema

@@ -7,12 +7,12 @@ import threading
 import time
 
 import pytest
-from links_testkit import wait_for
+from links_testkit import ArrayWeights, wait_for
 
 from tandem.core.errors import ConfigError
 from tandem.runtime.links.config import LinkConfig
 from tandem.runtime.links.pacing import LearnerPacer
-from tandem.runtime.links.weights import ArrayWeights, WeightsSubscriber
+from tandem.runtime.links.weights import WeightsSubscriber
 from tandem.value.server import LinkServer, ServerConfig
 
 SCHEMA = {"w": ("float32", (4,))}

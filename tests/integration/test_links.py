@@ -7,13 +7,13 @@ import time
 import numpy as np
 import pytest
 import zmq
-from links_testkit import free_port, make_record, wait_for
+from links_testkit import ArrayWeights, free_port, make_record, wait_for
 
 from tandem.protocol.messages import HB, record_to_message, weights_message
 from tandem.protocol.wire import Message, encode
 from tandem.runtime.links.config import LinkConfig
 from tandem.runtime.links.experience import ExperienceLink
-from tandem.runtime.links.weights import ArrayWeights, TorchModuleWeights, WeightsSubscriber
+from tandem.runtime.links.weights import TorchModuleWeights, WeightsSubscriber
 from tandem.value.replay import ReplayStore, record_entries
 from tandem.value.server import LinkServer, ServerConfig
 
