@@ -9,7 +9,12 @@ outcome; ``tandem pretrain`` learns from the successful ones.
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
+
+from tandem.commands.run import run
+from tandem.runtime.config import compose_run
+from tandem.runtime.session import Session
 
 DEFAULT_SUITE = ("reach-v3", "push-v3", "pick-place-v3")
 
@@ -29,13 +34,14 @@ DEMO_OVERRIDES = [
 
 def compose_demos(overrides: list[str]) -> Any:
     """The run config of ``tandem demos``: :data:`DEMO_OVERRIDES`, then the user's ``overrides``."""
-    from tandem.runtime.config import compose_run
-
     return compose_run([*DEMO_OVERRIDES, *overrides])
 
 
 def record_demos(overrides: list[str], on_episode: Any = None) -> Any:
     """Run the demonstration session; returns its SessionSummary (``.recording`` holds the dataset stats)."""
-    from tandem.runtime.session import Session
-
     return Session(compose_demos(overrides)).run(on_episode=on_episode)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``tandem demos [overrides]``: ``tandem run`` with :data:`DEMO_OVERRIDES` first."""
+    return run([*DEMO_OVERRIDES, *args.overrides])

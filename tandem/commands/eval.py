@@ -353,11 +353,14 @@ def compare(dirs: list[Path], out: Path) -> dict:
 
 
 # -- command ----------------------------------------------------------------------------------------
-def main(argv: list[str]) -> int:
+def main(argv: argparse.Namespace | list[str]) -> int:
     """``tandem eval``: parse ``argv`` (options and Hydra overrides, in any order), run or compare.
 
+    ``argv`` is the argument list, or ``tandem``'s parsed arguments (the list is their ``args``).
     Returns the exit status: 0 done, 1 nothing to report (no evaluation dir / no episode), 2 bad arguments.
     """
+    if isinstance(argv, argparse.Namespace):
+        argv = argv.args
     overrides, rest = split_overrides(list(argv))
     args = build_parser().parse_intermixed_args(rest)
     args.overrides = overrides + args.overrides  # the rest: overrides without "=", e.g. ~robot.suite

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -373,3 +374,13 @@ def compose_pretrain(overrides: list[str]) -> PretrainConfig:
 
     values = compose("pretrain", overrides)
     return build_dataclass(PretrainConfig, values, "pretrain")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``tandem pretrain [overrides]``: behaviour cloning from a LeRobotDataset into a tiny VLA checkpoint."""
+    cfg = compose_pretrain(args.overrides)
+    meta = pretrain(cfg)
+    last = meta["history"][-1]
+    print(f"tandem pretrain: wrote {cfg.out} (version {meta['version']}, {meta['steps']} steps, "
+          f"{meta['frames']} frames, {meta['train_s']} s) " + json.dumps(last), flush=True)
+    return 0

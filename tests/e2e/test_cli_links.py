@@ -32,13 +32,13 @@ def test_bench_links_prints_json(capsys):
 
 
 def test_tandem_errors_end_in_a_message_not_a_traceback(monkeypatch, capsys):
-    from tandem import cli
+    from tandem.commands import run
     from tandem.hardware.lerobot_robot import CalibrationError
 
-    def uncalibrated(overrides):
+    def uncalibrated(args):
         raise CalibrationError("so101_follower id='arm' has no calibration file; run lerobot-calibrate")
 
-    monkeypatch.setattr(cli, "cmd_run", uncalibrated)
+    monkeypatch.setattr(run, "main", uncalibrated)
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert "tandem: CalibrationError: " in err and "lerobot-calibrate" in err and "Traceback" not in err
