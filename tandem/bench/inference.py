@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from tandem.runtime.build import make_policy, make_robot
+from tandem.runtime.config import compose_run
 from tandem.runtime.control.loop import EpisodeResult, TickRecord
 from tandem.runtime.control.timing import percentile
+from tandem.runtime.session import Session
 
 SUITE = ("reach-v3", "push-v3", "pick-place-v3")
 
@@ -47,9 +50,6 @@ class _Lateness:
 
 def _observations(robot_overrides: list[str], n: int) -> tuple[list[dict[str, np.ndarray]], list[str]]:
     """``n`` rendered observations (and instructions), cycling through the suite's tasks."""
-    from tandem.runtime.build import make_robot
-    from tandem.runtime.config import compose_run
-
     cfg = compose_run(["policy=scripted", *robot_overrides])
     robot = make_robot(cfg.robot)
     obs, tasks = [], []
@@ -72,10 +72,6 @@ def bench_inference(
     policy_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run both measurements; ``policy_overrides`` default to the shipped tiny VLA on CPU."""
-    from tandem.runtime.build import make_policy, make_robot
-    from tandem.runtime.config import compose_run
-    from tandem.runtime.session import Session
-
     policy_overrides = list(policy_overrides or ["policy=tiny_vla", "policy.device=cpu"])
     robot_overrides = [f"robot.suite=[{','.join(SUITE)}]", "robot.cameras=[corner]", f"robot.fps={hz}"]
 

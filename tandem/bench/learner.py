@@ -17,6 +17,15 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
+
+from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
+from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
+from tandem.policies.heads.select import make_selector
+from tandem.protocol.wire import Message, digest_arrays, encode
+from tandem.value.objectives.critic import CriticObjective
+from tandem.value.objectives.edit import EditHeadObjective, EditObjectiveConfig
+from tandem.value.objectives.residual import ResidualHeadObjective
 
 
 def _stats_ms(samples: list[float]) -> dict[str, float]:
@@ -73,16 +82,6 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
         head_calls: timed head calls (each figure).
         num_candidates: N edits scored at an edit-head chunk boundary.
     """
-    import torch
-
-    from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
-    from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
-    from tandem.policies.heads.select import make_selector
-    from tandem.protocol.wire import Message, digest_arrays, encode
-    from tandem.value.objectives.critic import CriticObjective
-    from tandem.value.objectives.edit import EditHeadObjective, EditObjectiveConfig
-    from tandem.value.objectives.residual import ResidualHeadObjective
-
     previous_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)

@@ -27,17 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tandem.protocol.chunk_record import ChunkRecord
 from tandem.runtime.control.timing import percentile
+from tandem.runtime.links.config import LinkConfig
+from tandem.runtime.links.experience import ExperienceLink
+from tandem.value.objectives.chunk_reward import mlp
+from tandem.value.replay import ReplayConfig, ReplayStore
+from tandem.value.server import LinkServer, ServerConfig
 
 
 def head_mlp(seed: int = 0) -> Any:
     """A ~1.02M-parameter MLP head: 96 -> 960 -> 960 -> 4."""
-    import torch
-
-    from tandem.value.objectives.chunk_reward import mlp
-
     torch.manual_seed(seed)
     return mlp(96, 960, 2, 4)
 
@@ -63,9 +65,7 @@ def _boundary_thread(apply: Any, staged: threading.Event, stop: threading.Event)
 
 def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
     """Publish -> applied latency of ``model``'s weights over the tandem weights link."""
-    from tandem.runtime.links.config import LinkConfig
     from tandem.runtime.links.weights import TorchModuleWeights, WeightsSubscriber
-    from tandem.value.server import LinkServer, ServerConfig
 
     server = LinkServer(ServerConfig(experience_port=0, weights_port=0), store=None).start()
     cfg = LinkConfig(robot_id="bench", experience_port=server.experience_port, weights_port=server.weights_port)
@@ -229,11 +229,6 @@ def bench_records(n: int, horizon: int = 10, action_dim: int = 4, state_dim: int
 
 def bench_experience(records: int, horizon: int = 10) -> dict[str, Any]:
     """Throughput of records from ExperienceLink into a durable ReplayStore (acked)."""
-    from tandem.runtime.links.config import LinkConfig
-    from tandem.runtime.links.experience import ExperienceLink
-    from tandem.value.replay import ReplayConfig, ReplayStore
-    from tandem.value.server import LinkServer, ServerConfig
-
     tmp = Path(tempfile.mkdtemp(prefix="tandem-bench-links-"))
     recs = bench_records(records, horizon)
     store = ReplayStore(tmp / "replay", ReplayConfig(capacity=max(records, 1)))
@@ -266,8 +261,6 @@ def bench_experience(records: int, horizon: int = 10) -> dict[str, Any]:
 
 def bench_links(pushes: int = 50, records: int = 20000) -> dict[str, Any]:
     """All three measurements (see the module docstring), as one JSON-ready dict."""
-    import torch
-
     torch.set_num_threads(1)
     model = head_mlp()
     params = sum(p.numel() for p in model.parameters())

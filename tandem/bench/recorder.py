@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
+from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
 from tandem.runtime.control.loop import EpisodeResult, TickRecord
 from tandem.runtime.control.timing import TickTimer, percentile
 from tandem.runtime.recording.recorder import RecordConfig, Recorder
@@ -55,8 +56,6 @@ def synthetic_frames(cameras: int, size: int, count: int = 100, seed: int = 0) -
 
 def metaworld_frames(size: int, count: int = 100) -> list[np.ndarray]:
     """``count`` ticks of MetaWorld pick-place (scripted expert) rendered by cameras corner and topview."""
-    from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
-
     robot = MetaWorldRobot(MetaWorldRobotConfig(cameras=list(CAMERAS), image_size=size, realtime=False))
     frames = [np.empty((count, size, size, 3), np.uint8) for _ in CAMERAS]
     try:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from tandem.runtime.monitor.tick_log import load_ticks
+
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 SUMMARY_FILE = "summary.json"
@@ -278,8 +280,6 @@ def _load_ticks(run_dir: Path) -> dict | None:
     path = Path(run_dir) / TICKS_FILE
     if not path.exists():
         return None
-    from tandem.runtime.monitor.tick_log import load_ticks
-
     return load_ticks(path)
 
 
