@@ -2,17 +2,18 @@
 
 The session writes a ``learner:`` YAML block (the run's ``head`` settings as the objective, so both
 sides build the same networks, plus the ``learn.learner`` settings), starts ``tandem learn --config``
-as a child process on free loopback ports, waits for its ready line, and points the run's ``link``
-block at it. At the end the learner gets SIGTERM (it writes a final checkpoint and its summary),
+as a child process on free loopback ports, waits for the ``<store_dir>/endpoints.json`` it writes once
+its sockets are bound (``{"experience", "weights", "pid", "run"}``), and points the run's ``link`` block
+at the ports in it. At the end the learner gets SIGTERM (it writes a final checkpoint and its summary),
 and SIGKILL only if it does not exit within ``stop_timeout_s``. Its output goes to
 ``<store_dir>/learner.log``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,9 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 log = logging.getLogger(__name__)
 
-_READY = re.compile(r"tandem learn: ready experience=tcp://([^ ]+):(\d+) weights=tcp://([^ ]+):(\d+)")
+#: the learner's endpoints file in its store (``tandem.value.learner.ENDPOINTS_FILE``; not imported from
+#: there, which would load torch into every ``tandem run``)
+ENDPOINTS_FILE = "endpoints.json"
+POLL_S = 0.1
 
 
 def learner_values(run_cfg: Any, store_dir: Path) -> dict:
@@ -49,8 +55,6 @@ class LearnerProcess:
         self.store_dir = Path(run_cfg.learn.store_dir) if run_cfg.learn.store_dir else Path(run_dir) / "learner"
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._ports: tuple[int, int] | None = None
         self._reader: threading.Thread | None = None
 
     def start(self) -> LearnerProcess:
@@ -60,9 +64,9 @@ class LearnerProcess:
             RuntimeError: the learner exited or did not come up within ``ready_timeout_s`` (its last
                 output lines are in the message).
         """
-        import yaml
-
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        endpoints = self.store_dir / ENDPOINTS_FILE
+        endpoints.unlink(missing_ok=True)  # a previous learner's file must not be taken for this one's
         config_path = self.store_dir / "learner.yaml"
         config_path.write_text(yaml.safe_dump({"learner": learner_values(self.run_cfg, self.store_dir)}))
         cmd = [sys.executable, "-m", "tandem.cli", "learn", "--config", str(config_path)]
@@ -72,12 +76,13 @@ class LearnerProcess:
         self._reader = threading.Thread(target=self._read, args=(logfile,), name="learner-output", daemon=True)
         self._reader.start()
         deadline = time.monotonic() + self.run_cfg.learn.ready_timeout_s
-        while not self._ready.wait(0.1):
+        while (ports := self._ports(endpoints)) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = "".join(self.lines[-20:])
                 self.stop()
                 raise RuntimeError(f"the spawned learner did not come up (see {self.store_dir / 'learner.log'}):\n{tail}")
-        exp_port, w_port = self._ports
+            time.sleep(POLL_S)
+        exp_port, w_port = ports
         link = self.run_cfg.link
         link.enabled = True
         link.learner_host = "127.0.0.1"
@@ -88,16 +93,24 @@ class LearnerProcess:
                  self.store_dir)
         return self
 
+    def _ports(self, path: Path) -> tuple[int, int] | None:
+        """(experience port, weights port) from the endpoints file once this child has written it, else None
+        (no file yet, or one of another process)."""
+        try:
+            endpoints = json.loads(path.read_text())
+        except (OSError, ValueError):  # not written yet (the learner writes it atomically)
+            return None
+        if endpoints.get("pid") != self.proc.pid:
+            return None
+        return int(endpoints["experience"].rsplit(":", 1)[1]), int(endpoints["weights"].rsplit(":", 1)[1])
+
     def _read(self, logfile: Any) -> None:
+        """Forward the learner's output to ``learner.log`` (and keep it for an error message)."""
         try:
             for line in self.proc.stdout:
                 self.lines.append(line)
                 logfile.write(line)
                 logfile.flush()
-                m = _READY.search(line)
-                if m:
-                    self._ports = (int(m.group(2)), int(m.group(4)))
-                    self._ready.set()
         finally:
             logfile.close()
 
