@@ -36,6 +36,12 @@ TASK_INSTRUCTIONS: dict[str, str] = {
     "coffee-button-v3": "press the coffee machine button",
 }
 
+# Where an episode's scene (object and goal positions) comes from. "train" and "unseen" draw fresh positions
+# from the task's own reset ranges, each split from its own random stream, so no unseen scene is a train scene;
+# "mt1" picks one of MetaWorld MT1's 50 fixed variations (the scenes of earlier releases).
+SCENE_SPLITS = ("train", "unseen", "mt1")
+_SPLIT_STREAM = {"train": 1, "unseen": 2}
+
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 STATE_DIM = 39
 ACTION_DIM = 4
@@ -55,6 +61,10 @@ class MetaWorldRobotConfig:
         fps: control rate in Hz.
         realtime: pace ticks on the wall clock (False: as fast as possible, for tests and training).
         max_episode_steps: episode time limit in ticks.
+        scenes: where episode scenes come from: "train" (sessions, demonstrations, pretraining),
+            "unseen" (evaluation only) or "mt1" (MT1's 50 fixed variations). With "train" or "unseen"
+            the episode seed picks a fresh scene of that split: the object and goal positions are drawn
+            from the task's reset ranges with a random stream of the split's own, seeded by the seed.
     """
 
     type: str = "metaworld"
@@ -65,9 +75,11 @@ class MetaWorldRobotConfig:
     fps: float = 50.0
     realtime: bool = True
     max_episode_steps: int = 500
+    scenes: str = "train"
 
     def __post_init__(self) -> None:
         one_of("robot.task", self.task, TASK_INSTRUCTIONS)
+        one_of("robot.scenes", self.scenes, SCENE_SPLITS)
         for name in self.suite:
             one_of("robot.suite", name, TASK_INSTRUCTIONS)
         for cam in self.cameras:
@@ -89,6 +101,7 @@ class MetaWorldRobot(Robot):
         self._renderer = None
         self._obs: np.ndarray | None = None
         self._status = EpisodeStatus()
+        self.scene: dict = {}  # the current episode's scene: split, seed, task, object/goal vector
 
     # -- schema -------------------------------------------------------------------------------
     @property
@@ -152,7 +165,8 @@ class MetaWorldRobot(Robot):
         env = gym.make("Meta-World/MT1", env_name=name, seed=0, max_episode_steps=10_000)
         selector = _task_selector(env)
         if selector is not None:
-            selector.toggle_sample_tasks_on_reset(False)  # reset() picks the variation from its seed
+            selector.toggle_sample_tasks_on_reset(False)  # reset() picks the scene from its seed
+            selector.unwrapped.set_task(selector.tasks[0])  # the task's settings (goal observable, ...)
         renderer = None
         if self.config.cameras:
             import mujoco
@@ -183,16 +197,32 @@ class MetaWorldRobot(Robot):
             raise errors[0]
 
     def reset(self, seed: int | None = None) -> None:
-        """New episode; ``seed`` picks the object and goal positions (one of MT1's 50 variations)."""
+        """New episode; ``seed`` picks the scene of ``config.scenes`` (object and goal positions).
+
+        The same (task, split, seed) always gives the same scene; ``self.scene`` records it.
+        """
         self._require_connected()
+        split = self.config.scenes
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**31))
+        env = self._env.unwrapped
         selector = _task_selector(self._env)
-        if selector is not None:
+        if split == "mt1" and selector is not None:
             # MT1 has 50 fixed variations (object and goal positions): the seed picks one.
             index = int(np.random.default_rng(seed).integers(len(selector.tasks)))
-            selector.unwrapped.set_task(selector.tasks[index])
+            env.set_task(selector.tasks[index])
+        elif split != "mt1":
+            # a fresh draw from the task's reset ranges; the env redraws (from the same stream) when a
+            # draw breaks the task's own constraints (e.g. goal too close to the object)
+            env._freeze_rand_vec = False
+            env.seeded_rand_vec = True
+            env.np_random = np.random.default_rng([_SPLIT_STREAM[split], int(seed)])
         obs, _ = self._env.reset(seed=seed)
         self._obs = np.asarray(obs, np.float32)
         self._status = EpisodeStatus()
+        vec = getattr(env, "_last_rand_vec", None)
+        self.scene = {"task": self._task, "split": split, "seed": int(seed),
+                      "positions": [round(float(v), 5) for v in vec] if vec is not None else []}
 
     # -- per tick -----------------------------------------------------------------------------
     def get_observation(self) -> dict[str, np.ndarray]:

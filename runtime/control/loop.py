@@ -80,6 +80,7 @@ class EpisodeResult:
     wall_s: float = 0.0
     task: str = ""
     head_version: int = 0  # head weights in use at the episode's end
+    scene: dict = field(default_factory=dict)  # the robot's scene of this episode (split, seed, positions)
 
 
 class TickSink(Protocol):
@@ -167,6 +168,7 @@ def run_episode(
         wall_s=round(time.perf_counter() - t_start, 3),
         task=task,
         head_version=int(getattr(controller.head, "version", 0)),
+        scene=dict(getattr(robot, "scene", None) or {}),
     )
     for sink in sinks:
         sink.end_episode(result)
