@@ -29,6 +29,7 @@ TELEOPS: dict[str, tuple[str, str]] = {
     "gamepad": ("tandem.teleop.gamepad:GamepadConfig", "tandem.teleop.gamepad:GamepadTeleop"),
     "leader": ("tandem.teleop.leader_arm:LeaderArmConfig", "tandem.teleop.leader_arm:LeaderArmTeleop"),
     "scripted": ("tandem.teleop.scripted_operator:ScriptedOperatorConfig", "tandem.teleop.scripted_operator:ScriptedOperator"),
+    "human_like": ("tandem.teleop.human_like:HumanLikeOperatorConfig", "tandem.teleop.human_like:HumanLikeOperator"),
 }
 
 GROUPS: dict[str, dict[str, tuple[str, str]]] = {"robot": ROBOTS, "policy": POLICIES, "teleop": TELEOPS}
