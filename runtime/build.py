@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tandem.core.errors import ConfigError
 from tandem.core.registry import component_class
 from tandem.core.validate import stride_of
 from tandem.hardware.robot import Robot
@@ -90,6 +91,7 @@ def build_parts(config: Any, weights_consumers: dict[str, Any] | None = None) ->
     Raises:
         PolicyLoadError: the policy could not be built or does not fit the robot (nothing is left running).
     """
+    check_evaluation(config)
     robot = make_robot(config.robot)
     if config.session.backend in ("process", "remote"):  # the policy is built in the worker / server
         backend, policy = make_link_backend(config.session.backend, config, robot)
@@ -118,6 +120,24 @@ def build_parts(config: Any, weights_consumers: dict[str, Any] | None = None) ->
         head_stride=config.session.head_stride,
     )
     return SessionParts(robot, policy, backend, safety, operator, head, controller, consumers)
+
+
+def check_evaluation(config: Any) -> None:
+    """``session.eval_every`` needs a robot with scene splits, and training scenes that are not the
+    evaluation's.
+
+    Raises:
+        ConfigError: naming the field to change.
+    """
+    if not config.session.eval_every:
+        return
+    scenes = getattr(config.robot, "scenes", None)
+    if scenes is None:
+        raise ConfigError("session.eval_every", config.session.eval_every,
+                          f"robot={config.robot.type} has no scene splits; evaluations need one (robot=metaworld)")
+    if scenes == "unseen":
+        raise ConfigError("robot.scenes", scenes, "training episodes may not run on the unseen scenes that "
+                          "session.eval_every evaluates on; use robot.scenes=train")
 
 
 def build_head(config: HeadConfig, robot: Robot, policy: BasePolicy, horizon: int) -> Any:

@@ -73,6 +73,11 @@ class SessionConfig:
             "process" (a worker process on this machine), "remote" (``tandem serve-policy`` at
             ``policy_link.endpoint``).
         max_episode_steps: episode time limit in ticks (0: the robot's own).
+        eval_every: after every this many (training) episodes, run ``eval_episodes`` autonomous
+            evaluation episodes: no operator, unseen scenes (``robot.scenes=unseen``), nothing recorded or
+            sent to a learner; the same scenes each time (seeds ``eval_seed`` + k). 0: never.
+        eval_episodes: episodes per evaluation (episode k runs task k of the robot's suite, cycling).
+        eval_seed: seed of the first evaluation episode.
     """
 
     episodes: int = 3
@@ -83,9 +88,15 @@ class SessionConfig:
     run_dir: str = ""
     backend: str = "inline"
     max_episode_steps: int = 0
+    eval_every: int = 0
+    eval_episodes: int = 3
+    eval_seed: int = 1_000_000
 
     def __post_init__(self) -> None:
         in_range("session.episodes", self.episodes, 1, 1_000_000)
+        non_negative("session.eval_every", self.eval_every)
+        in_range("session.eval_episodes", self.eval_episodes, 1, 100_000)
+        non_negative("session.eval_seed", self.eval_seed)
         in_range("session.horizon", self.horizon, 1, 1000)
         stride_of("session.record_stride", self.record_stride, self.horizon, "session.horizon")
         stride_of("session.head_stride", self.head_stride, self.horizon, "session.horizon")

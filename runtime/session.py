@@ -44,10 +44,21 @@ class SessionSummary:
     recording: dict = field(default_factory=dict)  # Recorder.stats() when record.enabled
     links: dict = field(default_factory=dict)  # experience/weights link stats when link.enabled
     live_view: dict = field(default_factory=dict)  # LiveView.stats() when display=true
+    # session.eval_every > 0: one entry per evaluation: {"after_episodes", "success_rate", "episodes": [...]}
+    evaluations: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return asdict(self)
+
+    def headline(self) -> dict:
+        """What the session achieved: ``autonomous`` (success of the last evaluation on unseen scenes, no
+        operator; None without evaluations), ``operator_share`` (fraction of the training episodes' ticks
+        the operator drove) and ``assisted`` (success of the training episodes, operator present)."""
+        steps = sum(e["steps"] for e in self.episodes)
+        human = sum(e["intervention_ticks"] for e in self.episodes)
+        return {"autonomous": self.evaluations[-1]["success_rate"] if self.evaluations else None,
+                "operator_share": human / steps if steps else 0.0, "assisted": self.success_rate}
 
 
 def default_run_dir() -> Path:
@@ -146,19 +157,53 @@ class Session:
             stats["pacing"] = self.pacer.stats.to_dict()
         return stats
 
-    def run(self, on_episode: Any = None) -> SessionSummary:
-        """Connect, run the configured episodes, always disconnect (and drain the links). The summary."""
+    def run(self, on_episode: Any = None, on_eval: Any = None) -> SessionSummary:
+        """Connect, run the configured episodes, always disconnect (and drain the links). The summary.
+
+        ``on_episode(result)`` follows every training episode, ``on_eval(after, result)`` every evaluation
+        episode (``session.eval_every``).
+        """
         if self.robot is None:
             self.build()
         self._start_links()
         try:
-            summary = self._run_episodes(on_episode)
+            summary = self._run_episodes(on_episode, on_eval)
         finally:
             links = self._close_links()
         summary.links = links
         return summary
 
-    def _run_episodes(self, on_episode: Any = None) -> SessionSummary:
+    def _evaluate(self, after: int, max_steps: int, on_eval: Any = None) -> dict:
+        """``session.eval_episodes`` autonomous episodes on unseen scenes after ``after`` training episodes.
+
+        No operator, no sinks (nothing recorded, nothing sent to the learner); the head runs with the
+        weights it has. The robot's scenes switch to "unseen" for them and back afterwards.
+        """
+        cfg, robot, controller = self.config.session, self.robot, self.controller
+        operator, controller.operator = controller.operator, None
+        scenes, robot.config.scenes = robot.config.scenes, "unseen"
+        suite, task = robot.tasks, getattr(robot, "task_name", None)
+        results = []
+        try:
+            for k in range(cfg.eval_episodes):
+                if self.stop.is_set():
+                    break
+                if len(suite) > 1:
+                    robot.set_task(suite[k % len(suite)])
+                result = run_episode(robot, controller, self.safety, episode=k, hz=robot.fps, max_steps=max_steps,
+                                     seed=cfg.eval_seed + k, config=self.config.loop, sinks=[], stop=self.stop)
+                results.append(asdict(result))
+                if on_eval is not None:
+                    on_eval(after, result)
+        finally:
+            controller.operator, robot.config.scenes = operator, scenes
+            if task is not None and len(suite) > 1:
+                robot.set_task(task)
+        done = [r for r in results if r["outcome"] != "stopped"]
+        rate = sum(r["success"] for r in done) / len(done) if done else 0.0
+        return {"after_episodes": after, "split": "unseen", "success_rate": rate, "episodes": results}
+
+    def _run_episodes(self, on_episode: Any = None, on_eval: Any = None) -> SessionSummary:
         """Connect, run the configured episodes, always disconnect. Returns the summary."""
         cfg = self.config
         if self.robot is None:
@@ -198,6 +243,9 @@ class Session:
                     break  # the operator's stop event (or Ctrl-C) ends the session
                 if self.pacer is not None:
                     self.pacer.after_episode(self.stop)
+                every = cfg.session.eval_every
+                if every and (i + 1) % every == 0 and not self.stop.is_set():
+                    summary.evaluations.append(self._evaluate(i + 1, max_steps, on_eval))
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the session")
         finally:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 
 class Collect:
-    """A TickSink that keeps every tick (``ticks``) of every episode."""
+    """A TickSink that keeps every tick (``ticks``) of every episode and the episodes it saw end (``ended``)."""
 
     def __init__(self) -> None:
         self.ticks = []
+        self.ended = []
 
     def start_episode(self, episode, task) -> None:
         pass
@@ -16,4 +17,4 @@ class Collect:
         self.ticks.append(record)
 
     def end_episode(self, result) -> None:
-        pass
+        self.ended.append(result.episode)
