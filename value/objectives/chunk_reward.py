@@ -96,7 +96,7 @@ class ChunkRewardObjective:
         """{publish_kind: state_dict as float32 numpy} ({} before the first batch)."""
         if self.model is None:
             return {}
-        return {self.config.publish_kind: {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}}
+        return {self.config.publish_kind: {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}}
 
 
 def chunk_reward_schema(config: ObjectiveConfig, state_dim: int, horizon: int, action_dim: int) -> dict[str, tuple[str, tuple[int, ...]]]:
