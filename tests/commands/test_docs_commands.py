@@ -255,7 +255,7 @@ def exercise(cmd: DocCommand, workdir: Path) -> None:
     sub, rest = args[0], args[1:]
     handler = HANDLERS.get(sub)
     assert handler is not None, (f"{cmd.where}: no way to exercise `tandem {sub}`; add a handler to "
-                                 "tests/e2e/test_docs_commands.py or a NOT_COMPOSABLE entry with the reason")
+                                 "tests/commands/test_docs_commands.py or a NOT_COMPOSABLE entry with the reason")
     handler(rest, cmd, workdir)
 
 
