@@ -301,7 +301,7 @@ def seal_episode(dataset: Any) -> None:
     ``finalize()`` writes the parquet footers. Then lerobot 0.4.4's own resume paths are armed, as if the
     dataset had just been reopened: ``_writer_closed_for_reading`` makes the next data file a new one,
     and ``meta.latest_episode = None`` with ``meta.episodes`` ending in this episode makes the next
-    episode-metadata and video files new ones. (Tested in tests/integration/test_recorder.py.)
+    episode-metadata and video files new ones. (Tested in tests/runtime/recording/test_recorder.py.)
     """
     dataset.finalize()
     latest = dataset.meta.latest_episode
