@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 
 from tandem.commands.run import learner_report
-from tandem.value.learner import Learner, compose_learner
+from tandem.value.config import compose_learner
+from tandem.value.learner import Learner
 
 
 def main(args: argparse.Namespace) -> int:

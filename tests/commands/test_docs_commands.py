@@ -296,7 +296,7 @@ def do_eval(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
 def do_learn(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
     from tandem.cli import build_parser
     from tandem.runtime.links.config import tcp_endpoint
-    from tandem.value.learner import compose_learner
+    from tandem.value.config import compose_learner
 
     args = build_parser().parse_args(["learn", *rest])
     config_file = None
@@ -374,7 +374,7 @@ def test_docs_command(cmd: DocCommand, tmp_path: Path, monkeypatch: pytest.Monke
 def test_real_robot_learner_file_matches_the_robot_head(tmp_path: Path) -> None:
     """docs/real_robot.md: the learner's objective file describes exactly the robot's head block."""
     from tandem.runtime.config import compose_run
-    from tandem.value.learner import compose_learner
+    from tandem.value.config import compose_learner
 
     page = "docs/real_robot.md"
     learns = [c for c in COMMANDS if c.page == page and c.words[1:2] == ("learn",) and "--config" in c.words]
@@ -401,7 +401,7 @@ def test_configuration_reference_lists_every_field() -> None:
         "tandem.runtime.inference.client:PolicyLinkConfig": set(), "tandem.runtime.recording.recorder:RecordConfig": set(),
         "tandem.runtime.links.config:LinkConfig": set(), "tandem.policies.heads.config:HeadConfig": set(),
         "tandem.runtime.config:LearnConfig": set(), "tandem.runtime.monitor.live_view:LiveViewConfig": set(),
-        "tandem.runtime.monitor.status_line:StatusLineConfig": set(), "tandem.value.learner:LearnerConfig": set(),
+        "tandem.runtime.monitor.status_line:StatusLineConfig": set(), "tandem.value.config:LearnerConfig": set(),
         "tandem.value.replay:ReplayConfig": set(), "tandem.value.objectives.base:ObjectiveConfig": set(),
         "tandem.policies.heads.critic:CriticConfig": sizes, "tandem.policies.heads.networks:ResidualHeadConfig": sizes,
         "tandem.policies.heads.networks:EditHeadConfig": sizes, "tandem.value.objectives.critic:CriticObjectiveConfig": set(),

@@ -56,7 +56,8 @@ def bind_spy(monkeypatch):
 
 
 def test_non_loopback_without_keys_is_refused_before_binding(bind_spy, tmp_path):
-    from tandem.value.learner import Learner, LearnerConfig
+    from tandem.value.config import LearnerConfig
+    from tandem.value.learner import Learner
 
     with pytest.raises(LinkSecurityError, match="not a loopback address.*tandem keys"):
         LinkServer(ServerConfig(host="0.0.0.0", experience_port=0, weights_port=0), store=None)

@@ -87,7 +87,8 @@ def test_checkpoint_write_then_rename_and_fallback(tmp_path):
 
 def test_learner_trains_checkpoints_and_resumes(tmp_path):
     """A real learner (sockets on free ports) trains, checkpoints, and resumes step, optimiser and versions."""
-    from tandem.value.learner import Learner, LearnerConfig
+    from tandem.value.config import LearnerConfig
+    from tandem.value.learner import Learner
     from tandem.value.objectives.base import ObjectiveConfig
 
     store = ReplayStore(tmp_path / "replay")
@@ -111,21 +112,22 @@ def test_learner_trains_checkpoints_and_resumes(tmp_path):
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("device", "tpu"), ("piece_bytes", 10)])
 def test_learner_config_validation(field, value):
     from tandem.core.errors import ConfigError
-    from tandem.value.learner import LearnerConfig
+    from tandem.value.config import LearnerConfig
 
     with pytest.raises(ConfigError, match=f"learner.{field}"):
         LearnerConfig(**{field: value})
 
 
 def test_compose_learner_overrides():
-    from tandem.value.learner import compose_learner
+    from tandem.value.config import compose_learner
 
     cfg = compose_learner(["learner.batch_size=7", "learner.replay.takeover_ratio=0.5", "learner.objective.hidden=16"])
     assert cfg.batch_size == 7 and cfg.replay.takeover_ratio == 0.5 and cfg.objective.hidden == 16
 
 
 def test_resume_from_an_older_checkpoint_never_reuses_a_published_version(tmp_path):
-    from tandem.value.learner import Learner, LearnerConfig
+    from tandem.value.config import LearnerConfig
+    from tandem.value.learner import Learner
     from tandem.value.objectives.base import ObjectiveConfig
 
     store = ReplayStore(tmp_path / "replay")
