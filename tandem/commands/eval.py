@@ -1,22 +1,25 @@
 """``tandem eval``: a policy's success rate over held-out seeds, with bootstrap confidence intervals.
 
-    tandem eval [run overrides...] [--seeds 0 1 2] [--episodes 30] [--out DIR] [--label NAME]
+    tandem eval [run overrides...] [--split unseen|train] [--seeds 0 1 2] [--episodes 30] [--out DIR] [--label NAME]
     tandem eval policy=scripted robot.task=reach-v3 robot.realtime=false --seeds 0 1 --episodes 20
     tandem eval --compare evals/base evals/after_1h --out evals/base_vs_1h
 
 For each evaluation seed ``s`` a ``tandem run`` session (same overrides, same config composition)
 runs ``--episodes`` episodes with ``session.seed = 10_000 * (s + 1)``: episode i is reset with seed
-``10_000 * (s + 1) + i``. Training sessions start at ``session.seed=0`` (tandem run, tandem demos) and
-the tiny VLA's own evaluation uses 1000+, so the evaluation seeds are held out as long as no training
-session is given a seed of 10 000 or more (MetaWorld picks one of its task's 50 fixed object/goal
-variations from the seed, so held-out seeds are fresh resets, not unseen variations). Recording, the
+``10_000 * (s + 1) + i``. ``--split`` sets the robot's scenes (``robot.scenes``, MetaWorld): ``unseen``
+(the default) draws every scene from the evaluation split, which no training session, demonstration or
+pretraining run ever uses (they run ``robot.scenes=train``); ``train`` evaluates on training-split scenes
+(held-out seeds, the same distribution as training). Robots without scene splits get held-out seeds
+only (the split is recorded as "none"). Two evaluations with the same overrides for robot and split,
+seeds and episodes see the same scenes, so ``--compare`` pairs them episode by episode. Recording, the
 learner link and ``learn.spawn`` are always off (an evaluation never feeds a learner, and a learned head
 runs with the weights of ``head.init``, e.g. ``head=residual head.init=runs/x/learner``) and the teleop
 device is ``none``: the policy is measured alone (``--with-operator`` keeps the configured teleop).
 
 Outputs in ``--out`` (default ``evals/<label>``, label default ``eval_<date>_<time>``):
 
-- ``eval.json``: the overrides, every seed's episodes (seed, task, success, outcome, steps), and for the
+- ``eval.json``: the overrides, the split, every seed's episodes (seed, task, success, outcome, steps,
+  scene), and for the
   whole set and each task: the success rate (mean over seeds of each seed's rate) with its 95%
   percentile bootstrap interval (10 000 resamples of the episodes within each seed, numpy
   default_rng(0); see ``tandem.reports.stats``).
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=30, help="episodes per seed (default 30)")
     p.add_argument("--out", default="", help="output directory (default evals/<label>)")
     p.add_argument("--label", default="", help="name of this evaluation (default eval_<date>_<time>)")
+    p.add_argument("--split", choices=["unseen", "train"], default="unseen",
+                   help="scenes to evaluate on (robot.scenes; default unseen: scenes no training step saw)")
     p.add_argument("--with-operator", action="store_true",
                    help="keep the configured teleop device (default: teleop forced to none)")
     p.add_argument("--compare", nargs="+", metavar="DIR", default=None,
@@ -105,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- running ----------------------------------------------------------------------------------------
-def _for_seed(cfg: Any, seed: int, episodes: int, run_dir: Path, with_operator: bool) -> Any:
+def _for_seed(cfg: Any, seed: int, episodes: int, run_dir: Path, with_operator: bool, split: str) -> Any:
     cfg = copy.deepcopy(cfg)
+    if hasattr(cfg.robot, "scenes"):
+        cfg.robot.scenes = split
     cfg.session.seed = session_seed(seed)
     cfg.session.episodes = episodes
     cfg.session.run_dir = str(run_dir)
@@ -146,22 +153,30 @@ def run_seed(cfg: Any, seed: int, stop: threading.Event) -> dict[str, Any]:
     episodes = [
         {"episode": int(e["episode"]), "seed": e.get("seed"),
          "task": names.get(int(e["episode"])) or e.get("task") or summary.task,
-         "success": bool(e["success"]), "outcome": e["outcome"], "steps": int(e["steps"])}
+         "success": bool(e["success"]), "outcome": e["outcome"], "steps": int(e["steps"]),
+         "scene": e.get("scene") or {}}
         for e in summary.episodes
     ]
     return {"seed": seed, "session_seed": cfg.session.seed, "run_dir": run_dir.name, "episodes": episodes}
 
 
 def run_eval(overrides: list[str], seeds: list[int], episodes: int, out: Path, label: str,
-             with_operator: bool, stop: threading.Event | None = None) -> dict:
-    """Run the evaluation sessions, write eval.json / eval.md / eval.png into ``out``; the eval.json data."""
+             with_operator: bool, stop: threading.Event | None = None, split: str = "unseen") -> dict:
+    """Run the evaluation sessions, write eval.json / eval.md / eval.png into ``out``; the eval.json data.
+
+    ``split`` picks the robot's scenes (``robot.scenes``); a robot without scene splits records "none".
+    """
     stop = stop or threading.Event()
     base = compose_run(overrides)  # a bad override fails here, before anything runs
+    if not hasattr(base.robot, "scenes"):
+        print(f"tandem eval: robot={base.robot.type} has no scene splits; --split {split} does not apply "
+              "(held-out seeds only)", flush=True)
+        split = "none"
     results = []
     for seed in seeds:
         if stop.is_set():
             break
-        cfg = _for_seed(base, seed, episodes, out / f"seed_{seed}", with_operator)
+        cfg = _for_seed(base, seed, episodes, out / f"seed_{seed}", with_operator, split)
         print(f"tandem eval: seed {seed} (session.seed={cfg.session.seed}, {episodes} episodes)", flush=True)
         results.append(run_seed(cfg, seed, stop))
     data = {
@@ -172,6 +187,7 @@ def run_eval(overrides: list[str], seeds: list[int], episodes: int, out: Path, l
         "policy": base.policy.type,
         "seeds": list(seeds),
         "episodes_per_seed": episodes,
+        "split": split,
         "with_operator": with_operator,
         "interrupted": stop.is_set(),
         "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "level": LEVEL,
@@ -220,7 +236,8 @@ def main(argv: argparse.Namespace | list[str]) -> int:
         stop = threading.Event()
         previous = _install_sigint(stop)
         try:
-            data = run_eval(args.overrides, args.seeds, args.episodes, out, label, args.with_operator, stop)
+            data = run_eval(args.overrides, args.seeds, args.episodes, out, label, args.with_operator, stop,
+                            args.split)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -234,7 +251,7 @@ def main(argv: argparse.Namespace | list[str]) -> int:
     if o["mean"] is None:
         print("tandem eval: no episode completed", file=sys.stderr)
         return 1
-    print(f"tandem eval: success rate {o['mean']:.3f} [{o['lo']:.3f}, {o['hi']:.3f}] "
+    print(f"tandem eval: success rate {o['mean']:.3f} [{o['lo']:.3f}, {o['hi']:.3f}] on {data['split']} scenes "
           f"({o['successes']}/{o['episodes']} episodes, {len(data['results'])} seeds)  {out / 'eval.md'}", flush=True)
     return 0
 

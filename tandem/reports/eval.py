@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tandem.reports.session import figure_series, md_table, new_figure, save_figure
-from tandem.reports.stats import bootstrap_ci, bootstrap_diff_ci
+from tandem.reports.stats import bootstrap_ci, bootstrap_diff_ci, bootstrap_paired_diff_ci
 
 EVAL_FILE = "eval.json"
 #: evaluation seed s runs session.seed = HELD_OUT_STRIDE * (s + 1).
@@ -132,6 +132,16 @@ def load_eval(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def paired(a: dict, b: dict) -> bool:
+    """Whether two evaluations ran the same episodes: the same seeds, and episode by episode the same
+    task and scene (the same split and seeds give the same scenes)."""
+    def key(d: dict) -> list:
+        return [[(e.get("seed"), e.get("task"), json.dumps(e.get("scene") or {}, sort_keys=True))
+                 for e in r["episodes"]] for r in d["results"]]
+    same_split = a.get("split", "none") == b.get("split", "none")
+    return same_split and a.get("seeds") == b.get("seeds") and key(a) == key(b)
+
+
 def compare(dirs: list[Path], out: Path) -> dict:
     """Compare evaluations (the first is the baseline): compare.json / .md / .png in ``out``; the data."""
     evals = [(d.get("label") or Path(p).name, d) for p, d in ((p, load_eval(p)) for p in dirs)]
@@ -147,8 +157,11 @@ def compare(dirs: list[Path], out: Path) -> dict:
             a = [g for g in successes_by_seed(base["results"], task) if len(g)]
             b = [g for g in successes_by_seed(d["results"], task) if len(g)]
             if a and b:
-                diff, lo, hi = bootstrap_diff_ci(a, b, n=RESAMPLES, seed=BOOTSTRAP_SEED, level=LEVEL)
-                entry[name] = {"difference": diff, "lo": lo, "hi": hi, "excludes_zero": bool(lo > 0 or hi < 0)}
+                pair = paired(base, d)
+                ci = bootstrap_paired_diff_ci if pair else bootstrap_diff_ci
+                diff, lo, hi = ci(a, b, n=RESAMPLES, seed=BOOTSTRAP_SEED, level=LEVEL)
+                entry[name] = {"difference": diff, "lo": lo, "hi": hi, "excludes_zero": bool(lo > 0 or hi < 0),
+                               "paired": pair}
         differences.append(entry)
     out.mkdir(parents=True, exist_ok=True)
     data = {"dirs": [str(p) for p in dirs], "labels": [label for label, _ in evals],
@@ -170,9 +183,10 @@ def compare(dirs: list[Path], out: Path) -> dict:
     md = ["# Evaluation comparison", "", "Baseline: " + base_label, "", "## Success rates [95% CI]", "",
           md_table(["evaluation", *groups], rate_rows), "", "![comparison](compare.png)", "",
           "## Differences from the baseline", "",
-          f"Each evaluation resampled independently ({RESAMPLES} resamples, episodes within seeds); the "
-          "interval is the percentile interval of the differences. An interval that excludes 0 is evidence "
-          "of a real difference; one that includes 0 is not evidence of equality.", "",
+          f"Evaluations that ran the same episodes (same seeds and scenes) are paired: the per-episode "
+          f"differences are resampled within seeds ({RESAMPLES} resamples); others are resampled "
+          "independently. The interval is the percentile interval of the differences. An interval that "
+          "excludes 0 is evidence of a real difference; one that includes 0 is not evidence of equality.", "",
           md_table(["comparison", "", "difference", "95% CI", "excludes 0"], diff_rows), ""]
     warn = {label: d["overrides"] for label, d in evals}
     md += ["## Overrides", "", md_table(["evaluation", "overrides"],

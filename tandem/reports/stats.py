@@ -110,3 +110,59 @@ def bootstrap_diff_ci(
     cand = bootstrap_distribution(candidate_per_seed, n, rng)
     lo, hi = _interval(cand - base, level)
     return seed_mean(candidate_per_seed) - seed_mean(baseline_per_seed), lo, hi
+
+
+def bootstrap_paired_diff_ci(
+    baseline_per_seed: list[np.ndarray],
+    candidate_per_seed: list[np.ndarray],
+    n: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Difference candidate - baseline when both ran the *same* episodes (same seeds, same scenes).
+
+    Episode j of seed s is one scene under both; the per-episode differences (-1, 0, 1) are resampled
+    within each seed, jointly for both, which removes the scene-to-scene variation the two share.
+
+    Raises:
+        ValueError: the two do not have the same number of episodes in every seed.
+
+    Returns:
+        (difference, lo, hi), in success-rate units.
+    """
+    base = _check(baseline_per_seed, n, level)
+    cand = _check(candidate_per_seed, n, level)
+    if [g.size for g in base] != [g.size for g in cand]:
+        raise ValueError("paired episodes need the same episodes per seed in both evaluations")
+    diffs = [c - b for b, c in zip(base, cand, strict=True)]
+    lo, hi = _interval(bootstrap_distribution(diffs, n, np.random.default_rng(seed)), level)
+    return seed_mean(cand) - seed_mean(base), lo, hi
+
+
+def hierarchical_distribution(
+    outcomes: Sequence[Sequence[np.ndarray]], n: int = 10_000, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Replicates of the mean over training seeds of each training seed's success rate: float64[n].
+
+    ``outcomes[t]`` holds training seed t's evaluation, one array per evaluation seed (as for
+    :func:`bootstrap_distribution`). Each replicate resamples the training seeds with replacement (they
+    are a sample of training runs), then the episodes within each evaluation seed of every drawn run.
+    Arrays may hold per-episode differences of two paired arms instead of outcomes.
+    """
+    runs = [_check(r, n, 0.5) for r in outcomes]
+    if not runs:
+        raise ValueError("no training seeds")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    per_run = np.stack([bootstrap_distribution(r, n, rng) for r in runs])  # [T, n]
+    pick = rng.integers(0, len(runs), size=(n, len(runs)))  # [n, T] drawn runs per replicate
+    return per_run[pick, np.arange(n)[:, None]].mean(axis=1)
+
+
+def hierarchical_ci(
+    outcomes: Sequence[Sequence[np.ndarray]], n: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean over training seeds of their success rates, with an interval that resamples training seeds
+    and episodes (:func:`hierarchical_distribution`). Returns (mean, lo, hi)."""
+    replicates = hierarchical_distribution(outcomes, n, np.random.default_rng(seed))
+    lo, hi = _interval(replicates, level)
+    return float(np.mean([seed_mean(r) for r in outcomes])), lo, hi

@@ -98,3 +98,25 @@ def test_bad_arguments_fail_with_a_clear_message(tmp_path, capsys):
     assert "eval.json" in capsys.readouterr().err
     assert main(["--episodes", "0", "policy=scripted"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_runs_on_unseen_scenes_by_default_and_pairs_evaluations_of_the_same_scenes(evals, tmp_path):
+    short = json.loads((evals / "short" / "eval.json").read_text())
+    long = json.loads((evals / "long" / "eval.json").read_text())
+    assert short["split"] == long["split"] == "unseen"
+    scenes = [e["scene"] for r in short["results"] for e in r["episodes"]]
+    assert all(s["split"] == "unseen" for s in scenes) and len({json.dumps(s) for s in scenes}) == len(scenes)
+    assert [e["scene"] for r in long["results"] for e in r["episodes"]] == scenes  # same seeds: same scenes
+    assert main([*RUN, "robot.max_episode_steps=40", "--seeds", "0", "--episodes", "2", "--split", "train",
+                 "--out", str(tmp_path / "train")]) == 0
+    train = json.loads((tmp_path / "train" / "eval.json").read_text())
+    assert train["split"] == "train"
+    assert all(e["scene"]["split"] == "train" for e in train["results"][0]["episodes"])
+    assert [e["scene"]["positions"] for e in train["results"][0]["episodes"]] != \
+        [e["scene"]["positions"] for e in short["results"][0]["episodes"]]
+    assert main(["--compare", str(evals / "short"), str(evals / "long"), "--out", str(tmp_path / "c")]) == 0
+    diff = json.loads((tmp_path / "c" / "compare.json").read_text())["differences"][0]["overall"]
+    assert diff["paired"] is True
+    assert main(["--compare", str(evals / "short"), str(tmp_path / "train"), "--out", str(tmp_path / "d")]) == 0
+    diff = json.loads((tmp_path / "d" / "compare.json").read_text())["differences"][0]["overall"]
+    assert diff["paired"] is False  # other scenes: resampled independently

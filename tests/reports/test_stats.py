@@ -85,3 +85,30 @@ def test_bad_level_and_n_are_refused():
         bootstrap_ci([np.ones(3)], level=1.5)
     with pytest.raises(ValueError, match="resamples"):
         bootstrap_ci([np.ones(3)], n=0)
+
+
+def test_paired_difference_removes_the_shared_scene_variation():
+    from tandem.reports.stats import bootstrap_diff_ci, bootstrap_paired_diff_ci
+
+    rng = np.random.default_rng(3)
+    easy = rng.random((2, 40)) < 0.6  # which scenes are solvable: shared by both policies
+    base = [e & (rng.random(40) < 0.5) for e in easy]
+    cand = [b | (e & (rng.random(40) < 0.6)) for b, e in zip(base, easy, strict=True)]  # never worse per scene
+    d, lo, hi = bootstrap_paired_diff_ci(base, cand, n=4000)
+    _, ilo, ihi = bootstrap_diff_ci(base, cand, n=4000)
+    assert d > 0 and lo >= 0  # paired: each scene's difference is >= 0
+    assert hi - lo < ihi - ilo  # and narrower than treating the runs as independent
+    with pytest.raises(ValueError, match="same episodes"):
+        bootstrap_paired_diff_ci([np.ones(3)], [np.ones(4)])
+
+
+def test_hierarchical_interval_widens_with_the_spread_between_training_seeds():
+    from tandem.reports.stats import hierarchical_ci
+
+    same = [[np.r_[np.ones(10), np.zeros(10)]] for _ in range(5)]  # five runs at 0.5
+    spread = [[np.full(20, float(k % 2))] for k in range(5)]  # runs at 0, 1, 0, 1, 0
+    m1, lo1, hi1 = hierarchical_ci(same, n=4000)
+    m2, lo2, hi2 = hierarchical_ci(spread, n=4000)
+    assert m1 == 0.5 and m2 == 0.4
+    assert hi2 - lo2 > 2 * (hi1 - lo1)  # episode resampling alone would call the spread runs certain
+    assert lo2 <= 0.1 and hi2 >= 0.7
