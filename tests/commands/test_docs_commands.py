@@ -41,7 +41,7 @@ MISSING_PORT = "/dev/tandem-docs-test-no-such-port"
 
 #: command (as extracted) -> why it is not composed. Usage synopses hold placeholders, not values.
 NOT_COMPOSABLE: dict[str, str] = {
-    "tandem eval [run overrides...] [--seeds 0 1 2] [--episodes 30] [--out DIR] [--label NAME] [--with-operator]":
+    "tandem eval [run overrides...] [--split unseen|train] [--seeds 0 1 2] [--episodes 30] [--out DIR] [--label NAME] [--with-operator]":
         "usage synopsis; its options are exercised by the eval examples under it",
     "tandem eval --compare DIR DIR [DIR ...] [--out DIR]":
         "usage synopsis; `tandem eval --compare evals/scripted evals/after_1h ...` below it is parsed",
