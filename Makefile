@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	./scripts/install.sh
 	@touch $(STAMP)
 
-# The default post-training session: the shipped tiny VLA on the MetaWorld suite, the edit head, the
-# scripted operator and a learner on localhost; writes runs/<date>/report.md with the learning curve.
-RUN_ARGS ?= head=edit teleop=scripted learn.spawn=true session.episodes=30 link.learner_updates_per_episode=100
+# The default post-training session: the shipped tiny VLA on the MetaWorld suite (training scenes), the edit
+# head, the human-like scripted operator and a learner on localhost; every 10 training episodes 6 autonomous
+# episodes on unseen scenes (no operator). Ends with "autonomous success X on unseen scenes | operator share Y
+# | assisted success Z"; runs/<date>/report.md has both curves.
+RUN_ARGS ?= head=edit teleop=human learn.spawn=true session.episodes=30 link.learner_updates_per_episode=100 \
+	session.eval_every=10 session.eval_episodes=6
 
 run: install  ## run a simulated post-training session end to end on CPU (RUN_ARGS=... to change it)
 	$(BIN)/tandem run $(RUN_ARGS)

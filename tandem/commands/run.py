@@ -20,7 +20,7 @@ from tandem.runtime.config import compose_run
 from tandem.runtime.monitor.live_view import make_live_view
 from tandem.runtime.monitor.status_line import make_status_line
 from tandem.runtime.monitor.tick_log import TickLog
-from tandem.runtime.session import Session, default_run_dir, write_summary
+from tandem.runtime.session import Session, SessionSummary, default_run_dir, write_summary
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,13 +39,27 @@ def run(overrides: list[str]) -> int:
         learner = LearnerProcess(cfg, run_dir).start()
         print(f"tandem run: learner pid {learner.proc.pid} on 127.0.0.1:{cfg.link.experience_port}/"
               f"{cfg.link.weights_port}, store {learner.store_dir}", flush=True)
+    summary = None
     try:
-        return run_session(cfg, stop, run_dir)
+        summary = run_session(cfg, stop, run_dir)
     finally:
         if learner is not None:
             rc = learner.stop()
             print(f"tandem run: learner stopped (exit {rc}); log {learner.store_dir / 'learner.log'}", flush=True)
             learner_report(learner.store_dir)
+    if summary is not None:
+        print(headline(summary), flush=True)
+    return 0
+
+
+def headline(summary: SessionSummary) -> str:
+    """The session's last line: autonomous success on unseen scenes (the last interleaved evaluation;
+    "-" without ``session.eval_every``), the operator's share of the training ticks, assisted success."""
+    h = summary.headline()
+    auto = "-" if h["autonomous"] is None else f"{h['autonomous']:.0%}"
+    n = len(summary.evaluations[-1]["episodes"]) if summary.evaluations else 0
+    where = f"on unseen scenes ({n} episodes)" if n else "on unseen scenes (session.eval_every=0: not measured)"
+    return f"autonomous success {auto} {where} | operator share {h['operator_share']:.0%} | assisted success {h['assisted']:.0%}"
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -86,7 +100,7 @@ def link_status(session: object) -> dict | None:
     return stats
 
 
-def run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
+def run_session(cfg: object, stop: threading.Event, run_dir: Path) -> SessionSummary:
     """Run the session with its sinks (tick log, status line, live view); write summary and report."""
     if cfg.display:
         cfg.live_view = dataclasses.replace(cfg.live_view, enabled=True)
@@ -107,10 +121,18 @@ def run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
             print(line, flush=True)
 
     tasks = ",".join(getattr(cfg.robot, "suite", None) or [getattr(cfg.robot, "task", "")])
+    def on_eval(after: int, r: object) -> None:
+        line = (f"  eval after {after:3d}  seed {r.seed}  {r.outcome:8s}  steps {r.steps:4d}  "
+                f"(autonomous, unseen scene)")
+        if status is not None:
+            status.println(line)
+        else:
+            print(line, flush=True)
+
     print(f"tandem run: robot={cfg.robot.type} task={tasks} policy={cfg.policy.type} head={cfg.head.type} "
           f"episodes={cfg.session.episodes}", flush=True)
     try:
-        summary = session.run(on_episode=on_episode)
+        summary = session.run(on_episode=on_episode, on_eval=on_eval)
     finally:
         if status is not None:
             status.close()
@@ -127,4 +149,4 @@ def run_session(cfg: object, stop: threading.Event, run_dir: Path) -> int:
         print(f"recorded {rec['episodes_committed']} episodes ({rec['frames_committed']} frames) into {rec['root']}"
               f"  dropped ticks {rec['dropped']}" + (f"  errors {rec['errors']}" if rec["errors"] else ""))
     print(f"report {write_session_report(run_dir)}", flush=True)
-    return 0
+    return summary

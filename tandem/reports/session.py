@@ -11,6 +11,8 @@ Figures (written next to ``report.md``, embedded with relative links):
 - ``takeovers.png``: takeovers per episode, and the fraction of each episode's ticks a human drove.
 - ``timing.png``: histogram of every tick's lateness (from ``ticks.npz``, written by
   ``tandem.runtime.monitor.tick_log.TickLog``); without it, each episode's p99 lateness as bars.
+- ``learning.png`` (with ``session.eval_every``): autonomous success on unseen scenes at each interleaved
+  evaluation and the operator's cumulative share of the training ticks, against training episodes.
 - ``links.png``: the experience/weights link figures from ``summary["links"]`` (latencies in ms,
   counters), only when the session ran with ``link.enabled``.
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from tandem.reports.stats import bootstrap_ci
 from tandem.runtime.monitor.tick_log import load_ticks
 
 REPORT_MD = "report.md"
@@ -229,6 +232,31 @@ def _takeover_figure(x: np.ndarray, takeovers: np.ndarray, frac: np.ndarray, pat
     return figure_series(fig)
 
 
+def _learning_figure(evaluations: list[dict], x: np.ndarray, share: np.ndarray, path: Path) -> dict:
+    """Autonomous success on unseen scenes (each interleaved evaluation, with a 95% bootstrap interval over
+    its episodes) and the operator's share of the training ticks, against training episodes."""
+    fig, axes = new_figure(size=(9.0, 4.0))
+    ax = axes[0, 0]
+    after = np.array([e["after_episodes"] for e in evaluations], float)
+    rates = np.array([e["success_rate"] for e in evaluations], float)
+    lo, hi = [], []
+    for e in evaluations:
+        outcomes = [float(r["success"]) for r in e["episodes"] if r.get("outcome") != "stopped"]
+        _, a, b = bootstrap_ci([np.array(outcomes or [0.0])], n=2000)
+        lo.append(a)
+        hi.append(b)
+    ax.fill_between(after, lo, hi, color="C0", alpha=0.2, label="95% interval (episodes)")
+    ax.plot(after, rates, "o-", color="C0", label="autonomous success, unseen scenes (no operator)")
+    ax.plot(x + 1, share, "-", color="C3", label="operator share of training ticks (cumulative)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training episodes")
+    ax.set_ylabel("fraction")
+    ax.set_title("did the robot improve? (autonomous evaluations between training episodes)")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return figure_series(fig)
+
+
 def _timing_figure(x: np.ndarray, lateness: np.ndarray | None, p99: np.ndarray, path: Path) -> dict:
     fig, axes = new_figure(size=(9.0, 4.0))
     ax = axes[0, 0]
@@ -354,6 +382,20 @@ def write_session_report(run_dir: Path) -> Path:
         frac = np.array([e.get("intervention_ticks", 0) / e["steps"] if e.get("steps") else 0.0 for e in episodes])
         figures["takeovers.png"] = _takeover_figure(x, takeovers, frac, run_dir / "takeovers.png")
         md += ["## Takeovers", "", "![takeovers](takeovers.png)", ""]
+        evaluations = summary.get("evaluations") or []
+        if evaluations:
+            steps = np.array([int(e.get("steps", 0)) for e in episodes])
+            human = np.array([int(e.get("intervention_ticks", 0)) for e in episodes])
+            share = np.cumsum(human) / np.maximum(np.cumsum(steps), 1)
+            figures["learning.png"] = _learning_figure(evaluations, x, share, run_dir / "learning.png")
+            md += ["## Learning: autonomous success and operator share", "",
+                   f"Every {evaluations[0]['after_episodes']} training episodes the session ran "
+                   f"{len(evaluations[0]['episodes'])} evaluation episodes with no operator on unseen scenes (the "
+                   "same scenes each time). Last: " + fmt(evaluations[-1]["success_rate"])
+                   + f" after {evaluations[-1]['after_episodes']} episodes; operator share of the training "
+                   f"ticks {fmt(float(share[-1]))}.", "", "![learning](learning.png)", "",
+                   md_table(["after episodes", "autonomous success"],
+                            [[e["after_episodes"], e["success_rate"]] for e in evaluations]), ""]
         lateness = ticks["lateness_ms"] if ticks is not None else None
         p99 = np.array([float(e.get("timing", {}).get("p99_lateness_ms", 0.0)) for e in episodes])
         figures["timing.png"] = _timing_figure(x, lateness, p99, run_dir / "timing.png")

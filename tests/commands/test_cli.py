@@ -26,6 +26,28 @@ def test_tandem_run_prints_success_and_writes_summary(tmp_path):
     assert 0.0 <= summary["success_rate"] <= 1.0
 
 
+def test_a_learning_session_ends_with_its_headline_and_reports_both_curves(tmp_path):
+    out = run_cli(["run", "policy=scripted", "policy.bias=0.8", "robot.realtime=false", "robot.cameras=[]",
+                   "robot.task=reach-v3", "robot.max_episode_steps=150", "teleop=human", "session.episodes=4",
+                   "session.eval_every=2", "session.eval_episodes=2", "status_line.enabled=false",
+                   f"session.run_dir={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    ev, eps = summary["evaluations"], summary["episodes"]
+    share = sum(e["intervention_ticks"] for e in eps) / sum(e["steps"] for e in eps)
+    last = out.stdout.strip().splitlines()[-1]
+    assert last == (f"autonomous success {ev[-1]['success_rate']:.0%} on unseen scenes (2 episodes) | "
+                    f"operator share {share:.0%} | assisted success {summary['success_rate']:.0%}")
+    assert out.stdout.count("(autonomous, unseen scene)") == 4
+    report = json.loads((tmp_path / "report.json").read_text())
+    (lines,) = (axes["lines"] for axes in report["figures"]["learning.png"].values())
+    auto = next(v for k, v in lines.items() if k.startswith("autonomous"))
+    assert auto["x"] == [2.0, 4.0] and auto["y"] == [e["success_rate"] for e in ev]
+    op = next(v for k, v in lines.items() if k.startswith("operator"))
+    assert op["x"] == [1.0, 2.0, 3.0, 4.0] and abs(op["y"][-1] - share) < 1e-6
+    assert "learning.png" in (tmp_path / "report.md").read_text()
+
+
 def test_bad_config_fails_at_start_with_field_name(tmp_path):
     out = run_cli(["run", "policy=scripted", "robot.task=nosuch-v3", f"session.run_dir={tmp_path}"])
     assert out.returncode == 2
