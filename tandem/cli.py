@@ -5,7 +5,8 @@
     tandem bench recorder [--seconds --source]  recorder throughput/CPU benchmark, JSON out
     tandem recover DIR                    roll a killed recording back and commit its spooled episodes
     tandem replay DIR [--horizon]         chunk records rebuilt from a recorded dataset, summary out
-    tandem eval [overrides...] [--seeds 0 1 2 --episodes 30 --out DIR --label NAME --with-operator | --compare DIR...]
+    tandem eval [overrides...] [--split unseen|train --seeds 0 1 2 --episodes 30 --out DIR --label NAME --with-operator | --compare DIR...]
+    tandem study [overrides...] [--arms ... --seeds ... --episodes N --updates-per-episode N ...]   arms, same budgets
     tandem learn [hydra overrides...]     the learner service (learner.store_dir=... learner.batch_size=...)
     tandem keys DIR [--force]             CURVE keys for links on non-loopback addresses
     tandem bench links [--pushes --records]  weight push latency (vs lerobot gRPC), experience throughput
@@ -34,6 +35,7 @@ from tandem.policies.base import PolicyLoadError
 COMMANDS = {
     "run": "run",
     "eval": "eval",
+    "study": "study",
     "bench": "bench",
     "learn": "learn",
     "demos": "demos",
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="success rate over held-out seeds with 95%% bootstrap CIs, or --compare DIRS "
                         "(tandem eval --help)", add_help=False, prefix_chars="\x00")
     ev.add_argument("args", nargs=argparse.REMAINDER, help="tandem eval options and Hydra overrides")
+    study = sub.add_parser("study", help="arms (methods and control arms) with the same seeds and budgets, "
+                           "evaluated on unseen scenes (tandem study --help)", add_help=False, prefix_chars="\x00")
+    study.add_argument("args", nargs=argparse.REMAINDER, help="tandem study options and Hydra overrides")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
     bench.add_argument("what", choices=["loop", "recorder", "links", "learner", "inference"], help="which benchmark")
     bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tandem.core.validate import in_range, non_negative, one_of, positive
-from tandem.hardware.features import ACTION_KEY, STATE_KEY, Feature
-from tandem.hardware.metaworld_robot import ACTION_DIM, TASK_INSTRUCTIONS, expert_for, task_for_instruction
-from tandem.teleop.scripted_operator import task_potential
-from tandem.teleop.teleoperator import DeviceContext, TakeoverSettings, Teleoperator, TeleopEvents
+from tandem.hardware.features import STATE_KEY
+from tandem.hardware.metaworld_robot import ACTION_DIM, TASK_INSTRUCTIONS
+from tandem.teleop.scripted_operator import ExpertOperator, task_potential
+from tandem.teleop.teleoperator import DeviceContext, TakeoverSettings, TeleopEvents
 
 OBJECT_Z = 6  # MetaWorld state: the first object's height
 
@@ -101,46 +101,21 @@ def _ticks(seconds: float, fps: float) -> int:
     return int(math.ceil(seconds * fps - 1e-9))
 
 
-class HumanLikeOperator(Teleoperator):
+class HumanLikeOperator(ExpertOperator):
     """A person at a MetaWorld robot: watches its progress late, takes over imperfectly, for a while."""
 
     name = "human_like"
 
     def __init__(self, config: HumanLikeOperatorConfig, context: DeviceContext | None = None) -> None:
-        self.config = config
-        self.context = context or DeviceContext()
+        super().__init__(config, context)
         fps = self.context.fps
         c = config
         self._delay = _ticks(c.reaction_s, fps)
         self._grace, self._stall = _ticks(c.grace_s, fps), _ticks(c.stall_s, fps)
         self._min_hold, self._max_hold = _ticks(c.min_hold_s, fps), max(1, _ticks(c.max_hold_s, fps))
         self._cooldown_ticks = _ticks(c.cooldown_s, fps)
-        self._experts: dict[str, object] = {}
-        self._rng = np.random.default_rng(c.seed)
-        self._connected = False
-        self.episode_takeovers = 0
         self.last_reason = ""
         self.reset()
-
-    # -- contract -----------------------------------------------------------------------------
-    @property
-    def action_features(self) -> dict[str, Feature]:
-        """MetaWorld's action: float32[4] dx, dy, dz, gripper in [-1, 1]."""
-        return {ACTION_KEY: Feature("float32", (ACTION_DIM,), names=("dx", "dy", "dz", "gripper"),
-                                    low=(-1.0,) * ACTION_DIM, high=(1.0,) * ACTION_DIM)}
-
-    @property
-    def is_connected(self) -> bool:
-        """Always there once connected."""
-        return self._connected
-
-    def connect(self) -> None:
-        """Nothing to open."""
-        self._connected = True
-
-    def disconnect(self) -> None:
-        """Nothing to close."""
-        self._connected = False
 
     def help_text(self) -> str:
         """One line saying who is watching."""
@@ -150,11 +125,7 @@ class HumanLikeOperator(Teleoperator):
 
     def reset(self) -> None:
         """New episode: resolve the task, clear what it remembers, refill its budget."""
-        name = self.config.task
-        if name == "auto":
-            instruction = self.context.instruction()
-            name = task_for_instruction(instruction) if instruction else ""
-        self.task = name
+        super().reset()
         self._seen: deque[np.ndarray] = deque(maxlen=self._delay + 1)
         self._ticks_seen = 0
         self._steering = False
@@ -167,7 +138,6 @@ class HumanLikeOperator(Teleoperator):
         self._potential_at_takeover = math.inf
         self._driven = 0
         self._action = np.zeros(ACTION_DIM, np.float32)
-        self.episode_takeovers = 0
         self.last_reason = ""
 
     def observe(self, observation: dict[str, np.ndarray], policy_action: np.ndarray, tick: int) -> None:
@@ -237,13 +207,6 @@ class HumanLikeOperator(Teleoperator):
 
     def _over_share(self) -> bool:
         return self._driven >= self.config.max_share * max(self._ticks_seen, 1)
-
-    def _expert(self) -> object:
-        if not self.task:
-            self.task = task_for_instruction(self.context.instruction())
-        if self.task not in self._experts:
-            self._experts[self.task] = expert_for(self.task)
-        return self._experts[self.task]
 
     def _hand_back(self) -> None:
         self._steering = False

@@ -102,22 +102,20 @@ def task_potential(task: str, state: np.ndarray) -> float:
     return float(np.linalg.norm(hand - obj) + np.linalg.norm(obj - goal))
 
 
-class ScriptedOperator(Teleoperator):
-    """The MetaWorld expert as a rule-triggered, hold-to-intervene operator."""
+class ExpertOperator(Teleoperator):
+    """What the MetaWorld stand-ins for a human share: the action schema, a connection that is always
+    there, the task (``config.task``, "auto": the robot's current one, resolved at :meth:`reset`), its
+    scripted expert, a noise RNG and the per-episode takeover count. Subclasses decide when to take over
+    and what to do (``observe``, ``get_events``, ``get_action``) and extend :meth:`reset`."""
 
-    name = "scripted"
-
-    def __init__(self, config: ScriptedOperatorConfig, context: DeviceContext | None = None) -> None:
+    def __init__(self, config: object, context: DeviceContext | None = None) -> None:
         self.config = config
         self.context = context or DeviceContext()
         self._experts: dict[str, object] = {}
         self._rng = np.random.default_rng(config.seed)
         self._connected = False
-        self._stall_ticks = math.ceil(config.stall_s * self.context.fps) if config.stall_s > 0 else 0
         self.episode_takeovers = 0
-        self.reset()
 
-    # -- contract -----------------------------------------------------------------------------
     @property
     def action_features(self) -> dict[str, Feature]:
         """MetaWorld's action: float32[4] dx, dy, dz, gripper in [-1, 1]."""
@@ -137,6 +135,33 @@ class ScriptedOperator(Teleoperator):
         """Nothing to close."""
         self._connected = False
 
+    def reset(self) -> None:
+        """New episode: resolve the task and refill the takeover budget."""
+        name = self.config.task
+        if name == "auto":
+            instruction = self.context.instruction()
+            name = task_for_instruction(instruction) if instruction else ""
+        self.task = name
+        self.episode_takeovers = 0
+
+    def _expert(self) -> object:
+        if not self.task:
+            self.task = task_for_instruction(self.context.instruction())
+        if self.task not in self._experts:
+            self._experts[self.task] = expert_for(self.task)
+        return self._experts[self.task]
+
+
+class ScriptedOperator(ExpertOperator):
+    """The MetaWorld expert as a rule-triggered, hold-to-intervene operator."""
+
+    name = "scripted"
+
+    def __init__(self, config: ScriptedOperatorConfig, context: DeviceContext | None = None) -> None:
+        super().__init__(config, context)
+        self._stall_ticks = math.ceil(config.stall_s * self.context.fps) if config.stall_s > 0 else 0
+        self.reset()
+
     def help_text(self) -> str:
         """One line saying who is watching."""
         c = self.config
@@ -145,11 +170,7 @@ class ScriptedOperator(Teleoperator):
 
     def reset(self) -> None:
         """New episode: resolve the task, clear the rules' memory, refill the budget."""
-        name = self.config.task
-        if name == "auto":
-            instruction = self.context.instruction()
-            name = task_for_instruction(instruction) if instruction else ""
-        self.task = name
+        super().reset()
         self._history: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=self.config.delay_ticks + 1)
         self._steering = False
         self._steered = 0
@@ -160,7 +181,6 @@ class ScriptedOperator(Teleoperator):
         self._since_progress = 0
         self._potential_at_takeover = math.inf
         self._action = np.zeros(ACTION_DIM, np.float32)
-        self.episode_takeovers = 0
 
     def observe(self, observation: dict[str, np.ndarray], policy_action: np.ndarray, tick: int) -> None:
         """See this tick (delayed by ``delay_ticks``) and update the takeover rules."""
@@ -207,13 +227,6 @@ class ScriptedOperator(Teleoperator):
         return self._action.copy()
 
     # -- internals ----------------------------------------------------------------------------
-    def _expert(self) -> object:
-        if not self.task:
-            self.task = task_for_instruction(self.context.instruction())
-        if self.task not in self._experts:
-            self._experts[self.task] = expert_for(self.task)
-        return self._experts[self.task]
-
     def _rule_fires(self) -> bool:
         m, t = self.config.divergence_ticks, self._stall_ticks
         return (m > 0 and self._stray >= m) or (t > 0 and self._since_progress >= t)

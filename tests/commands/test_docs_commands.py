@@ -45,6 +45,8 @@ NOT_COMPOSABLE: dict[str, str] = {
         "usage synopsis; its options are exercised by the eval examples under it",
     "tandem eval --compare DIR DIR [DIR ...] [--out DIR]":
         "usage synopsis; `tandem eval --compare evals/scripted evals/after_1h ...` below it is parsed",
+    "tandem study [run overrides...] [--arms base hg_dagger imitate_all shipped] [--seeds 0 1 2 3 4] [--episodes 90] [--updates-per-episode 100] [--curve-every 30] [--curve-episodes 6] [--eval-seeds 0 1 2] [--eval-episodes 15] [--out DIR] [--name NAME]":
+        "usage synopsis; the tandem study examples in docs/learning.md are composed",
     "tandem demos [overrides]": "usage synopsis; the `tandem demos ...` examples are composed and one is run",
     "tandem pretrain [overrides]": "usage synopsis; the `tandem pretrain ...` examples are composed",
 }
@@ -293,6 +295,19 @@ def do_eval(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
     check_run_config(compose_run(overrides))
 
 
+def do_study(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
+    """Parse the options; compose every arm's configuration (as tandem study does before running)."""
+    from tandem.commands.study import build_parser, load_arms
+    from tandem.runtime.config import compose_run
+
+    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    args = build_parser().parse_intermixed_args([a for a in rest if a not in overrides])
+    arms = load_arms()
+    for name in args.arms:
+        assert name in arms, f"{cmd.where}: no arm {name!r} in configs/study/arms.yaml"
+        check_run_config(compose_run([*overrides, *args.overrides, *arms[name]["overrides"]]))
+
+
 def do_learn(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
     from tandem.cli import build_parser
     from tandem.runtime.links.config import tcp_endpoint
@@ -337,7 +352,7 @@ def do_parse_only(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
 HANDLERS = {
     "run": do_run, "serve-policy": do_serve_policy, "demos": do_demos, "eval": do_eval, "learn": do_learn,
     "pretrain": do_pretrain, "keys": do_keys, "bench": do_parse_only, "recover": do_parse_only,
-    "replay": do_parse_only,
+    "replay": do_parse_only, "study": do_study,
 }
 
 

@@ -1,0 +1,296 @@
+"""``tandem study``: several arms (methods and their control arms) with the same seeds and budgets.
+
+    tandem study [run overrides...] [--arms base hg_dagger imitate_all shipped] [--seeds 0 1 2 3 4]
+                 [--episodes 90] [--updates-per-episode 100] [--curve-every 30] [--curve-episodes 6]
+                 [--eval-seeds 0 1 2] [--eval-episodes 15] [--out DIR] [--name NAME]
+
+Arms are named in ``configs/study/arms.yaml`` (each a list of overrides). For every training seed k and
+every arm that trains, one ``tandem run`` session (a process of its own, with a learner spawned on
+localhost) runs ``--episodes`` episodes on training scenes with ``session.seed=1000*k`` (and the
+operator's and learner's seeds k), pacing the learner to ``--updates-per-episode`` updates per episode,
+with autonomous evaluations on unseen scenes every ``--curve-every`` episodes (the learning curve).
+Then ``tandem eval --split unseen`` evaluates its head (``head.init`` = its learner store) on the same
+``--eval-seeds`` x ``--eval-episodes`` unseen scenes as every other arm. Arms that do not train (base)
+are evaluated once. The run overrides (robot, policy, teleop, ...) apply to every arm.
+
+Outputs in ``--out`` (default ``studies/<name>``): each run's directory (``<arm>/seed_<k>/``), and
+
+- ``study.json``: per arm its success mean with a 95% interval that resamples training seeds and
+  episodes, the per-seed values, seeds, episodes, learner updates, operator ticks, split, suite and the
+  exact commands; per arm its paired difference from every control arm (same scenes, same seeds);
+- ``study.md`` (the tables) and ``study.png`` (autonomous success against training episodes, with
+  intervals, from the interleaved evaluations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tandem.core.config import CONFIG_DIR
+from tandem.core.errors import ConfigError
+from tandem.reports.eval import successes_by_seed
+from tandem.reports.session import md_table, new_figure, save_figure
+from tandem.reports.stats import hierarchical_ci, hierarchical_distribution
+from tandem.runtime.config import compose_run
+
+ARMS_FILE = CONFIG_DIR / "study" / "arms.yaml"
+CONTROL_ARMS = ("base", "hg_dagger", "imitate_all")  # what every other arm is compared with
+TANDEM = [sys.executable, "-m", "tandem.cli"]
+RESAMPLES, LEVEL = 10_000, 0.95
+
+
+def load_arms() -> dict[str, dict]:
+    """``configs/study/arms.yaml``: name -> {"train": bool, "overrides": [...]}."""
+    arms = yaml.safe_load(ARMS_FILE.read_text()) or {}
+    return {name: {"train": bool(spec.get("train", True)), "overrides": list(spec.get("overrides") or [])}
+            for name, spec in arms.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tandem study`` options (``key=value`` arguments are run overrides, as for ``tandem run``)."""
+    p = argparse.ArgumentParser(prog="tandem study", description="Run arms with equal seeds and budgets; "
+                                "evaluate each on unseen scenes; study.json/md/png.")
+    p.add_argument("--arms", nargs="+", default=["base", "hg_dagger", "imitate_all", "shipped"],
+                   help="arms from configs/study/arms.yaml")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds")
+    p.add_argument("--episodes", type=int, default=90, help="training episodes per run (operator ticks count)")
+    p.add_argument("--updates-per-episode", type=int, default=100, help="learner updates per training episode")
+    p.add_argument("--curve-every", type=int, default=0, help="autonomous evaluation every N training "
+                   "episodes during training (0: episodes // 3)")
+    p.add_argument("--curve-episodes", type=int, default=6, help="episodes per evaluation during training")
+    p.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2], help="tandem eval --seeds")
+    p.add_argument("--eval-episodes", type=int, default=15, help="tandem eval --episodes")
+    p.add_argument("--out", default="", help="output directory (default studies/<name>)")
+    p.add_argument("--name", default="", help="study name (default study_<date>_<time>)")
+    p.add_argument("overrides", nargs="*", help="run overrides for every arm, e.g. policy=scripted")
+    return p
+
+
+def _check(args: argparse.Namespace, arms: dict[str, dict]) -> None:
+    for name in args.arms:
+        if name not in arms:
+            raise ConfigError("--arms", name, f"one of {sorted(arms)} (configs/study/arms.yaml)")
+    for flag, value in (("--episodes", args.episodes), ("--eval-episodes", args.eval_episodes),
+                        ("--curve-episodes", args.curve_episodes)):
+        if value < 1:
+            raise ConfigError(flag, value, "must be >= 1")
+    if args.updates_per_episode < 0 or args.curve_every < 0:
+        raise ConfigError("--updates-per-episode/--curve-every", (args.updates_per_episode, args.curve_every),
+                          "must be >= 0")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        raise ConfigError("--seeds", args.seeds, "distinct training seeds >= 0")
+
+
+def _training_overrides(args: argparse.Namespace, arm: dict, seed: int, run_dir: Path, teleop_seeded: bool) -> list[str]:
+    every = args.curve_every or max(1, args.episodes // 3)
+    out = [*args.overrides, *arm["overrides"], "robot.realtime=false", "robot.scenes=train", "learn.spawn=true",
+           f"session.episodes={args.episodes}", f"session.seed={1000 * seed}",
+           f"link.learner_updates_per_episode={args.updates_per_episode}", f"++learn.learner.seed={seed}",
+           f"session.eval_every={every}", f"session.eval_episodes={args.curve_episodes}",
+           "status_line.enabled=false", f"session.run_dir={run_dir}"]
+    return out + ([f"teleop.seed={seed}"] if teleop_seeded else [])
+
+
+def _eval_args(args: argparse.Namespace, arm: dict, out: Path, init: Path | None) -> list[str]:
+    head = [f"head.init={init}"] if init is not None else []
+    return [*args.overrides, *arm["overrides"], *head, "robot.realtime=false", "--split", "unseen",
+            "--seeds", *map(str, args.eval_seeds), "--episodes", str(args.eval_episodes), "--out", str(out),
+            "--label", out.parent.name if init is None else f"{out.parent.parent.name}/{out.parent.name}"]
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    """Run one stage as a process of its own; its output goes to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"tandem study: {' '.join(shlex.quote(c) for c in cmd[2:])}", flush=True)
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{' '.join(cmd[2:4])} failed with exit {rc} (log {log}):\n{tail}")
+
+
+def _eval_outcomes(eval_dir: Path) -> tuple[dict, list[np.ndarray]]:
+    data = json.loads((eval_dir / "eval.json").read_text())
+    return data, successes_by_seed(data["results"])
+
+
+def _training_figures(run_dir: Path) -> dict[str, Any]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    learner = run_dir / "learner" / "summary-rank0.json"
+    eps = summary["episodes"]
+    return {
+        "updates": json.loads(learner.read_text())["step"] if learner.exists() else 0,
+        "operator_ticks": int(sum(e["intervention_ticks"] for e in eps)),
+        "training_ticks": int(sum(e["steps"] for e in eps)),
+        "takeovers": int(sum(e["takeovers"] for e in eps)),
+        "assisted_success": summary["success_rate"],
+        "curve": [{"after_episodes": ev["after_episodes"],
+                   "outcomes": [float(r["success"]) for r in ev["episodes"] if r["outcome"] != "stopped"]}
+                  for ev in summary.get("evaluations", [])],
+    }
+
+
+def run_study(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Run every arm and seed, then write study.json / study.md / study.png; the study.json data."""
+    arms = load_arms()
+    _check(args, arms)
+    name = args.name or (Path(args.out).name if args.out else time.strftime("study_%Y%m%d_%H%M%S"))
+    out = Path(args.out) if args.out else Path("studies") / name
+    configs = {a: compose_run([*args.overrides, *arms[a]["overrides"]]) for a in args.arms}  # fail before running
+    base_cfg = next(iter(configs.values()))
+    if not hasattr(base_cfg.robot, "scenes"):
+        raise ConfigError("robot", base_cfg.robot.type, "a study evaluates on unseen scenes: use a robot with "
+                          "scene splits (robot=metaworld)")
+    results: dict[str, dict] = {}
+    for arm_name in args.arms:
+        arm, cfg = arms[arm_name], configs[arm_name]
+        entry: dict[str, Any] = {"overrides": arm["overrides"], "train": arm["train"], "runs": {}, "commands": []}
+        if not arm["train"]:
+            eval_dir = out / arm_name / "eval"
+            cmd = [*TANDEM, "eval", *_eval_args(args, arm, eval_dir, None)]
+            _run(cmd, out / arm_name / "eval.log")
+            entry["commands"].append(shlex.join(cmd[2:]))
+            data, outcomes = _eval_outcomes(eval_dir)
+            for seed in args.seeds:  # the base does not depend on the training seed: one evaluation for all
+                entry["runs"][seed] = {"eval": data, "outcomes": outcomes, "updates": 0, "operator_ticks": 0,
+                                       "training_ticks": 0, "takeovers": 0, "curve": []}
+        else:
+            teleop_seeded = hasattr(cfg.teleop, "seed")
+            for seed in args.seeds:
+                run_dir = out / arm_name / f"seed_{seed}"
+                train = [*TANDEM, "run", *_training_overrides(args, arm, seed, run_dir, teleop_seeded)]
+                _run(train, run_dir / "train.log")
+                ev = [*TANDEM, "eval", *_eval_args(args, arm, run_dir / "eval", run_dir / "learner")]
+                _run(ev, run_dir / "eval.log")
+                entry["commands"] += [shlex.join(train[2:]), shlex.join(ev[2:])]
+                data, outcomes = _eval_outcomes(run_dir / "eval")
+                entry["runs"][seed] = {"eval": data, "outcomes": outcomes, **_training_figures(run_dir)}
+        results[arm_name] = entry
+    data = summarize(results, args, argv, base_cfg)
+    write_study(out, data, results)
+    return data
+
+
+def summarize(results: dict[str, dict], args: argparse.Namespace, argv: list[str], cfg: Any) -> dict:
+    """study.json's content: per arm the rate with its interval and budgets; paired differences."""
+    arms: dict[str, Any] = {}
+    for name, entry in results.items():
+        runs = [entry["runs"][s] for s in args.seeds]
+        mean, lo, hi = hierarchical_ci([r["outcomes"] for r in runs], n=RESAMPLES, seed=0, level=LEVEL)
+        arms[name] = {
+            "success": {"mean": mean, "lo": lo, "hi": hi},
+            "per_seed": {str(s): entry["runs"][s]["eval"]["overall"]["mean"] for s in args.seeds},
+            "seeds": list(args.seeds), "episodes": args.episodes if entry["train"] else 0,
+            "updates": [r["updates"] for r in runs], "operator_ticks": [r["operator_ticks"] for r in runs],
+            "training_ticks": [r["training_ticks"] for r in runs], "takeovers": [r["takeovers"] for r in runs],
+            "split": "unseen", "suite": list(getattr(cfg.robot, "suite", None) or [cfg.robot.task]),
+            "eval_seeds": list(args.eval_seeds), "eval_episodes": args.eval_episodes,
+            "overrides": entry["overrides"], "commands": entry["commands"],
+        }
+    differences = []
+    for name in results:
+        for control in CONTROL_ARMS:  # controls are compared with the controls before them only
+            if control not in results or control == name or (
+                    name in CONTROL_ARMS and CONTROL_ARMS.index(control) > CONTROL_ARMS.index(name)):
+                continue
+            diffs = [[c - b for b, c in zip(results[control]["runs"][s]["outcomes"], results[name]["runs"][s]["outcomes"],
+                                             strict=True)] for s in args.seeds]
+            reps = hierarchical_distribution(diffs, RESAMPLES, np.random.default_rng(0))
+            lo, hi = (float(q) for q in np.quantile(reps, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]))
+            d = arms[name]["success"]["mean"] - arms[control]["success"]["mean"]
+            differences.append({"arm": name, "control": control, "difference": d, "lo": lo, "hi": hi,
+                                "excludes_zero": bool(lo > 0 or hi < 0)})
+    return {"name": args.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": shlex.join(["tandem", "study", *argv]), "overrides": list(args.overrides),
+            "split": "unseen", "seeds": list(args.seeds), "episodes": args.episodes,
+            "updates_per_episode": args.updates_per_episode, "eval_seeds": list(args.eval_seeds),
+            "eval_episodes": args.eval_episodes,
+            "interval": f"{int(LEVEL * 100)}% percentile bootstrap, {RESAMPLES} resamples of training seeds and of "
+                        "episodes within each evaluation seed; differences paired by training seed and scene",
+            "arms": arms, "differences": differences}
+
+
+def write_study(out: Path, data: dict, results: dict[str, dict]) -> None:
+    """study.json, study.md and study.png into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(data, indent=1))
+    _curve_figure(results, data["seeds"], out / "study.png")
+
+    def ci(e: dict) -> str:
+        return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]"
+
+    rows = []
+    for name, a in data["arms"].items():
+        share = sum(a["operator_ticks"]) / max(1, sum(a["training_ticks"]))
+        rows.append([name, ci(a["success"]), " ".join(f"{v:.2f}" for v in a["per_seed"].values()), a["episodes"],
+                     int(np.mean(a["updates"])), f"{share:.2f}"])
+    diff_rows = [[f"{d['arm']} - {d['control']}", f"{d['difference']:+.3f}", f"[{d['lo']:+.3f}, {d['hi']:+.3f}]",
+                  "yes" if d["excludes_zero"] else "no"] for d in data["differences"]]
+    md = [f"# Study {data['name']}", "", f"`{data['command']}`", "",
+          f"Training seeds {data['seeds']}, {data['episodes']} training episodes and "
+          f"{data['updates_per_episode']} learner updates per episode for every trained arm; evaluation on "
+          f"unseen scenes: seeds {data['eval_seeds']} x {data['eval_episodes']} episodes, the same scenes for "
+          f"every arm. Interval: {data['interval']}.", "",
+          md_table(["arm", "success on unseen scenes [95% CI]", "per training seed", "training episodes",
+                    "learner updates (mean)", "operator share of training ticks"], rows), "",
+          "## Paired differences", "",
+          md_table(["arm - control", "difference", "95% CI", "excludes 0"], diff_rows), "",
+          "![study](study.png)", ""]
+    (out / "study.md").write_text("\n".join(md))
+
+
+def _curve_figure(results: dict[str, dict], seeds: list[int], path: Path) -> None:
+    fig, axes = new_figure(size=(8.0, 4.5))
+    ax = axes[0, 0]
+    for k, (name, entry) in enumerate(results.items()):
+        runs = [entry["runs"][s] for s in seeds]
+        if not entry["train"]:
+            rate = float(np.mean([np.mean(np.concatenate(r["outcomes"])) for r in runs]))
+            ax.axhline(rate, color=f"C{k}", ls="--", label=f"{name} (eval)")
+            continue
+        points = sorted({p["after_episodes"] for r in runs for p in r["curve"]})
+        xs, mean, lo, hi = [], [], [], []
+        for x in points:
+            per_run = [[np.array(p["outcomes"])] for r in runs for p in r["curve"] if p["after_episodes"] == x]
+            if not per_run or any(len(g[0]) == 0 for g in per_run):
+                continue
+            m, a, b = hierarchical_ci(per_run, n=2000)
+            xs.append(x)
+            mean.append(m)
+            lo.append(a)
+            hi.append(b)
+        ax.fill_between(xs, lo, hi, color=f"C{k}", alpha=0.15)
+        ax.plot(xs, mean, "o-", color=f"C{k}", label=name)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training episodes (operator present)")
+    ax.set_ylabel("autonomous success, unseen scenes")
+    ax.set_title("success against training episodes (95% interval over seeds and episodes)")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``tandem study``: exit 0 done, 2 bad arguments, 1 a stage failed (its log is named)."""
+    argv = list(args.args)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    parsed = build_parser().parse_intermixed_args([a for a in argv if a not in overrides])
+    parsed.overrides = overrides + parsed.overrides
+    try:
+        data = run_study(parsed, argv)
+    except RuntimeError as exc:
+        print(f"tandem study: {exc}", file=sys.stderr)
+        return 1
+    for name, a in data["arms"].items():
+        s = a["success"]
+        print(f"tandem study: {name:12s} {s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}] on unseen scenes", flush=True)
+    return 0

@@ -1,0 +1,60 @@
+"""tandem study at a tiny budget, as a user runs it: real sessions with a spawned learner per arm and seed,
+evaluations on unseen scenes, study.json / study.md / study.png."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+COMMON = ["policy=scripted", "policy.bias=0.6", "robot.cameras=[]", "robot.task=reach-v3",
+          "robot.max_episode_steps=60", "teleop=human", "learn.learner.batch_size=16", "learn.learner.min_records=4"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "tiny"
+    cmd = [sys.executable, "-m", "tandem.cli", "study", *COMMON, "--arms", "base", "imitate_all", "--seeds", "0", "1",
+           "--episodes", "2", "--updates-per-episode", "3", "--curve-every", "1", "--curve-episodes", "1",
+           "--eval-seeds", "0", "--eval-episodes", "2", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    return out, res.stdout
+
+
+def test_every_arm_ran_the_same_seeds_and_budgets_and_was_evaluated_on_the_same_unseen_scenes(study):
+    out, stdout = study
+    data = json.loads((out / "study.json").read_text())
+    assert set(data["arms"]) == {"base", "imitate_all"} and data["split"] == "unseen"
+    trained = data["arms"]["imitate_all"]
+    assert trained["seeds"] == [0, 1] and trained["episodes"] == 2 and trained["split"] == "unseen"
+    assert all(u >= 2 * 3 for u in trained["updates"])  # the learner budget was spent, per run
+    assert all(t > 0 for t in trained["training_ticks"]) and len(trained["operator_ticks"]) == 2
+    assert trained["suite"] == ["reach-v3"] and "--split unseen" in trained["commands"][1]
+    for arm in data["arms"].values():
+        s = arm["success"]
+        assert 0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1
+        assert set(arm["per_seed"]) == {"0", "1"}
+    scenes = {}
+    for arm, run in (("base", "base/eval"), ("imitate_all", "imitate_all/seed_0/eval"),
+                     ("imitate_all1", "imitate_all/seed_1/eval")):
+        ev = json.loads((out / run / "eval.json").read_text())
+        scenes[arm] = [e["scene"] for r in ev["results"] for e in r["episodes"]]
+        assert all(s["split"] == "unseen" for s in scenes[arm])
+    assert scenes["base"] == scenes["imitate_all"] == scenes["imitate_all1"]  # paired by construction
+    (diff,) = data["differences"]
+    assert diff["arm"] == "imitate_all" and diff["control"] == "base" and diff["lo"] <= diff["hi"]
+    # the training runs' own curves (autonomous, unseen scenes) and their learners
+    summary = json.loads((out / "imitate_all" / "seed_1" / "summary.json").read_text())
+    assert [e["after_episodes"] for e in summary["evaluations"]] == [1, 2]
+    assert summary["episodes"][0]["seed"] == 1000 and summary["episodes"][0]["scene"]["split"] == "train"
+    assert (out / "study.png").stat().st_size > 0
+    md = (out / "study.md").read_text()
+    assert "imitate_all - base" in md and data["command"].startswith("tandem study")
+    assert "tandem study: imitate_all" in stdout
+
+
+def test_an_unknown_arm_fails_before_anything_runs(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "tandem.cli", "study", "--arms", "nosuch", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--arms" in res.stderr and not (tmp_path / "x").exists()
