@@ -13,6 +13,10 @@ Then ``tandem eval --split unseen`` evaluates its head (``head.init`` = its lear
 ``--eval-seeds`` x ``--eval-episodes`` unseen scenes as every other arm. Arms that do not train (base)
 are evaluated once. The run overrides (robot, policy, teleop, ...) apply to every arm.
 
+Runs go seed by seed (every arm for seed 0, then for seed 1, ...). ``--resume`` keeps the runs in
+``--out`` whose evaluation finished and reruns any other from scratch, so a study cut short continues, or
+is summarised over the seeds it finished (``--seeds`` naming those).
+
 Outputs in ``--out`` (default ``studies/<name>``): each run's directory (``<arm>/seed_<k>/``), and
 
 - ``study.json``: per arm its success mean with a 95% interval that resamples training seeds and
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=15, help="tandem eval --episodes")
     p.add_argument("--out", default="", help="output directory (default studies/<name>)")
     p.add_argument("--name", default="", help="study name (default study_<date>_<time>)")
+    p.add_argument("--resume", action="store_true", help="keep the runs of --out whose evaluation finished; "
+                   "rerun the others from scratch")
     p.add_argument("overrides", nargs="*", help="run overrides for every arm, e.g. policy=scripted")
     return p
 
@@ -119,6 +126,19 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd[2:4])} failed with exit {rc} (log {log}):\n{tail}")
 
 
+def _stage(cmd: list[str], run_dir: Path, eval_dir: Path, resume: bool, then: list[str] | None = None) -> None:
+    """Run ``cmd`` (and ``then``) into ``run_dir``. With ``resume`` a run whose evaluation is complete is
+    kept; any other leftover of ``run_dir`` (a run cut short: its learner store would resume) is removed."""
+    if resume and (eval_dir / "eval.json").exists():
+        print(f"tandem study: kept {run_dir} (--resume)", flush=True)
+        return
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    _run(cmd, run_dir / ("train.log" if then is not None else "eval.log"))
+    if then is not None:
+        _run(then, run_dir / "eval.log")
+
+
 def _eval_outcomes(eval_dir: Path) -> tuple[dict, list[np.ndarray]]:
     data = json.loads((eval_dir / "eval.json").read_text())
     return data, successes_by_seed(data["results"])
@@ -151,31 +171,28 @@ def run_study(args: argparse.Namespace, argv: list[str]) -> dict:
     if not hasattr(base_cfg.robot, "scenes"):
         raise ConfigError("robot", base_cfg.robot.type, "a study evaluates on unseen scenes: use a robot with "
                           "scene splits (robot=metaworld)")
-    results: dict[str, dict] = {}
-    for arm_name in args.arms:
-        arm, cfg = arms[arm_name], configs[arm_name]
-        entry: dict[str, Any] = {"overrides": arm["overrides"], "train": arm["train"], "runs": {}, "commands": []}
-        if not arm["train"]:
-            eval_dir = out / arm_name / "eval"
-            cmd = [*TANDEM, "eval", *_eval_args(args, arm, eval_dir, None)]
-            _run(cmd, out / arm_name / "eval.log")
-            entry["commands"].append(shlex.join(cmd[2:]))
-            data, outcomes = _eval_outcomes(eval_dir)
-            for seed in args.seeds:  # the base does not depend on the training seed: one evaluation for all
-                entry["runs"][seed] = {"eval": data, "outcomes": outcomes, "updates": 0, "operator_ticks": 0,
-                                       "training_ticks": 0, "takeovers": 0, "curve": []}
-        else:
-            teleop_seeded = hasattr(cfg.teleop, "seed")
-            for seed in args.seeds:
-                run_dir = out / arm_name / f"seed_{seed}"
-                train = [*TANDEM, "run", *_training_overrides(args, arm, seed, run_dir, teleop_seeded)]
-                _run(train, run_dir / "train.log")
-                ev = [*TANDEM, "eval", *_eval_args(args, arm, run_dir / "eval", run_dir / "learner")]
-                _run(ev, run_dir / "eval.log")
-                entry["commands"] += [shlex.join(train[2:]), shlex.join(ev[2:])]
-                data, outcomes = _eval_outcomes(run_dir / "eval")
-                entry["runs"][seed] = {"eval": data, "outcomes": outcomes, **_training_figures(run_dir)}
-        results[arm_name] = entry
+    results: dict[str, dict] = {a: {"overrides": arms[a]["overrides"], "train": arms[a]["train"], "runs": {},
+                                    "commands": []} for a in args.arms}
+    for arm_name in [a for a in args.arms if not arms[a]["train"]]:  # evaluated once, for every seed
+        eval_dir, entry = out / arm_name / "eval", results[arm_name]
+        cmd = [*TANDEM, "eval", *_eval_args(args, arms[arm_name], eval_dir, None)]
+        _stage(cmd, out / arm_name, eval_dir, args.resume)
+        entry["commands"].append(shlex.join(cmd[2:]))
+        data, outcomes = _eval_outcomes(eval_dir)
+        for seed in args.seeds:
+            entry["runs"][seed] = {"eval": data, "outcomes": outcomes, "updates": 0, "operator_ticks": 0,
+                                   "training_ticks": 0, "takeovers": 0, "curve": []}
+    for seed in args.seeds:  # seed by seed, so a study cut short has every arm for the seeds it finished
+        for arm_name in [a for a in args.arms if arms[a]["train"]]:
+            arm, entry = arms[arm_name], results[arm_name]
+            run_dir = out / arm_name / f"seed_{seed}"
+            teleop_seeded = hasattr(configs[arm_name].teleop, "seed")
+            train = [*TANDEM, "run", *_training_overrides(args, arm, seed, run_dir, teleop_seeded)]
+            ev = [*TANDEM, "eval", *_eval_args(args, arm, run_dir / "eval", run_dir / "learner")]
+            _stage(train, run_dir, run_dir / "eval", args.resume, then=ev)
+            entry["commands"] += [shlex.join(train[2:]), shlex.join(ev[2:])]
+            data, outcomes = _eval_outcomes(run_dir / "eval")
+            entry["runs"][seed] = {"eval": data, "outcomes": outcomes, **_training_figures(run_dir)}
     data = summarize(results, args, argv, base_cfg)
     write_study(out, data, results)
     return data
