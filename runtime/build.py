@@ -76,10 +76,6 @@ class SessionParts:
     controller: Controller
     weights_consumers: dict[str, Any] = field(default_factory=dict)
 
-    def value(self) -> float | None:
-        """The critic's score of the chunk the edit head chose last (None without one)."""
-        return self.head.value() if self.head is not None else None
-
 
 def build_parts(config: Any, weights_consumers: dict[str, Any] | None = None) -> SessionParts:
     """Assemble a session's parts from a validated RunConfig.

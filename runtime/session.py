@@ -99,12 +99,10 @@ class Session:
         self.safety: SafetyFilter | None = None
         self.operator: TakeoverOperator | None = None
         self.learning: Any = None  # tandem.policies.heads.build.RobotParts (head, critic); None: no head
-        self.parts: Any = None  # tandem.runtime.build.SessionParts
 
     def build(self) -> None:
         """Create the parts (the robot is not connected yet): ``tandem.runtime.build.build_parts``."""
         parts = build_parts(self.config, self.weights_consumers)
-        self.parts = parts
         self.robot, self.policy, self.backend = parts.robot, parts.policy, parts.backend
         self.safety, self.operator, self.controller = parts.safety, parts.operator, parts.controller
         self.learning = parts.head

@@ -73,13 +73,14 @@ def session_seed(seed: int) -> int:
 _VALUE_OPTIONS = ("--out", "--label")
 
 
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+def split_overrides(argv: list[str], value_options: tuple[str, ...] = _VALUE_OPTIONS) -> tuple[list[str], list[str]]:
     """(Hydra overrides, the rest): every ``key=value`` argument is an override, wherever it stands
-    (even right after ``--seeds 0 1``), unless it is the value of ``--out`` or ``--label``."""
+    (even right after ``--seeds 0 1``), unless it is the value of one of ``value_options`` (``--out``,
+    ``--label``: options whose value may itself contain "=")."""
     overrides, rest = [], []
     previous = ""
     for arg in argv:
-        if "=" in arg and not arg.startswith("-") and previous not in _VALUE_OPTIONS:
+        if "=" in arg and not arg.startswith("-") and previous not in value_options:
             overrides.append(arg)
         else:
             rest.append(arg)

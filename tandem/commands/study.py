@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from tandem.commands.eval import split_overrides
 from tandem.core.config import CONFIG_DIR
 from tandem.core.errors import ConfigError
 from tandem.reports.eval import successes_by_seed
@@ -296,12 +297,18 @@ def _curve_figure(results: dict[str, dict], seeds: list[int], path: Path) -> Non
     save_figure(fig, path)
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options, with every ``key=value`` argument (wherever it stands) among ``overrides``."""
+    overrides, rest = split_overrides(argv, ("--out", "--name"))
+    args = build_parser().parse_intermixed_args(rest)
+    args.overrides = overrides + args.overrides
+    return args
+
+
 def main(args: argparse.Namespace) -> int:
     """``tandem study``: exit 0 done, 2 bad arguments, 1 a stage failed (its log is named)."""
     argv = list(args.args)
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    parsed = build_parser().parse_intermixed_args([a for a in argv if a not in overrides])
-    parsed.overrides = overrides + parsed.overrides
+    parsed = parse_args(argv)
     try:
         data = run_study(parsed, argv)
     except RuntimeError as exc:

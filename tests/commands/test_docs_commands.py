@@ -297,15 +297,14 @@ def do_eval(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
 
 def do_study(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
     """Parse the options; compose every arm's configuration (as tandem study does before running)."""
-    from tandem.commands.study import build_parser, load_arms
+    from tandem.commands.study import load_arms, parse_args
     from tandem.runtime.config import compose_run
 
-    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
-    args = build_parser().parse_intermixed_args([a for a in rest if a not in overrides])
+    args = parse_args(rest)
     arms = load_arms()
     for name in args.arms:
         assert name in arms, f"{cmd.where}: no arm {name!r} in configs/study/arms.yaml"
-        check_run_config(compose_run([*overrides, *args.overrides, *arms[name]["overrides"]]))
+        check_run_config(compose_run([*args.overrides, *arms[name]["overrides"]]))
 
 
 def do_learn(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
