@@ -173,6 +173,10 @@ class ExperienceLink:
         connected, learner_id, last_heard, rewound_at = False, None, 0.0, -1
         last_hb, last_fsync, last_persist = 0.0, 0.0, time.monotonic()
         socket_born = time.monotonic()
+        # the highest seq that may have reached a learner: what this link sent, or anything an earlier
+        # session on this spool spooled (and may have sent); an ack above it is refused, so a peer
+        # answering as the learner cannot make the robot forget records it never sent
+        sent_max = spool.next_seq - 1
         while not self._stop.is_set():
             now = time.monotonic()
             # 1. spool new records (seq assigned here)
@@ -212,6 +216,7 @@ class ExperienceLink:
                         cache[next_send] = frames
                         break
                     self.stats.sent += 1
+                    sent_max = max(sent_max, next_send)
                     next_send += 1
             # 3. heartbeat
             if now - last_hb >= cfg.heartbeat_s:
@@ -238,12 +243,15 @@ class ExperienceLink:
                     if msg.meta.get("stream") != spool.stream or msg.kind not in (ACK, HB):
                         self._count_malformed("unexpected")
                         continue
-                    last_heard = time.monotonic()
                     ident = msg.meta.get("learner")
                     stored = msg.meta.get("acked", 0)
                     if not isinstance(stored, int) or isinstance(stored, bool):
                         self._count_malformed("bad_meta")
                         continue
+                    if stored > sent_max:  # never forget records on an ack for seqs not sent
+                        self._count_malformed("ack_above_sent")
+                        continue
+                    last_heard = time.monotonic()
                     if not connected or ident != learner_id:
                         if learner_id is not None and ident != learner_id:
                             self.stats.learner_changes += 1
