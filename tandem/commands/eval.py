@@ -24,7 +24,8 @@ Outputs in ``--out`` (default ``evals/<label>``, label default ``eval_<date>_<ti
   percentile bootstrap interval (10 000 resamples of the episodes within each seed, numpy
   default_rng(0); see ``tandem.reports.stats``).
 - ``eval.md`` and ``eval.png``: the table and bars per task and overall with the interval as error bars.
-- ``seed_<s>/``: each session's ``summary.json``, ``ticks.npz`` and session report.
+- ``seed_<s>/``: each session's ``summary.json``, ``ticks.npz``, ``chunks.npz`` (every executed chunk's
+  state, features and actions: ``tandem study`` checks a critic's calibration on them) and session report.
 
 ``--compare A B [C ...]`` runs nothing: it loads ``A/eval.json`` ... and writes ``compare.json``,
 ``compare.md`` and ``compare.png`` into ``--out``: rates side by side, and each later evaluation's
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.core.errors import ConfigError
+from tandem.reports.calibration import save_chunks
 from tandem.reports.eval import (
     BOOTSTRAP_SEED,
     HELD_OUT_STRIDE,
@@ -58,6 +60,7 @@ from tandem.reports.eval import (
 )
 from tandem.reports.session import write_session_report
 from tandem.runtime.config import compose_run
+from tandem.runtime.links.chunks import ChunkAssembler
 from tandem.runtime.monitor.tick_log import TickLog
 from tandem.runtime.session import Session, write_summary
 
@@ -133,8 +136,9 @@ def run_seed(cfg: Any, seed: int, stop: threading.Event) -> dict[str, Any]:
     Returns ``{"seed", "session_seed", "run_dir", "episodes": [{"episode", "seed", "task", "success",
     "outcome", "steps"}]}``.
     """
-    ticks = TickLog()
-    session = Session(cfg, sinks=[ticks], stop=stop)
+    ticks, chunks = TickLog(), []  # chunks: what ran, for the critic's calibration (tandem.reports.calibration)
+    assembler = ChunkAssembler("eval", cfg.session.horizon, chunks.append)
+    session = Session(cfg, sinks=[ticks, assembler], stop=stop)
 
     names: dict[int, str] = {}  # episode -> task name (MetaWorld's task_name), else its instruction
 
@@ -147,6 +151,7 @@ def run_seed(cfg: Any, seed: int, stop: threading.Event) -> dict[str, Any]:
     run_dir = Path(cfg.session.run_dir)
     write_summary(summary, run_dir)
     ticks.save(run_dir)
+    save_chunks(chunks, run_dir)
     try:
         write_session_report(run_dir)
     except Exception:  # the numbers are what matters; a plotting problem must not lose them

@@ -2,7 +2,7 @@
 
     tandem study [run overrides...] [--arms base hg_dagger imitate_all shipped] [--seeds 0 1 2 3 4]
                  [--episodes 90] [--updates-per-episode 100] [--curve-every 30] [--curve-episodes 6]
-                 [--eval-seeds 0 1 2] [--eval-episodes 15] [--out DIR] [--name NAME]
+                 [--eval-seeds 0 1 2] [--eval-episodes 15] [--realtime] [--out DIR] [--name NAME]
 
 Arms are named in ``configs/study/arms.yaml`` (each a list of overrides). For every training seed k and
 every arm that trains, one ``tandem run`` session (a process of its own, with a learner spawned on
@@ -13,6 +13,10 @@ Then ``tandem eval --split unseen`` evaluates its head (``head.init`` = its lear
 ``--eval-seeds`` x ``--eval-episodes`` unseen scenes as every other arm. Arms that do not train (base)
 are evaluated once. The run overrides (robot, policy, teleop, ...) apply to every arm.
 
+Every session runs with ``robot.realtime=false`` (each inference waits for its reply: results do not depend
+on the machine's speed) unless ``--realtime`` (the asynchronous policy worker beside the wall-clock loop,
+as deployed; the study records which).
+
 Runs go seed by seed (every arm for seed 0, then for seed 1, ...). ``--resume`` keeps the runs in
 ``--out`` whose evaluation finished and reruns any other from scratch, so a study cut short continues, or
 is summarised over the seeds it finished (``--seeds`` naming those).
@@ -22,6 +26,9 @@ Outputs in ``--out`` (default ``studies/<name>``): each run's directory (``<arm>
 - ``study.json``: per arm its success mean with a 95% interval that resamples training seeds and
   episodes, the per-seed values, seeds, episodes, learner updates, operator ticks, split, suite and the
   exact commands; per arm its paired difference from every control arm (same scenes, same seeds);
+- per critic arm its value calibration on the unseen-scene evaluations (``tandem.reports.calibration``: how
+  well Q of executed chunks ranks and matches the realized discounted return, and how well V(s0) separates
+  successes from failures), per seed and averaged;
 - ``study.md`` (the tables) and ``study.png`` (autonomous success against training episodes, with
   intervals, from the interleaved evaluations).
 """
@@ -44,6 +51,7 @@ import yaml
 from tandem.commands.eval import split_overrides
 from tandem.core.config import CONFIG_DIR
 from tandem.core.errors import ConfigError
+from tandem.reports.calibration import calibrate
 from tandem.reports.eval import successes_by_seed
 from tandem.reports.session import md_table, new_figure, save_figure
 from tandem.reports.stats import hierarchical_ci, hierarchical_distribution
@@ -78,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=15, help="tandem eval --episodes")
     p.add_argument("--out", default="", help="output directory (default studies/<name>)")
     p.add_argument("--name", default="", help="study name (default study_<date>_<time>)")
+    p.add_argument("--realtime", action="store_true", help="train and evaluate with robot.realtime=true (the "
+                   "asynchronous policy worker, as deployed; default false: each inference waits for its reply)")
     p.add_argument("--resume", action="store_true", help="keep the runs of --out whose evaluation finished; "
                    "rerun the others from scratch")
     p.add_argument("overrides", nargs="*", help="run overrides for every arm, e.g. policy=scripted")
@@ -99,9 +109,15 @@ def _check(args: argparse.Namespace, arms: dict[str, dict]) -> None:
         raise ConfigError("--seeds", args.seeds, "distinct training seeds >= 0")
 
 
+def _realtime(args: argparse.Namespace) -> str:
+    """``robot.realtime`` of every session: false (each inference waits for its reply) unless ``--realtime``
+    (the asynchronous policy worker beside the wall-clock loop, as deployed)."""
+    return f"robot.realtime={'true' if args.realtime else 'false'}"
+
+
 def _training_overrides(args: argparse.Namespace, arm: dict, seed: int, run_dir: Path, teleop_seeded: bool) -> list[str]:
     every = args.curve_every or max(1, args.episodes // 3)
-    out = [*args.overrides, *arm["overrides"], "robot.realtime=false", "robot.scenes=train", "learn.spawn=true",
+    out = [*args.overrides, *arm["overrides"], _realtime(args), "robot.scenes=train", "learn.spawn=true",
            f"session.episodes={args.episodes}", f"session.seed={1000 * seed}",
            f"link.learner_updates_per_episode={args.updates_per_episode}", f"++learn.learner.seed={seed}",
            f"session.eval_every={every}", f"session.eval_episodes={args.curve_episodes}",
@@ -111,7 +127,7 @@ def _training_overrides(args: argparse.Namespace, arm: dict, seed: int, run_dir:
 
 def _eval_args(args: argparse.Namespace, arm: dict, out: Path, init: Path | None) -> list[str]:
     head = [f"head.init={init}"] if init is not None else []
-    return [*args.overrides, *arm["overrides"], *head, "robot.realtime=false", "--split", "unseen",
+    return [*args.overrides, *arm["overrides"], *head, _realtime(args), "--split", "unseen",
             "--seeds", *map(str, args.eval_seeds), "--episodes", str(args.eval_episodes), "--out", str(out),
             "--label", out.parent.name if init is None else f"{out.parent.parent.name}/{out.parent.name}"]
 
@@ -143,6 +159,15 @@ def _stage(cmd: list[str], run_dir: Path, eval_dir: Path, resume: bool, then: li
 def _eval_outcomes(eval_dir: Path) -> tuple[dict, list[np.ndarray]]:
     data = json.loads((eval_dir / "eval.json").read_text())
     return data, successes_by_seed(data["results"])
+
+
+def _calibration(head: Any, run_dir: Path, data: dict) -> dict | None:
+    """The critic's calibration on this run's evaluation (``tandem.reports.calibration``); None for a run
+    without a critic or an evaluation without chunks."""
+    if head.type == "none":
+        return None
+    episodes = {int(r["seed"]): r["episodes"] for r in data["results"]}
+    return calibrate(run_dir / "learner", run_dir / "eval", head, episodes)
 
 
 def _training_figures(run_dir: Path) -> dict[str, Any]:
@@ -193,7 +218,8 @@ def run_study(args: argparse.Namespace, argv: list[str]) -> dict:
             _stage(train, run_dir, run_dir / "eval", args.resume, then=ev)
             entry["commands"] += [shlex.join(train[2:]), shlex.join(ev[2:])]
             data, outcomes = _eval_outcomes(run_dir / "eval")
-            entry["runs"][seed] = {"eval": data, "outcomes": outcomes, **_training_figures(run_dir)}
+            entry["runs"][seed] = {"eval": data, "outcomes": outcomes, **_training_figures(run_dir),
+                                   "calibration": _calibration(configs[arm_name].head, run_dir, data)}
     data = summarize(results, args, argv, base_cfg)
     write_study(out, data, results)
     return data
@@ -214,6 +240,7 @@ def summarize(results: dict[str, dict], args: argparse.Namespace, argv: list[str
             "split": "unseen", "suite": list(getattr(cfg.robot, "suite", None) or [cfg.robot.task]),
             "eval_seeds": list(args.eval_seeds), "eval_episodes": args.eval_episodes,
             "overrides": entry["overrides"], "commands": entry["commands"],
+            "calibration": calibration_summary([r.get("calibration") for r in runs]),
         }
     differences = []
     for name in results:
@@ -231,11 +258,30 @@ def summarize(results: dict[str, dict], args: argparse.Namespace, argv: list[str
     return {"name": args.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": shlex.join(["tandem", "study", *argv]), "overrides": list(args.overrides),
             "split": "unseen", "seeds": list(args.seeds), "episodes": args.episodes,
-            "updates_per_episode": args.updates_per_episode, "eval_seeds": list(args.eval_seeds),
+            "updates_per_episode": args.updates_per_episode, "realtime": bool(args.realtime),
+            "eval_seeds": list(args.eval_seeds),
             "eval_episodes": args.eval_episodes,
             "interval": f"{int(LEVEL * 100)}% percentile bootstrap, {RESAMPLES} resamples of training seeds and of "
                         "episodes within each evaluation seed; differences paired by training seed and scene",
             "arms": arms, "differences": differences}
+
+
+CALIBRATION_FIGURES = ("spearman", "mean_error", "mean_abs_error", "pess_mean_error", "v0_auc")
+
+
+def calibration_summary(per_seed: list[dict | None]) -> dict | None:
+    """Each calibration figure's mean over training seeds (seeds without one left out) and the per-seed
+    dicts; None when no seed has one (an arm without a critic)."""
+    runs = [c for c in per_seed if c]
+    if not runs:
+        return None
+    out: dict[str, Any] = {"per_seed": per_seed}
+    for key in CALIBRATION_FIGURES:
+        values = [c[key] for c in runs if c.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    for key in ("chunks", "episodes"):
+        out[key] = int(sum(c[key] for c in runs))
+    return out
 
 
 def write_study(out: Path, data: dict, results: dict[str, dict]) -> None:
@@ -263,8 +309,27 @@ def write_study(out: Path, data: dict, results: dict[str, dict]) -> None:
                     "learner updates (mean)", "operator share of training ticks"], rows), "",
           "## Paired differences", "",
           md_table(["arm - control", "difference", "95% CI", "excludes 0"], diff_rows), "",
-          "![study](study.png)", ""]
+          *_calibration_md(data), "![study](study.png)", ""]
     (out / "study.md").write_text("\n".join(md))
+
+
+def _calibration_md(data: dict) -> list[str]:
+    """The value-calibration section of study.md (nothing when no arm has a critic)."""
+    def num(v: float | None, fmt: str = "+.2f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    rows = [[name, num(c["spearman"]), num(c["mean_error"]), num(c["mean_abs_error"]), num(c["pess_mean_error"]),
+             num(c["v0_auc"], ".2f"), c["chunks"], c["episodes"]]
+            for name, a in data["arms"].items() if (c := a.get("calibration"))]
+    if not rows:
+        return []
+    return ["## Value calibration on the unseen-scene evaluations", "",
+            "For every chunk the evaluation ran: the critic's Q (ensemble mean) against the discounted return that "
+            "followed, with the learner's own reward (an episode that ends without success is followed by the "
+            "value of never succeeding); V(s0) (Q of the first chunk) against the episode's success. Means over "
+            "training seeds (`tandem.reports.calibration`).", "",
+            md_table(["arm", "rank corr. Q vs return", "mean Q - return", "mean |Q - return|",
+                      "mean Q_pess - return", "AUC of V(s0) for success", "chunks", "episodes"], rows), ""]
 
 
 def _curve_figure(results: dict[str, dict], seeds: list[int], path: Path) -> None:

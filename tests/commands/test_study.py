@@ -52,6 +52,11 @@ def test_every_arm_ran_the_same_seeds_and_budgets_and_was_evaluated_on_the_same_
     md = (out / "study.md").read_text()
     assert "imitate_all - base" in md and data["command"].startswith("tandem study")
     assert "tandem study: imitate_all" in stdout
+    # the critic's calibration on the evaluation's own chunks (a critic arm has one, the base none)
+    cal = trained["calibration"]
+    assert data["arms"]["base"]["calibration"] is None and cal["chunks"] > 0 and cal["episodes"] == 2 * 2
+    assert cal["mean_abs_error"] >= abs(cal["mean_error"]) and len(cal["per_seed"]) == 2
+    assert "Value calibration" in md and data["realtime"] is False
 
 
 def test_an_unknown_arm_fails_before_anything_runs(tmp_path):

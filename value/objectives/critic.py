@@ -51,6 +51,22 @@ class CriticObjectiveConfig:
         non_negative("warmup_steps", self.warmup_steps)
 
 
+def failure_value(config: CriticObjectiveConfig, gamma: float) -> float:
+    """The value after a failed terminal (``config.failure_value``, or its reward-mode default), reward units.
+
+    Raises:
+        ConfigError: the time reward with gamma = 1 and no explicit value (it would be infinite).
+    """
+    if config.failure_value is not None:
+        return float(config.failure_value)
+    if config.reward_mode == "time":
+        if gamma >= 1.0:
+            raise ConfigError("failure_value", None, "with reward_mode=time and gamma=1 a failure has no finite "
+                              "value: set critic_objective.failure_value (e.g. -reward_scale * the tick limit)")
+        return -config.reward_scale / (1.0 - gamma)
+    return 0.0
+
+
 class CriticObjective:
     """Chunked TD regression of the critic ensemble toward one pessimistic target, then a Polyak step.
 
@@ -74,29 +90,13 @@ class CriticObjective:
         self.optimizer = torch.optim.AdamW(critic.online.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.steps = 0
-        self.failure_value = self._failure_value()
+        self.failure_value = failure_value(self.config, critic.config.gamma)
 
     @property
     def device(self) -> torch.device:
         """The critic's device."""
         return next(self.critic.online.parameters()).device
 
-    def _failure_value(self) -> float:
-        """The value after a failed terminal (``config.failure_value``, or its reward-mode default).
-
-        Raises:
-            ConfigError: the time reward with gamma = 1 and no explicit value (it would be infinite).
-        """
-        cfg = self.config
-        if cfg.failure_value is not None:
-            return float(cfg.failure_value)
-        if cfg.reward_mode == "time":
-            gamma = self.critic.config.gamma
-            if gamma >= 1.0:
-                raise ConfigError("failure_value", None, "with reward_mode=time and gamma=1 a failure has no finite "
-                                  "value: set critic_objective.failure_value (e.g. -reward_scale * the tick limit)")
-            return -cfg.reward_scale / (1.0 - gamma)
-        return 0.0
 
     @property
     def warming_up(self) -> bool:
