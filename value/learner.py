@@ -96,7 +96,8 @@ class Learner:
             if info.is_main:
                 # ports first: a hot-standby learner waits here until the running one is gone
                 self.server = LinkServer(cfg.server_config(), None).bind(cfg.bind_retry_s)
-                self.store = ReplayStore(self.root / "replay", cfg.replay)
+                # a learner that is still stopping (its ports were free first) releases the store soon
+                self.store = ReplayStore(self.root / "replay", cfg.replay, lock_wait_s=cfg.bind_retry_s)
                 self.server.store = self.store
                 self.server.start()
                 self.server.versions.update({k: (self.run_id, v) for k, v in self.versions.items()})
@@ -200,6 +201,9 @@ class Learner:
             "versions": self.versions,
             "metrics": self.metrics,
             "replay": self.store.sizes() if self.store else {},
+            # damaged regions of the replay log skipped at start (their records are lost, the rest kept)
+            "replay_log": {k: self.store.counts[k] for k in ("corrupt", "corrupt_bytes", "torn_bytes")}
+            if self.store else {},
             "live_robots": self.server.live_robots(),
             "robots": robots,
             "links": {k: v for k, v in self.server.stats.items()},

@@ -3,7 +3,10 @@
 Durability: each accepted record is appended to a :class:`~tandem.core.durable_log.DurableLog`
 (the packed wire frames, as received) and :meth:`ReplayStore.commit` flushes and fsyncs a batch
 before the learner acks it. Restarting rebuilds the buffers and the duplicate filter from the log,
-so a SIGKILL loses nothing that was acked. Records whose content is invalid (NaN reward, wrong
+so a SIGKILL loses nothing that was acked. A damaged entry in the middle of the log (a flipped bit) is
+skipped and counted (``counts["corrupt"]``, logged, in the learner's status), never used to truncate
+what follows it: the streams go on from their highest stored seq. Only damage at the very end of the
+log is a torn tail (a write cut short by a kill), cut off at open. Records whose content is invalid (NaN reward, wrong
 fields) are logged as tombstones: their seq is consumed so the robot's stream moves on, and they
 never reach a buffer.
 
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tandem.core.durable_log import DurableLog
+from tandem.core.errors import ConfigError, TandemError
 from tandem.core.validate import in_range, non_negative
 from tandem.protocol.chunk_record import ARRAY_FIELDS, ChunkRecord
 from tandem.protocol.messages import message_to_record
@@ -34,6 +40,11 @@ log = logging.getLogger(__name__)
 BUFFERS = ("demo", "autonomous", "takeover")
 TOMBSTONE = "tombstone"
 STORED, DUPLICATE, GAP, REJECTED = "stored", "duplicate", "gap", "rejected"
+LOCK_FILE = "LOCK"
+
+
+class StoreBusyError(TandemError, RuntimeError):
+    """Another learner process holds the replay store."""
 
 
 @dataclass
@@ -150,33 +161,42 @@ class ReplayStore:
     Args:
         directory: where the log lives (created).
         config: capacity, mixing ratios, fsync.
+        lock_wait_s: wait this long for a learner that is still stopping to release the store.
+
+    Raises:
+        StoreBusyError: another learner process holds the store (its pid is in the message).
+        ConfigError: the directory cannot be created or written (field ``learner.store_dir``).
     """
 
-    def __init__(self, directory: str | Path, config: ReplayConfig | None = None) -> None:
+    def __init__(self, directory: str | Path, config: ReplayConfig | None = None, lock_wait_s: float = 0.0) -> None:
         self.directory = Path(directory)
         self.config = config or ReplayConfig()
         self.buffers = {name: RingBuffer(self.config.capacity) for name in BUFFERS}
-        self.counts = {"stored": 0, "tombstones": 0, "incompatible": 0, "duplicates": 0, "gaps": 0}
+        self.counts = {"stored": 0, "tombstones": 0, "incompatible": 0, "duplicates": 0, "gaps": 0,
+                       "corrupt": 0, "corrupt_bytes": 0, "torn_bytes": 0}
         self._last: dict[tuple[str, str], int] = {}
         # (robot, stream, episode) -> {start tick of the successor: (buffer, slot, generation)} of the
         # episode's records still waiting for the record that starts where they end
         self._waiting: dict[tuple[str, str, int], dict[int, tuple[str, int, int]]] = {}
         self._lock = threading.Lock()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._owner = open(self.directory / "LOCK", "a+")
-        try:  # one learner per store; the OS releases the lock when its process dies, even on SIGKILL
-            fcntl.flock(self._owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._owner.close()
-            raise RuntimeError(f"replay store {self.directory} is in use by another learner process") from None
-        self._log = DurableLog(self.directory / "log", self.config.segment_mb * 1024 * 1024)
+        self._owner = lock_store(self.directory, lock_wait_s)
+        try:
+            self._log = DurableLog(self.directory / "log", self.config.segment_mb * 1024 * 1024)
+            self._recover()
+        except BaseException:
+            self._release()
+            raise
+
+    def _recover(self) -> None:
+        """Rebuild the buffers and the duplicate filter from the log (damaged entries skipped and counted)."""
         self._dirty = False
         self.last_reject_reason = ""
         recovered = 0
         for _, _, _, payload in self._log.scan():
             try:
                 msg = decode(unpack_frames(payload), copy=True)
-            except WireError as exc:  # cannot happen for entries this store wrote; keep going
+            except WireError as exc:  # a CRC-valid entry this store did not write: skip it, counted
+                self.counts["corrupt"] += 1
                 log.error("replay %s: unreadable log entry skipped (%s)", self.directory, exc)
                 continue
             key = (msg.robot, str(msg.meta.get("stream", "")))
@@ -186,8 +206,15 @@ class ReplayStore:
             else:
                 self._insert(message_to_record(msg), str(msg.meta.get("source", "online")), key[1])
             recovered += 1
+        self.counts["corrupt"] += self._log.corrupt_entries
+        self.counts["corrupt_bytes"] = self._log.corrupt_bytes
+        self.counts["torn_bytes"] = self._log.truncated_bytes
         if recovered:
             log.info("replay %s: recovered %d records (%d streams)", self.directory, recovered, len(self._last))
+        if self._log.corrupt_entries:
+            log.error("replay %s: %d damaged regions (%d bytes) of the log were skipped; the records in them are "
+                      "lost, every record after them is kept (see learner status.json replay_log)", self.directory,
+                      self._log.corrupt_entries, self._log.corrupt_bytes)
 
     # ------------------------------------------------------------------ ingest (link I/O thread)
 
@@ -317,10 +344,52 @@ class ReplayStore:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def close(self) -> None:
-        """Commit and close the log."""
-        self.commit()
-        with self._lock:
-            self._log.close()
-            if not self._owner.closed:
-                fcntl.flock(self._owner.fileno(), fcntl.LOCK_UN)
-                self._owner.close()
+        """Commit and close the log; release the store (also when writing fails)."""
+        try:
+            self.commit()
+            with self._lock:
+                self._log.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)  # closing the only descriptor releases the flock
+            self._owner = None
+
+
+def lock_store(directory: Path, wait_s: float = 0.0) -> int:
+    """Take the store's ``LOCK`` (one learner per store; the OS releases it when the process dies, even on
+    SIGKILL), waiting up to ``wait_s`` for a learner that is stopping; the locked fd (holds the pid).
+
+    Raises:
+        StoreBusyError: another learner process holds it.
+        ConfigError: the directory cannot be created or written.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise ConfigError("learner.store_dir", str(directory.parent),
+                          f"the learner's store cannot be written ({exc.strerror or exc}); "
+                          "set learner.store_dir (learn.store_dir with learn.spawn=true) to a writable directory") from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreBusyError(
+                f"replay store {directory} is in use by another learner process (pid {holder}); stop it "
+                "(one learner per store) or give this learner another learner.store_dir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
+    return fd

@@ -11,10 +11,21 @@ Liveness: the robot sends a heartbeat every ``heartbeat_s``; the learner answers
 id and the last seq it stored for the stream. After ``timeout_s`` of silence the robot rebuilds its
 socket and, once a learner answers again, resends everything above the learner's last stored seq.
 The control loop never notices: it keeps running and records keep piling up in the spool.
+
+Storage faults degrade, never kill: when the spool cannot be written (a full disk), the records taken
+from the queue are rolled back out of the spool and wait in memory (``held``, at most ``max_held``;
+beyond that the newest are dropped and counted in ``lost`` and ``lost_ticks``), spooling pauses and is
+retried every ``SPOOL_RETRY_S``; once the disk takes writes again everything held is spooled and sent,
+in order. A record is sent only once it is fsynced in the spool, so a seq the learner may hold is never
+given to another record, even after a power loss. A spooled record found corrupt on disk is sent as a
+placeholder the learner refuses (a tombstone takes its seq), counted in ``damaged``.
 """
 
 from __future__ import annotations
 
+import collections
+import collections.abc
+import itertools
 import logging
 import queue
 import threading
@@ -24,13 +35,16 @@ from dataclasses import asdict, dataclass, field
 import zmq
 
 from tandem.protocol.chunk_record import ChunkRecord
-from tandem.protocol.messages import ACK, HB, record_to_message
+from tandem.protocol.messages import ACK, CHUNK, HB, RECORD_SCHEMA, record_to_message
 from tandem.protocol.security import open_socket
 from tandem.protocol.wire import Message, WireError, decode, encode, pack_frames, unpack_frames
 from tandem.runtime.links.config import LinkConfig
 from tandem.runtime.links.spool import RecordSpool
 
 log = logging.getLogger(__name__)
+
+SPOOL_RETRY_S = 0.5  # while the spool cannot be written, retry this often
+MAX_HELD = 50_000  # records kept in memory while the spool cannot be written (then the newest are lost)
 
 
 @dataclass
@@ -51,6 +65,14 @@ class ExperienceStats:
     malformed_reasons: dict[str, int] = field(default_factory=dict)
     send_max_ms: float = 0.0  # the control thread's cost of send(): wall clock
     send_cpu_max_ms: float = 0.0  # ... and CPU time of that thread (immune to preemption)
+    # storage faults: the spool could not be written (a full disk); spooling pauses, records wait in memory
+    spool_paused: bool = False
+    spool_pauses: int = 0  # times spooling paused
+    spool_errors: list[str] = field(default_factory=list)  # the first few distinct errors
+    held: int = 0  # records waiting in memory for the spool
+    lost: int = 0  # records never spooled: more than max_held waited while the disk was full
+    lost_ticks: int = 0  # their valid ticks
+    damaged: int = 0  # spooled records found corrupt on disk; the learner is told to skip their seqs
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -78,6 +100,7 @@ class ExperienceLink:
         self._error: BaseException | None = None
         self._started = threading.Event()
         self.stream = ""
+        self.max_held = MAX_HELD
 
     # ------------------------------------------------------------------ control-thread API
 
@@ -116,7 +139,8 @@ class ExperienceLink:
         return self._all_acked()
 
     def _all_acked(self) -> bool:
-        return self._queue.empty() and self.stats.spooled >= self.stats.queued and self.stats.pending == 0
+        s = self.stats
+        return self._queue.empty() and s.held == 0 and s.spooled + s.lost >= s.queued and s.pending == 0
 
     def close(self, drain_s: float | None = None) -> bool:
         """Wait up to ``drain_s`` (default ``config.drain_s``) for acks, then stop. True if all were acked.
@@ -131,6 +155,12 @@ class ExperienceLink:
         self._thread = None
         if not done:
             log.warning("experience link %s: %d records not acked yet; they stay in the spool", self.robot_id, self.stats.pending)
+        if self.stats.held:
+            log.error("experience link %s: %d records could not be spooled (%s) and are lost", self.robot_id,
+                      self.stats.held, "; ".join(self.stats.spool_errors) or "the I/O thread stopped")
+        if self.stats.lost:
+            log.error("experience link %s: %d records (%d ticks) lost while the spool could not be written",
+                      self.robot_id, self.stats.lost, self.stats.lost_ticks)
         return done
 
     # ------------------------------------------------------------------ I/O thread
@@ -164,7 +194,10 @@ class ExperienceLink:
             log.exception("experience link %s: I/O thread failed", self.robot_id)
         finally:
             sock.close(0)
-            spool.close()
+            try:
+                spool.close()
+            except OSError as exc:  # acked.json not written: the next session resends a few acked records
+                self._spool_error(exc)
 
     def _loop(self, spool: RecordSpool, sock: zmq.Socket) -> None:
         cfg = self.config
@@ -177,39 +210,46 @@ class ExperienceLink:
         # session on this spool spooled (and may have sent); an ack above it is refused, so a peer
         # answering as the learner cannot make the robot forget records it never sent
         sent_max = spool.next_seq - 1
+        held: collections.deque[ChunkRecord] = collections.deque()  # taken from the queue, not yet spooled
+        retry_at = 0.0
+        self.stats.damaged = len(spool.lost)
         while not self._stop.is_set():
             now = time.monotonic()
-            # 1. spool new records (seq assigned here)
+            # 1. spool new records (seq assigned here); a full disk pauses this step, records wait in `held`
+            self._take(held)
             n_new = 0
-            while n_new < 256:  # small batches keep acks and heartbeats flowing
-                try:
-                    rec = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                seq = spool.next_seq
-                frames = encode(record_to_message(rec, seq, spool.stream, self.source))
-                spool.append(seq, pack_frames(frames))
-                if connected and seq < spool.acked + 1 + cfg.window:
-                    cache[seq] = frames
-                n_new += 1
+            if held and now >= retry_at:
+                n_new = self._spool(spool, held, cache if connected else None, cfg.window)
+                if n_new < 0:  # the spool could not be written: retry later
+                    n_new, retry_at = 0, now + SPOOL_RETRY_S
+                else:
+                    retry_at = 0.0
+            self.stats.held = len(held)
             if n_new:
                 self.stats.pending = spool.pending  # before spooled: readers check spooled, then pending
                 self.stats.spooled += n_new
-                fsync = now - last_fsync >= cfg.spool_fsync_s
-                spool.sync(fsync)
-                if fsync:
+            if spool.durable_seq < spool.next_seq - 1 and now - last_fsync >= cfg.spool_fsync_s:
+                try:
+                    spool.sync(True)
                     last_fsync = now
-            # 2. send within the window
+                except OSError as exc:  # written to the OS but not fsynced: sent once an fsync succeeds
+                    self._spool_error(exc)
+            # 2. send within the window (only what is fsynced in the spool)
             if connected:
-                while next_send < spool.next_seq and next_send <= spool.acked + cfg.window:
+                while next_send <= spool.durable_seq and next_send <= spool.acked + cfg.window:
                     frames = cache.pop(next_send, None)
                     if frames is None:
                         payload = spool.read(next_send)
-                        if payload is None:  # acked meanwhile
+                        if payload is not None:
+                            frames = unpack_frames(payload)
+                            self.stats.resent += 1
+                        elif next_send in spool.lost:  # damaged on disk: the learner tombstones its seq
+                            frames = encode(Message(kind=CHUNK, schema=RECORD_SCHEMA, seq=next_send, robot=self.robot_id,
+                                                    meta={"stream": spool.stream, "lost": "spool_damaged"}))
+                            self.stats.damaged = len(spool.lost)
+                        else:  # acked meanwhile
                             next_send += 1
                             continue
-                        frames = unpack_frames(payload)
-                        self.stats.resent += 1
                     try:
                         sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
@@ -227,7 +267,7 @@ class ExperienceLink:
                     pass
                 last_hb = now
             # 4. receive
-            busy = n_new or (connected and next_send < spool.next_seq and next_send <= spool.acked + cfg.window)
+            busy = n_new or (connected and next_send <= spool.durable_seq and next_send <= spool.acked + cfg.window)
             timeout_ms = 0 if busy else max(1, int(min(cfg.heartbeat_s - (now - last_hb), 0.005) * 1000))
             if sock.poll(timeout_ms, zmq.POLLIN):
                 while True:
@@ -283,15 +323,88 @@ class ExperienceLink:
                 cache.clear()
                 next_send = spool.acked + 1
             if now - last_persist > 0.5:
-                spool.persist()
+                try:
+                    spool.persist()
+                except OSError as exc:  # acked.json not written: the acks are kept in memory, tried again
+                    self._spool_error(exc)
                 last_persist = now
             self.stats.acked = spool.acked
             self.stats.pending = spool.pending
             self.stats.connected = connected
             self.stats.last_heard_s = round(now - last_heard, 3) if last_heard else -1.0
-        spool.sync(True)
+        self._take(held)
+        if held:  # a last try for what waited for the disk; what still cannot be written is lost
+            n = self._spool(spool, held, None, 0)
+            self.stats.spooled += max(n, 0)
+        self._lose(held)
+        held.clear()
+        self.stats.held = 0
+        try:
+            spool.sync(True)
+        except OSError as exc:
+            self._spool_error(exc)
         self.stats.acked = spool.acked
         self.stats.pending = spool.pending
+
+    def _take(self, held: collections.deque) -> None:
+        """Move queued records into ``held``; beyond ``max_held`` (the disk is full) the newest are lost."""
+        while True:
+            try:
+                rec = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if len(held) >= self.max_held:
+                self._lose([rec])
+            else:
+                held.append(rec)
+
+    def _lose(self, records: collections.abc.Collection[ChunkRecord]) -> None:
+        """Count ``records`` as lost (never spooled), with their valid ticks."""
+        if not records:
+            return
+        if not self.stats.lost:
+            log.error("experience link %s: the spool cannot be written and records are dropped "
+                      "(counted in links.experience.lost)", self.robot_id)
+        self.stats.lost_ticks += sum(int(r.valid.sum()) for r in records)
+        self.stats.lost += len(records)
+
+    def _spool(self, spool: RecordSpool, held: collections.deque, cache: dict | None, window: int) -> int:
+        """Spool up to 256 held records (small batches keep acks and heartbeats flowing); how many, or -1
+        if the spool could not be written (they stay held, in order, and spooling pauses)."""
+        batch: list[tuple[int, list]] = []
+        try:
+            for rec in itertools.islice(held, 256):
+                seq = spool.next_seq
+                frames = encode(record_to_message(rec, seq, spool.stream, self.source))
+                spool.append(seq, pack_frames(frames))
+                batch.append((seq, frames))
+            spool.sync(False)
+        except OSError as exc:
+            spool.rollback()
+            self._spool_error(exc)
+            return -1
+        for _ in batch:
+            held.popleft()
+        if cache is not None:
+            for seq, frames in batch:
+                if seq < spool.acked + 1 + window:
+                    cache[seq] = frames
+        if self.stats.spool_paused:
+            self.stats.spool_paused = False
+            log.warning("experience link %s: the spool takes writes again; %d held records spooled", self.robot_id,
+                        len(batch))
+        return len(batch)
+
+    def _spool_error(self, exc: OSError) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if text not in self.stats.spool_errors and len(self.stats.spool_errors) < 5:
+            self.stats.spool_errors.append(text)
+        if not self.stats.spool_paused:
+            self.stats.spool_paused = True
+            self.stats.spool_pauses += 1
+            log.error("experience link %s: the spool %s cannot be written (%s): spooling paused, records wait in "
+                      "memory (the robot keeps running); retrying every %.1f s", self.robot_id,
+                      self.config.spool_path(), exc, SPOOL_RETRY_S)
 
     def _count_malformed(self, reason: str) -> None:
         self.stats.malformed += 1

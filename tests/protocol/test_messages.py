@@ -135,5 +135,6 @@ def test_record_spool_keeps_unacked_records_across_restarts(tmp_path):
     again.ack(40)
     again.persist()
     assert len(again._log.segments()) == 1  # acked segments are deleted
+    again.close()  # one session at a time holds a spool
     with pytest.raises(ValueError, match="belongs to robot"):
         RecordSpool(tmp_path, "r2")
