@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 
 from tandem.protocol.chunk_record import ARRAY_FIELDS, ChunkRecord
-from tandem.protocol.wire import Message, WireError, digest_arrays, schema_hash
+from tandem.protocol.wire import (
+    INT64_MAX,
+    INT64_MIN,
+    Message,
+    WireError,
+    digest_arrays,
+    log_safe,
+    schema_hash,
+)
 
 CHUNK, ACK, HB, WEIGHTS, PULL, PIECE, REPORT = "chunk", "ack", "hb", "weights", "pull", "piece", "report"
 WEIGHT_KINDS = ("head", "critic", "base")
@@ -69,7 +77,9 @@ def record_to_message(record: ChunkRecord, seq: int, stream: str, source: str = 
 def _meta(meta: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = meta.get(name)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise WireError("bad_meta", f"{name}={value!r}")
+        raise WireError("bad_meta", f"{name}={log_safe(value, 80)}")
+    if kind is int and not INT64_MIN <= value <= INT64_MAX:  # stored in int64 columns downstream
+        raise WireError("bad_meta", f"{name} outside int64")
     return value
 
 

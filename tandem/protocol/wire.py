@@ -7,14 +7,17 @@ Header (a msgpack map)::
 
 followed by one frame per array holding its C-contiguous bytes (sent zero-copy). Decoding checks
 everything before touching a buffer: protocol version, frame count, a dtype whitelist (no object
-dtypes), shape/size agreement and total size, and raises :class:`WireError` with a reason. Callers
-count and drop malformed messages; they are never fatal.
+dtypes), at most :data:`MAX_DIMS` dimensions, shape/size agreement and total size (computed with
+Python integers, so no shape can overflow into a match), and raises :class:`WireError` with a reason;
+:func:`decode` raises nothing else, whatever the frames hold. Callers count and drop malformed
+messages; they are never fatal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,8 @@ ALLOWED_DTYPES = frozenset(
 )
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAYS = 4096
+MAX_DIMS = 16
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class WireError(ValueError):
@@ -48,6 +53,20 @@ class Message:
     robot: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def log_safe(value: Any, limit: int = 120) -> str:
+    """``value`` as text fit for one log line: control, format and line-separator characters
+    (newlines, escape sequences, bidi overrides) escaped as ``\\xNN`` / ``\\uNNNN``, cut to ``limit``
+    characters. Use it on anything a peer chose (robot ids, refusal reasons) before logging it."""
+    text = value if isinstance(value, str) else repr(value)
+    out = []
+    for ch in text[: limit + 1]:
+        if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)[:limit] + ("..." if len(text) > limit else "")
 
 
 def schema_hash(spec: dict[str, Any]) -> str:
@@ -93,7 +112,7 @@ def decode(frames: list[Any], max_bytes: int = DEFAULT_MAX_BYTES, copy: bool = F
     """
     if not frames:
         raise WireError("empty")
-    raw_header = bytes(frames[0])
+    raw_header = _buffer(frames[0]).tobytes()
     if len(raw_header) > MAX_HEADER_BYTES:
         raise WireError("header_too_large", str(len(raw_header)))
     try:
@@ -110,6 +129,8 @@ def decode(frames: list[Any], max_bytes: int = DEFAULT_MAX_BYTES, copy: bool = F
         raise WireError("bad_header", "kind/schema/robot must be strings")
     if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(meta, dict) or not isinstance(specs, list):
         raise WireError("bad_header", "seq/meta/arrays have wrong types")
+    if not INT64_MIN <= seq <= INT64_MAX:
+        raise WireError("bad_header", "seq outside int64")
     if len(specs) > MAX_ARRAYS or len(specs) != len(frames) - 1:
         raise WireError("frame_count", f"{len(specs)} arrays declared, {len(frames) - 1} frames")
     arrays: dict[str, np.ndarray] = {}
@@ -119,19 +140,46 @@ def decode(frames: list[Any], max_bytes: int = DEFAULT_MAX_BYTES, copy: bool = F
             raise WireError("bad_spec", repr(spec)[:100])
         name, dtype, shape = spec
         if dtype not in ALLOWED_DTYPES:
-            raise WireError("bad_dtype", f"{name}: {dtype}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise WireError("bad_shape", f"{name}: {shape!r}")
-        buf = memoryview(frame.buffer if hasattr(frame, "buffer") else frame).cast("B")
-        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            raise WireError("bad_dtype", f"{name[:100]}: {dtype[:100]}")
+        expected = _nbytes(name, shape, np.dtype(dtype).itemsize, max_bytes)
+        buf = _buffer(frame)
         if expected != buf.nbytes:
-            raise WireError("size_mismatch", f"{name}: {buf.nbytes} bytes for {dtype}{shape}")
+            raise WireError("size_mismatch", f"{name[:100]}: {buf.nbytes} bytes for {dtype}{shape}")
         total += expected
         if total > max_bytes:
             raise WireError("too_large", f"{total} > {max_bytes}")
         arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
         arrays[name] = arr.copy() if copy else arr
     return Message(kind=kind, schema=schema, seq=seq, robot=robot, meta=meta, arrays=arrays)
+
+
+def _nbytes(name: str, shape: Any, itemsize: int, max_bytes: int) -> int:
+    """The byte size an array spec declares, in Python integers (no int64 overflow).
+
+    Raises:
+        WireError: "bad_shape" for anything but a list of at most MAX_DIMS non-negative ints whose
+            extent (the product of its dimensions, zeros counted as one) is at most ``max_bytes``;
+            numpy could not build such an array even when it is empty.
+    """
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise WireError("bad_shape", f"{name[:100]}: {repr(shape)[:100]} (at most {MAX_DIMS} dimensions)")
+    count, extent = 1, 1
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise WireError("bad_shape", f"{name[:100]}: {repr(shape)[:100]}")
+        count *= d
+        extent *= max(d, 1)
+        if extent > max_bytes:
+            raise WireError("bad_shape", f"{name[:100]}: {repr(shape)[:100]} is larger than {max_bytes} elements")
+    return count * itemsize
+
+
+def _buffer(frame: Any) -> memoryview:
+    """A flat byte view of a frame (bytes, memoryview or zmq.Frame)."""
+    try:
+        return memoryview(frame.buffer if hasattr(frame, "buffer") else frame).cast("B")
+    except (TypeError, ValueError) as exc:
+        raise WireError("bad_frame", str(exc)[:100]) from None
 
 
 def digest_arrays(arrays: dict[str, np.ndarray]) -> str:
@@ -157,18 +205,18 @@ def pack_frames(frames: list[Any]) -> bytes:
 
 def unpack_frames(blob: bytes | memoryview, max_bytes: int = DEFAULT_MAX_BYTES + MAX_HEADER_BYTES) -> list[memoryview]:
     """Inverse of :func:`pack_frames` (zero-copy views into ``blob``). Raises WireError if malformed."""
-    view = memoryview(blob).cast("B")
+    view = _buffer(blob)
     if view.nbytes < 4:
         raise WireError("bad_pack", "too short")
     count = int(np.frombuffer(view[:4], _FRAME_COUNT)[0])
     if count > MAX_ARRAYS + 1 or view.nbytes < 4 + 8 * count:
         raise WireError("bad_pack", f"{count} frames")
-    lengths = np.frombuffer(view[4 : 4 + 8 * count], _FRAME_LEN).astype(np.int64)
+    lengths = [int(n) for n in np.frombuffer(view[4 : 4 + 8 * count], _FRAME_LEN).tolist()]  # Python ints: no wrap
     start = 4 + 8 * count
-    if int(lengths.sum()) != view.nbytes - start or int(lengths.sum()) > max_bytes:
-        raise WireError("bad_pack", f"lengths sum {int(lengths.sum())} vs {view.nbytes - start} bytes")
+    if sum(lengths) != view.nbytes - start or sum(lengths) > max_bytes:
+        raise WireError("bad_pack", f"lengths sum {sum(lengths)} vs {view.nbytes - start} bytes")
     out = []
-    for n in lengths.tolist():
+    for n in lengths:
         out.append(view[start : start + n])
         start += n
     return out
