@@ -10,6 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from tandem.policies.heads.config import Dims, HeadConfig
+from tandem.reports.calibration import auc, load_critic
+from tandem.value.replay import record_entries
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,3 +57,44 @@ def test_robot_learner_loop_td_error_falls_and_head_versions_reach_the_robot(tmp
     assert pacing["target"] >= 40 and pacing["learner_lost"] == 0 and pacing["timeouts"] == 0, pacing
     assert learner_summary["step"] >= pacing["target"], (learner_summary["step"], pacing)
     assert learner_summary["replay"]["autonomous"] + learner_summary["replay"]["takeover"] == links["experience"]["acked"]
+
+
+def test_the_learned_critic_ranks_chunks_that_reach_success_above_chunks_of_failed_episodes(tmp_path):
+    """Episodes end in success (a terminal) or at the time limit; after a short session the critic, read from
+    the learner's store, scores every success-terminal chunk above the chunks of episodes that failed. An
+    untrained critic (or one whose updates are switched off) ranks them at chance."""
+    run_dir = tmp_path / "run"
+    hidden = "[64,64]"
+    cmd = [
+        sys.executable, "-m", "tandem.cli", "run",
+        "policy=scripted", "policy.noise_std=0.3", "policy.bias=0.3", "policy.chunk_length=10",
+        "session.backend=inline", "robot.task=reach-v3", "robot.cameras=[]", "robot.max_episode_steps=50",
+        "robot.realtime=false", "teleop=none", "head=edit", f"head.critic.hidden={hidden}",
+        f"head.head.hidden={hidden}", "learn.spawn=true", "session.episodes=12", "learn.learner.batch_size=64",
+        "learn.learner.min_records=16", "link.learner_updates_per_episode=60", "status_line.enabled=false",
+        f"session.run_dir={run_dir}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    store = run_dir / "learner"
+    records = [r for _, r in record_entries(store / "replay") if r is not None]
+    by_episode: dict[int, list] = {}
+    for r in records:
+        by_episode.setdefault(r.episode_id, []).append(r)
+    reached = [rs[-1] for rs in by_episode.values() if rs[-1].done and not rs[-1].failed]
+    failed = [r for rs in by_episode.values() if not rs[-1].done for r in rs]
+    assert reached and failed, f"need both outcomes: {len(reached)} successes, {len(by_episode)} episodes"
+
+    head = HeadConfig(type="edit", critic={"hidden": [64, 64]})
+    first = records[0]
+    critic = load_critic(store, head, Dims(len(first.state), len(first.features), *first.executed.shape))
+
+    def q(rs: list) -> np.ndarray:
+        with torch.no_grad():
+            return critic.q_values(torch.as_tensor(np.stack([r.state for r in rs])),
+                                   torch.as_tensor(np.stack([r.features for r in rs])),
+                                   torch.as_tensor(np.stack([r.executed for r in rs]))).mean(0).numpy()
+
+    score = auc(q(reached), q(failed))
+    assert score >= 0.9, (score, q(reached), q(failed)[:10])
