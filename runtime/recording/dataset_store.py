@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tandem.core.durable import fsync_path
+from tandem.core.errors import TandemError
 from tandem.runtime.recording.tick_spool import (
     SpooledEpisode,
     fsync_dir,
@@ -65,11 +66,11 @@ INTERRUPTED = "interrupted"
 LEROBOT_IMPLICIT_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
-class DatasetBusyError(RuntimeError):
+class DatasetBusyError(TandemError, RuntimeError):
     """Another live session is recording into this dataset."""
 
 
-class DatasetCorruptError(RuntimeError):
+class DatasetCorruptError(TandemError, RuntimeError):
     """A committed file is missing or changed: the dataset cannot be rolled back to its last commit."""
 
 
@@ -638,6 +639,9 @@ def serve(
         command = line.strip()
         convert_pending(store, lambda s: s == session, False, emit, failed)
         if command == "stop":
+            if failed:  # e.g. a full disk that has space again: one more try before leaving them to recovery
+                failed.clear()
+                convert_pending(store, lambda s: s == session, False, emit, failed)
             break
     store.close()
     emit({"event": "exit"})

@@ -137,6 +137,10 @@ class _End:
 _STOP = object()
 
 
+class _NotWritten(Exception):
+    """A tick of an episode whose spool directory could not be created."""
+
+
 class Recorder:
     """A TickSink that records a session into a LeRobotDataset through a crash-safe spool.
 
@@ -188,6 +192,9 @@ class Recorder:
         self.episodes_spooled = 0
         self.queue_high_water = 0
         self.write_errors: list[str] = []
+        self.dropped_disk = 0  # ticks the writer could not spool (a full disk), counted lost
+        self.disk_paused = False
+        self.disk_pauses = 0
         self.committed: list[dict] = []
         self.recovered: list[dict] = []
         self.errors: list[dict] = []
@@ -195,11 +202,19 @@ class Recorder:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> Recorder:
-        """Prepare the dataset directory, take its session lock, start the writer and the converter."""
+        """Prepare the dataset directory, take its session lock, start the writer and the converter.
+
+        Raises:
+            ConfigError: ``record.root`` is not a dataset directory, or cannot be written.
+        """
         self._check_root()
-        state_dir(self.root).mkdir(parents=True, exist_ok=True)
-        spool_dir(self.root).mkdir(exist_ok=True)
-        self._lock_fd = acquire_session_lock(self.root)
+        try:
+            state_dir(self.root).mkdir(parents=True, exist_ok=True)
+            spool_dir(self.root).mkdir(exist_ok=True)
+            self._lock_fd = acquire_session_lock(self.root)
+        except OSError as exc:  # permissions, a file in the way, a full disk
+            raise ConfigError("record.root", str(self.root), f"cannot be written ({exc.strerror or exc}); "
+                              "record into a writable directory") from None
         try:
             self._check_schema()
             self.session = self._next_session()
@@ -370,9 +385,17 @@ class Recorder:
                 pass
 
     def _run_writer(self) -> None:
+        """The writer thread: queue -> spool. Storage faults degrade, never kill it: a tick that cannot be
+        written is counted lost (``dropped_disk``, and in its episode's ``dropped_ticks``), an episode whose
+        directory or ``end.json`` cannot be written is retried, and writing resumes once the disk takes
+        writes again."""
         writer: SpoolEpisodeWriter | None = None
+        pending: _Start | None = None  # the episode in progress, until its spool directory exists
+        pending_seq = 0
+        ep_lost = 0  # ticks of the episode in progress lost to storage faults
+        unfinished: list[tuple[SpoolEpisodeWriter, dict]] = []  # ended episodes whose end.json failed
         seq = 0
-        last_sync = time.monotonic()
+        last_sync = last_retry = time.monotonic()
         flush_s = self.config.flush_s
         cpu0 = time.thread_time()
         while True:
@@ -380,33 +403,92 @@ class Recorder:
                 item = self._queue.get(timeout=min(0.1, flush_s / 2))
             except queue.Empty:
                 item = None
-            try:
-                if isinstance(item, np.ndarray):
+            if isinstance(item, np.ndarray):
+                if writer is None and pending is not None:
+                    writer = self._try_open(pending_seq, pending)
                     if writer is not None:
-                        writer.append(item)
-                        self.written += 1
-                elif isinstance(item, _Start):
-                    if writer is not None:  # an episode that never ended: close it as stopped
-                        self._finish(writer, {"outcome": "stopped"})
-                    writer = self._open_episode(seq, item)
-                    seq += 1
-                elif isinstance(item, _End):
-                    if writer is not None:
-                        self._finish(writer, item.result)
-                        writer = None
-                elif item is _STOP:
-                    if writer is not None:
-                        self._finish(writer, {"outcome": "stopped"})
-                    break
-                now = time.monotonic()
-                if writer is not None and now - last_sync >= flush_s:
+                        pending = None
+                try:
+                    if writer is None:
+                        raise _NotWritten
+                    writer.append(item)
+                    self.written += 1
+                    self._resumed()
+                except (OSError, _NotWritten) as exc:
+                    ep_lost += 1
+                    self.dropped_disk += 1
+                    if isinstance(exc, OSError):
+                        self._storage_fault(exc)
+            elif isinstance(item, _Start):
+                if writer is not None:  # an episode that never ended: close it as stopped
+                    self._finish(writer, {"outcome": "stopped", "dropped_ticks": ep_lost, "dropped_disk": ep_lost},
+                                 unfinished)
+                pending, pending_seq, ep_lost = item, seq, 0
+                seq += 1
+                writer = self._try_open(pending_seq, pending)
+                if writer is not None:
+                    pending = None
+            elif isinstance(item, _End):
+                end = dict(item.result)
+                end["dropped_ticks"] = int(end.get("dropped_ticks", 0)) + ep_lost
+                end["dropped_disk"] = ep_lost
+                if writer is not None:
+                    self._finish(writer, end, unfinished)
+                elif pending is not None:  # the episode never got its spool directory: nothing of it is on disk
+                    log.error("recorder: episode %d was not recorded: the spool could not be written (%d ticks lost)",
+                              pending.episode, ep_lost)
+                writer, pending, ep_lost = None, None, 0
+            elif item is _STOP:
+                if writer is not None:
+                    self._finish(writer, {"outcome": "stopped", "dropped_ticks": ep_lost, "dropped_disk": ep_lost},
+                                 unfinished)
+                self._retry_unfinished(unfinished)
+                for w, _ in unfinished:  # left without end.json: the next session recovers them as interrupted
+                    self.write_errors.append(f"{w.directory.name}: end.json not written; recovered at the next start")
+                break
+            now = time.monotonic()
+            if unfinished and now - last_retry >= 0.5:
+                self._retry_unfinished(unfinished)
+                last_retry = now
+            if writer is not None and now - last_sync >= flush_s:
+                try:
                     writer.sync()
-                    last_sync = now
-            except OSError as exc:  # disk full, permissions: report, keep draining the queue
-                if len(self.write_errors) < 20:
-                    self.write_errors.append(f"{type(exc).__name__}: {exc}")
-                log.error("recorder: spool write failed: %s", exc)
+                except OSError as exc:  # the records are in the page cache; a later sync tries again
+                    self._storage_fault(exc)
+                last_sync = now
         self.writer_cpu_s = time.thread_time() - cpu0
+
+    def _try_open(self, seq: int, start: _Start) -> SpoolEpisodeWriter | None:
+        """The episode's spool writer, or None if its directory cannot be written yet (retried later)."""
+        try:
+            writer = self._open_episode(seq, start)
+        except OSError as exc:
+            self._storage_fault(exc)
+            return None
+        self._resumed()
+        return writer
+
+    def _retry_unfinished(self, unfinished: list[tuple[SpoolEpisodeWriter, dict]]) -> None:
+        for item in list(unfinished):
+            unfinished.remove(item)
+            self._finish(*item, unfinished)
+
+    def _storage_fault(self, exc: OSError) -> None:
+        """Note a failed spool write (a full disk, permissions): counted, logged once per pause."""
+        text = f"{type(exc).__name__}: {exc}"
+        if text not in self.write_errors and len(self.write_errors) < 20:
+            self.write_errors.append(text)
+        if not self.disk_paused:
+            self.disk_paused = True
+            self.disk_pauses += 1
+            log.error("recorder: the spool under %s cannot be written (%s): recording paused, the robot keeps "
+                      "running and every lost tick is counted; it resumes once the disk takes writes", self.root, exc)
+
+    def _resumed(self) -> None:
+        if self.disk_paused:
+            self.disk_paused = False
+            log.warning("recorder: the disk takes writes again: recording resumed (%d ticks lost so far)",
+                        self.dropped_disk)
 
     def _open_episode(self, seq: int, start: _Start) -> SpoolEpisodeWriter:
         header = {
@@ -422,9 +504,16 @@ class Recorder:
         }
         return SpoolEpisodeWriter(spool_dir(self.root) / episode_name(self.session, seq), header, self.schema.dtype)
 
-    def _finish(self, writer: SpoolEpisodeWriter, end: dict) -> None:
-        writer.finish(end)
+    def _finish(self, writer: SpoolEpisodeWriter, end: dict, unfinished: list) -> None:
+        """Close the episode's spool with its ``end.json``; on failure keep it in ``unfinished`` (retried)."""
+        try:
+            writer.finish(end)
+        except OSError as exc:
+            self._storage_fault(exc)
+            unfinished.append((writer, end))
+            return
         self.episodes_spooled += 1
+        self._resumed()
         self._send("wake")
 
     def _read_converter(self) -> None:
@@ -448,7 +537,10 @@ class Recorder:
             "root": str(self.root),
             "session": self.session,
             "ticks": self.ticks,
-            "dropped": self.dropped,
+            "dropped": self.dropped + self.dropped_disk,  # every tick seen and not recorded
+            "dropped_queue_full": self.dropped,
+            "dropped_disk": self.dropped_disk,
+            "disk_pauses": self.disk_pauses,
             "written": self.written,
             "queue_high_water": self.queue_high_water,
             "episodes_started": self.episodes_started,

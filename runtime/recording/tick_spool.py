@@ -187,7 +187,9 @@ class SpoolEpisodeWriter:
     def __init__(self, directory: Path, header: dict, dtype: np.dtype) -> None:
         self.directory = Path(directory)
         self.dtype = dtype
-        self.directory.mkdir(parents=True, exist_ok=False)
+        self.directory.mkdir(parents=True, exist_ok=True)  # exists after an earlier try failed (a full disk)
+        if (self.directory / TICKS).exists() and (self.directory / TICKS).stat().st_size:
+            raise FileExistsError(f"{self.directory} already holds ticks")
         write_json_atomic(self.directory / HEADER, {**header, "format": FORMAT_VERSION, "dtype": dtype_to_json(dtype)})
         fsync_dir(self.directory.parent)
         self._fd = os.open(str(self.directory / TICKS), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -195,13 +197,24 @@ class SpoolEpisodeWriter:
         self._dirty = False
 
     def append(self, row: np.ndarray) -> None:
-        """Stamp magic and CRC into the 1-element record ``row`` and append it (one ``os.write``)."""
+        """Stamp magic and CRC into the 1-element record ``row`` and append it (one ``os.write``).
+
+        Raises:
+            OSError: the write failed (a full disk); the file is cut back to its last whole record, so
+                later records still read back.
+        """
         raw = row.view(np.uint8)
         row["_magic"] = MAGIC
         row["_crc"] = zlib.crc32(raw[8:])
         view = memoryview(raw)
-        while view:
-            view = view[os.write(self._fd, view):]
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(self._fd, view[written:])
+        except OSError:
+            if written:
+                os.ftruncate(self._fd, self.records * self.dtype.itemsize)
+            raise
         self.records += 1
         self._dirty = True
 
