@@ -279,7 +279,10 @@ class EditHeadConfig:
         hidden, layer_norm: the MLP.
         beta: edit scale (action units): a = a_base + beta * eps, eps in (-1, 1)^(H*A). EXPO uses 0.05..0.2; at most 2.0
             (any action in [-1, 1] reachable from any base action).
-        num_candidates: N edited chunks sampled at each chunk boundary (the base chunk is candidate 0).
+        num_candidates: N edited chunks sampled at each chunk boundary. The candidate set, the same on the
+            robot (acting) and the learner (the TD target's a'), is {base, mean edit, N sampled edits}.
+        action_bound: candidates are clipped to [-action_bound, action_bound] per action dimension, as the
+            robot's actions are (MetaWorld: 1.0), so the critic scores what would run; 0 disables.
         log_std_min, log_std_max: clamp of the Gaussian's log std (pre-tanh).
         init_log_std: the log std at init (the mean starts at 0).
         state_key: observation key of the state vector.
@@ -294,6 +297,7 @@ class EditHeadConfig:
     layer_norm: bool = True
     beta: float = 0.1
     num_candidates: int = 8
+    action_bound: float = 0.0
     log_std_min: float = -5.0
     log_std_max: float = 1.0
     init_log_std: float = 0.0
@@ -304,6 +308,7 @@ class EditHeadConfig:
         _validate_dims(self)
         in_range("beta", self.beta, 1e-4, 2.0)
         non_negative("num_candidates", self.num_candidates)
+        non_negative("action_bound", self.action_bound)
         if not self.log_std_min < self.log_std_max:
             raise ConfigError("log_std_max", self.log_std_max, f"must be > log_std_min ({self.log_std_min})")
         in_range("init_log_std", self.init_log_std, self.log_std_min, self.log_std_max)
@@ -395,30 +400,50 @@ class EditHead(_MLPWeights, nn.Module):
             base = base.unsqueeze(1)
         return base.float() + self.config.beta * eps
 
+    def clip(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Candidates clipped to [-action_bound, action_bound] (unchanged when action_bound is 0)."""
+        bound = self.config.action_bound
+        return chunk.clamp(-bound, bound) if bound > 0 else chunk
+
     def mean_chunk(self, state: torch.Tensor, features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         """float[B, H, A]: base + beta * tanh(mean), the chunk a robot with ``select: mean`` executes."""
         mean, _ = self.dist_params(state, features, base)
-        return self.edit(base, torch.tanh(mean).reshape(base.shape))
+        return self.clip(self.edit(base, torch.tanh(mean).reshape(base.shape)))
 
     def candidates(self, state: torch.Tensor, features: torch.Tensor, base: torch.Tensor, n: int | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """float[B, n + 1, H, A]: the base chunk (index 0) then n edits (n defaults to num_candidates)."""
+                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """float[B, n + 2, H, A]: the base chunk (index 0), the mean edit (1), then n sampled edits (n defaults
+        to num_candidates), clipped (:meth:`clip`): the set the robot's :meth:`propose_np` builds.
+
+        ``noise`` (float[B, n, D] standard normal draws) replaces the sampling, so the robot's and the learner's
+        sets can be compared on the same draws.
+        """
         n = self.config.num_candidates if n is None else n
-        eps, _ = self.sample(state, features, base, n, generator)
-        return torch.cat([base.float().unsqueeze(1), self.edit(base, eps)], dim=1)
+        mean, log_std = self.dist_params(state, features, base)
+        if noise is None:
+            noise = torch.randn(mean.shape[0], n, mean.shape[1], generator=generator,
+                                device=generator.device if generator is not None else mean.device).to(mean.device)
+        eps = torch.tanh(mean.unsqueeze(1) + torch.exp(log_std).unsqueeze(1) * noise).reshape(-1, n, *base.shape[1:])
+        mean_edit = self.edit(base, torch.tanh(mean).reshape(base.shape)).unsqueeze(1)
+        return self.clip(torch.cat([base.float().unsqueeze(1), mean_edit, self.edit(base, eps)], dim=1))
 
     # -- numpy (robot) ------------------------------------------------------------------------------
 
-    def propose_np(self, state_features: np.ndarray, base: np.ndarray, n: int | None = None) -> np.ndarray:
-        """float32[n + 1, H, A] candidates for one state (base first), sampled with ``self.rng``."""
+    def propose_np(self, state_features: np.ndarray, base: np.ndarray, n: int | None = None,
+                   noise: np.ndarray | None = None) -> np.ndarray:
+        """float32[n + 2, H, A]: for one state, the learner's :meth:`candidates` set (base, mean edit, n
+        sampled edits, clipped), sampled with ``self.rng`` unless ``noise`` (float[n, D]) is given."""
         cfg = self.config
         n = cfg.num_candidates if n is None else n
         base = np.asarray(base, np.float32)
         mean, log_std = self.dist_np(state_features, base)
-        d = cfg.chunk_dim
-        u = mean + np.exp(log_std) * self.rng.standard_normal((n, d), dtype=np.float32)
-        edits = base.reshape(1, -1) + cfg.beta * np.tanh(u)
-        return np.concatenate([base.reshape(1, -1), edits]).reshape(n + 1, *base.shape).astype(np.float32, copy=False)
+        if noise is None:
+            noise = self.rng.standard_normal((n, cfg.chunk_dim), dtype=np.float32)
+        flat = base.reshape(1, -1)
+        cands = np.concatenate([flat, flat + cfg.beta * np.tanh(mean)[None], flat + cfg.beta * np.tanh(mean + np.exp(log_std) * noise)])
+        if cfg.action_bound > 0:
+            cands = np.clip(cands, -cfg.action_bound, cfg.action_bound)
+        return cands.reshape(n + 2, *base.shape).astype(np.float32, copy=False)
 
     def dist_np(self, state_features: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, log_std), each float32[D], of the pre-tanh edit distribution at one state."""
@@ -432,7 +457,9 @@ class EditHead(_MLPWeights, nn.Module):
         """float32[H, A]: base + beta * tanh(mean), the edit policy's most likely chunk."""
         mean, _ = self.dist_np(state_features, base)
         base = np.asarray(base, np.float32)
-        return (base + self.config.beta * np.tanh(mean).reshape(base.shape)).astype(np.float32, copy=False)
+        chunk = base + self.config.beta * np.tanh(mean).reshape(base.shape)
+        bound = self.config.action_bound
+        return (np.clip(chunk, -bound, bound) if bound > 0 else chunk).astype(np.float32, copy=False)
 
     def set_selector(self, selector: Selector | None) -> None:
         """Install the candidate selector (the critic's pessimistic argmax); None runs the base chunk."""
@@ -454,7 +481,6 @@ class EditHead(_MLPWeights, nn.Module):
             return np.zeros_like(base)
         sf = _state_features(self.config, observation, features)
         cands = self.propose_np(sf, base)
-        cands = np.concatenate([cands[:1], self.mean_edit_np(sf, base)[None], cands[1:]])
         s = sf[: self.config.state_dim]
         f = sf[self.config.state_dim:]
         index = int(self.selector(s, f, cands))

@@ -123,9 +123,10 @@ def test_edit_head_starts_zero_mean_with_bounded_candidates():
     assert not mean.any()
     torch.testing.assert_close(log_std, torch.full_like(log_std, -0.5))
     cands = head.candidates(s, f, base, generator=torch.Generator().manual_seed(0))
-    assert cands.shape == (3, 7, H, A)
+    assert cands.shape == (3, 8, H, A)  # base, the mean edit, 6 sampled edits
     torch.testing.assert_close(cands[:, 0], base)
-    edits = cands[:, 1:] - base.unsqueeze(1)
+    torch.testing.assert_close(cands[:, 1], base)  # zero mean edit at init
+    edits = cands[:, 2:] - base.unsqueeze(1)
     assert edits.abs().max() < 0.1 and edits.abs().max() > 0.01
 
 
@@ -163,8 +164,8 @@ def test_edit_numpy_forward_matches_torch():
     cands = head.propose_np(np.concatenate([s[0].numpy(), f[0].numpy()]), base[0].numpy(), n=2)
     expected = base[0].numpy() + head.config.beta * np.tanh(mean[0].numpy()).reshape(H, A)
     np.testing.assert_array_equal(cands[0], base[0].numpy())
-    np.testing.assert_allclose(cands[1], expected, atol=1e-5)
-    np.testing.assert_allclose(cands[2], expected, atol=1e-5)
+    for k in (1, 2, 3):  # the mean edit, then two samples at std ~ 0
+        np.testing.assert_allclose(cands[k], expected, atol=1e-5)
 
 
 def test_edit_correction_executes_the_selected_candidate():
@@ -232,3 +233,38 @@ def test_edit_weights_roundtrip():
     for a, b in zip(src.dist_params(s, f, base), dst.dist_params(s, f, base), strict=True):
         torch.testing.assert_close(a, b)
     assert dst.schema()["arch"]["beta"] == src.config.beta and dst.version == 3
+
+
+def test_robot_and_learner_build_the_same_candidates_and_choose_the_same_one():
+    """The chunk the robot runs is the one the learner's backup assumes: with the learner's weights shipped to
+    the robot, the same state and the same sampling draws, both build {base, mean edit, N edits} clipped to
+    the action bound, and the critic's pick (same random pair of members) is the same candidate."""
+    cfg = EditHeadConfig(**DIMS, num_candidates=6, beta=0.7, action_bound=1.0, init_log_std=-0.5)
+    ccfg = CriticConfig(state_dim=S, feature_dim=F, horizon=H, action_dim=A, hidden=(32,), ensemble_size=10)
+    learner_head, learner_critic = EditHead(cfg), ChunkedCritic(ccfg)
+    perturb(learner_head, seed=4)
+    perturb(learner_critic, scale=0.5, seed=5)
+    robot_head, robot_critic = EditHead(EditHeadConfig(**{**cfg.__dict__, "seed": 9})), ChunkedCritic(ccfg)
+    robot_head.load_weights(learner_head.weights(), 1)
+    robot_critic.load_weights(learner_critic.weights(), 1)
+    selector = make_selector(robot_critic)
+    s, f, base = inputs(16, seed=2)
+    base = base * 1.2  # some base actions outside the bound
+    noise = torch.randn(16, 6, H * A, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        learner_cands = learner_head.candidates(s, f, base, noise=noise)
+    assert learner_cands.abs().max() <= 1.0
+    chosen = []
+    for i in range(16):
+        sf = np.concatenate([s[i].numpy(), f[i].numpy()])
+        robot_cands = robot_head.propose_np(sf, base[i].numpy(), noise=noise[i].numpy())
+        np.testing.assert_allclose(robot_cands, learner_cands[i].numpy(), atol=1e-5)
+        gen = torch.Generator().manual_seed(100 + i)
+        robot_critic.generator.set_state(gen.get_state())
+        robot_index = selector(s[i].numpy(), f[i].numpy(), robot_cands)
+        with torch.no_grad():
+            _, learner_index, _ = best_of_candidates(learner_critic, s[i:i + 1], f[i:i + 1], learner_cands[i:i + 1],
+                                                     generator=torch.Generator().manual_seed(100 + i))
+        assert robot_index == int(learner_index[0])
+        chosen.append(robot_index)
+    assert len(set(chosen)) > 1  # the pick depends on the state: the agreement is not a constant
