@@ -1,7 +1,10 @@
 """A robot session: build the parts from a RunConfig, run N episodes, write a summary.
 
 The robot is always disconnected and workers always stopped, whatever happens (``finally``); Ctrl-C
-ends the session after the current tick with the episode marked "stopped".
+ends the session after the current tick with the episode marked "stopped". An episode that fails (a dead
+policy worker, a robot error) ends the session cleanly: the sinks close that episode as "stopped", the
+recorder and the links are drained, and :class:`SessionAborted` carries the summary of the episodes
+that finished (``tandem run`` writes it and the report, then exits with a ``tandem:`` line).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tandem.core.errors import TandemError
 from tandem.hardware.robot import Robot
 from tandem.policies.base import BasePolicy
 from tandem.runtime.build import build_parts
@@ -46,6 +50,7 @@ class SessionSummary:
     live_view: dict = field(default_factory=dict)  # LiveView.stats() when display=true
     # session.eval_every > 0: one entry per evaluation: {"after_episodes", "success_rate", "episodes": [...]}
     evaluations: list[dict] = field(default_factory=list)
+    error: str = ""  # why the session ended early ("": it did not)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -59,6 +64,19 @@ class SessionSummary:
         human = sum(e["intervention_ticks"] for e in self.episodes)
         return {"autonomous": self.evaluations[-1]["success_rate"] if self.evaluations else None,
                 "operator_share": human / steps if steps else 0.0, "assisted": self.success_rate}
+
+
+class SessionAborted(TandemError, RuntimeError):
+    """An episode failed and the session ended early (the cause is ``__cause__``).
+
+    Attributes:
+        summary: the session's summary: the episodes that finished, the recording and link stats;
+            ``summary.error`` says what failed.
+    """
+
+    def __init__(self, message: str, summary: SessionSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def default_run_dir() -> Path:
@@ -99,6 +117,7 @@ class Session:
         self.safety: SafetyFilter | None = None
         self.operator: TakeoverOperator | None = None
         self.learning: Any = None  # tandem.policies.heads.build.RobotParts (head, critic); None: no head
+        self._failure: BaseException | None = None  # the exception that ended the session early
 
     def build(self) -> None:
         """Create the parts (the robot is not connected yet): ``tandem.runtime.build.build_parts``."""
@@ -169,6 +188,8 @@ class Session:
         finally:
             links = self._close_links()
         summary.links = links
+        if summary.error:
+            raise SessionAborted(summary.error, summary) from self._failure
         return summary
 
     def _evaluate(self, after: int, max_steps: int, on_eval: Any = None) -> dict:
@@ -201,6 +222,25 @@ class Session:
         rate = sum(r["success"] for r in done) / len(done) if done else 0.0
         return {"after_episodes": after, "split": "unseen", "success_rate": rate, "episodes": results}
 
+    def _episode_failed(self, summary: SessionSummary, episode: int, seed: int | None, exc: Exception,
+                        evaluation: bool = False) -> None:
+        """End the session after a failed episode: close it as "stopped" in the sinks (the recorder keeps
+        its ticks, the chunk assembler sends its last chunk) and note the error in the summary."""
+        what = f"the evaluation after episode {episode}" if evaluation else f"episode {episode}"
+        summary.error = f"{what} failed: {type(exc).__name__}: {exc}"
+        self._failure = exc
+        log.error("%s; ending the session (the %d finished episodes are kept)", summary.error, len(summary.episodes))
+        log.debug("the failed episode's traceback", exc_info=exc)  # tandem -v shows it
+        if evaluation:
+            return  # evaluations feed no sink
+        result = EpisodeResult(episode=episode, seed=seed, steps=0, success=False, outcome="stopped", total_reward=0.0,
+                               takeovers=0, intervention_ticks=0, starved_ticks=0)
+        for sink in self.sinks:
+            try:
+                sink.end_episode(result)
+            except Exception:  # noqa: BLE001 - one sink's failure must not stop the others closing
+                log.exception("closing the failed episode in %s failed", type(sink).__name__)
+
     def _run_episodes(self, on_episode: Any = None, on_eval: Any = None) -> SessionSummary:
         """Connect, run the configured episodes, always disconnect. Returns the summary."""
         cfg = self.config
@@ -222,18 +262,22 @@ class Session:
                 suite = robot.tasks
                 if len(suite) > 1:
                     robot.set_task(suite[i % len(suite)])
-                result: EpisodeResult = run_episode(
-                    robot,
-                    self.controller,
-                    self.safety,
-                    episode=i,
-                    hz=robot.fps,
-                    max_steps=max_steps,
-                    seed=cfg.session.seed + i,
-                    config=cfg.loop,
-                    sinks=self.sinks,
-                    stop=self.stop,
-                )
+                try:
+                    result: EpisodeResult = run_episode(
+                        robot,
+                        self.controller,
+                        self.safety,
+                        episode=i,
+                        hz=robot.fps,
+                        max_steps=max_steps,
+                        seed=cfg.session.seed + i,
+                        config=cfg.loop,
+                        sinks=self.sinks,
+                        stop=self.stop,
+                    )
+                except Exception as exc:  # noqa: BLE001 - a dead policy worker, a robot error: end cleanly
+                    self._episode_failed(summary, i, cfg.session.seed + i, exc)
+                    break
                 summary.episodes.append(asdict(result))
                 if on_episode is not None:
                     on_episode(result)
@@ -243,7 +287,11 @@ class Session:
                     self.pacer.after_episode(self.stop)
                 every = cfg.session.eval_every
                 if every and (i + 1) % every == 0 and not self.stop.is_set():
-                    summary.evaluations.append(self._evaluate(i + 1, max_steps, on_eval))
+                    try:
+                        summary.evaluations.append(self._evaluate(i + 1, max_steps, on_eval))
+                    except Exception as exc:  # noqa: BLE001 - as for a training episode
+                        self._episode_failed(summary, i, None, exc, evaluation=True)
+                        break
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the session")
         finally:

@@ -5,21 +5,63 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 from pathlib import Path
 
+import yaml
+
+from tandem.commands.learner_process import PARENT_ENV, watch_parent
 from tandem.commands.run import learner_report
+from tandem.core.errors import ConfigError
 from tandem.value.config import compose_learner
 from tandem.value.learner import Learner
 
 
+def check_config_file(path: str) -> None:
+    """``--config`` must be a readable YAML file with a ``learner:`` block (else a config error)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError("--config", path, f"cannot be read ({exc.strerror or exc}); give a YAML file with a "
+                          "`learner:` block, e.g. <store_dir>/learner.yaml of a spawned learner") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", path, f"is not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict) or not isinstance(values.get("learner"), dict):
+        keys = sorted(values) if isinstance(values, dict) else type(values).__name__
+        raise ConfigError("--config", path, f"has no `learner:` block (found {keys}); put the settings under "
+                          "`learner:` (learner.<field> overrides go on the command line)")
+
+
+def check_store_dir(store_dir: str) -> None:
+    """The store directory must be creatable and writable (else a config error naming learner.store_dir)."""
+    path = Path(store_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError("learner.store_dir", store_dir, f"the learner's store cannot be written "
+                          f"({exc.strerror or exc}); choose a writable directory") from None
+
+
 def main(args: argparse.Namespace) -> int:
     """``tandem learn [--config FILE] [overrides]``: serve and train until SIGINT/SIGTERM (or max_updates /
-    max_seconds)."""
+    max_seconds). Spawned by ``tandem run learn.spawn=true`` (``TANDEM_PARENT_PID`` set), it also stops
+    when its parent is gone."""
+    if args.config is not None:
+        check_config_file(args.config)
     cfg = compose_learner(args.overrides, args.config)
+    check_store_dir(cfg.store_dir)
     stop = threading.Event()
     learner = Learner(cfg, stop=stop)  # refuses a bad endpoint before anything starts
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        if os.getppid() != int(parent):  # the parent died before we got here
+            stop.set()
+        watch_parent(stop, int(parent))
 
     def ready(learner: object) -> None:
         srv = learner.server

@@ -20,7 +20,7 @@ from tandem.runtime.config import compose_run
 from tandem.runtime.monitor.live_view import make_live_view
 from tandem.runtime.monitor.status_line import make_status_line
 from tandem.runtime.monitor.tick_log import TickLog
-from tandem.runtime.session import Session, SessionSummary, default_run_dir, write_summary
+from tandem.runtime.session import Session, SessionAborted, SessionSummary, default_run_dir, write_summary
 
 
 def main(args: argparse.Namespace) -> int:
@@ -131,8 +131,11 @@ def run_session(cfg: object, stop: threading.Event, run_dir: Path) -> SessionSum
 
     print(f"tandem run: robot={cfg.robot.type} task={tasks} policy={cfg.policy.type} head={cfg.head.type} "
           f"episodes={cfg.session.episodes}", flush=True)
+    aborted: SessionAborted | None = None
     try:
         summary = session.run(on_episode=on_episode, on_eval=on_eval)
+    except SessionAborted as exc:  # a dead policy worker ...: write what finished, then say what failed
+        summary, aborted = exc.summary, exc
     finally:
         if status is not None:
             status.close()
@@ -149,4 +152,7 @@ def run_session(cfg: object, stop: threading.Event, run_dir: Path) -> SessionSum
         print(f"recorded {rec['episodes_committed']} episodes ({rec['frames_committed']} frames) into {rec['root']}"
               f"  dropped ticks {rec['dropped']}" + (f"  errors {rec['errors']}" if rec["errors"] else ""))
     print(f"report {write_session_report(run_dir)}", flush=True)
+    if aborted is not None:
+        raise SessionAborted(f"the session ended early: {summary.error}; the summary and report of the {n} finished "
+                             f"episodes are in {run_dir}", summary) from aborted.__cause__
     return summary
