@@ -149,8 +149,13 @@ def run_session(cfg: object, stop: threading.Event, run_dir: Path) -> SessionSum
     print(f"success rate {summary.success_rate:.0%} ({wins}/{n})  wall {summary.wall_s:.1f} s  summary {path}")
     rec = getattr(summary, "recording", None)
     if rec:
+        disk = f" ({rec['dropped_disk']} while the disk was full)" if rec.get("dropped_disk") else ""
         print(f"recorded {rec['episodes_committed']} episodes ({rec['frames_committed']} frames) into {rec['root']}"
-              f"  dropped ticks {rec['dropped']}" + (f"  errors {rec['errors']}" if rec["errors"] else ""))
+              f"  dropped ticks {rec['dropped']}{disk}" + (f"  errors {rec['errors']}" if rec["errors"] else ""))
+    exp = summary.links.get("experience", {})
+    if exp.get("lost") or exp.get("spool_pauses"):
+        print(f"experience link: spool paused {exp['spool_pauses']} times (disk full or unwritable); "
+              f"{exp['lost']} records ({exp['lost_ticks']} ticks) lost, never sent to the learner", flush=True)
     print(f"report {write_session_report(run_dir)}", flush=True)
     if aborted is not None:
         raise SessionAborted(f"the session ended early: {summary.error}; the summary and report of the {n} finished "
