@@ -15,7 +15,7 @@ The learner side is ``tandem.value.objectives.learning``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,22 @@ log = logging.getLogger(__name__)
 def critic_config(values: dict, dims: Dims, where: str = "critic") -> CriticConfig:
     """CriticConfig from settings plus sizes."""
     return build_settings(CriticConfig, values, where, dims)
+
+
+def acting_critic_config(values: dict, dims: Dims, where: str = "critic") -> CriticConfig:
+    """The config of the critic the robot acts with and the learner publishes as ``critic``: the critic
+    itself, or with ``partial_horizon`` h > 0 (DQC) the partial critic over the first h ticks.
+
+    Raises:
+        ConfigError: partial_horizon not below the chunk length H.
+    """
+    config = critic_config(values, dims, where)
+    h = config.partial_horizon
+    if not h:
+        return config
+    if h >= config.horizon:
+        raise ConfigError(f"{where}.partial_horizon", h, f"0 (off) or 1..{config.horizon - 1} (below session.horizon)")
+    return replace(config, horizon=h, partial_horizon=0)
 
 
 def head_config(kind: str, values: dict, dims: Dims, where: str = "head") -> ResidualHeadConfig | EditHeadConfig:
@@ -82,7 +98,7 @@ def robot_parts(config: HeadConfig, dims: Dims) -> RobotParts:
     head = ResidualHead(hcfg) if config.type == "residual" else EditHead(hcfg)
     parts = RobotParts(head=head)
     if config.type == "edit" and config.select == "critic":
-        parts.critic = ChunkedCritic(critic_config(config.critic, dims))
+        parts.critic = ChunkedCritic(acting_critic_config(config.critic, dims))
     elif config.type == "edit":
         head.use_mean = True
     if config.init:

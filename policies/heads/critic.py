@@ -54,6 +54,10 @@ class CriticConfig:
         pair_size: members in the random subset of "min_pair".
         kappa: LCB multiplier of the ensemble std.
         gamma: per-tick discount.
+        partial_horizon: decoupled Q-chunking (DQC): 0 off; h in [1, H) makes the critic the robot acts with
+            (and publishes) a partial critic Q^P over a chunk's first h ticks, which the learner distils from
+            a critic over the full H ticks (``tandem.value.objectives.dqc``). Run it with
+            ``session.head_stride = session.record_stride = h``: the robot picks a chunk every h ticks.
         tau: Polyak rate of the target network (target <- (1 - tau) target + tau online).
         lr, weight_decay: AdamW settings of the critic optimiser.
         grad_clip: max global gradient norm (0 disables).
@@ -77,6 +81,7 @@ class CriticConfig:
     pair_size: int = 2
     kappa: float = 1.0
     gamma: float = 0.99
+    partial_horizon: int = 0
     tau: float = 0.005
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -107,6 +112,7 @@ class CriticConfig:
             raise ConfigError("aggregation", self.aggregation, "lcb needs ensemble_size >= 2")
         non_negative("kappa", self.kappa)
         in_range("gamma", self.gamma, 0.0, 1.0)
+        non_negative("partial_horizon", self.partial_horizon)
         in_range("tau", self.tau, 0.0, 1.0)
         positive("lr", self.lr)
         non_negative("weight_decay", self.weight_decay)
@@ -202,8 +208,9 @@ class ChunkedCritic(nn.Module):
     # -- evaluation ---------------------------------------------------------------------------------
 
     def _inputs(self, state: torch.Tensor, features: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """[B, S], [B, F], [B, H, A] -> [B, S + F + H*A] (float32)."""
-        parts = [state.float(), chunk.float().flatten(-2)]
+        """[B, S], [B, F], [B, H', A] -> [B, S + F + H*A] (float32). A chunk longer than the critic's H
+        (H' > H: a DQC partial critic scoring full-length candidates) is scored on its first H ticks."""
+        parts = [state.float(), chunk[..., : self.config.horizon, :].float().flatten(-2)]
         if self.config.feature_dim:
             parts.insert(1, features.float())
         return torch.cat(parts, dim=-1)

@@ -36,7 +36,7 @@ import torch
 
 from tandem.core.durable import write_bytes_atomic
 from tandem.core.errors import ConfigError
-from tandem.policies.heads.build import critic_config
+from tandem.policies.heads.build import acting_critic_config
 from tandem.policies.heads.config import Dims, HeadConfig
 from tandem.policies.heads.critic import ChunkedCritic
 from tandem.protocol.checkpoint import load_checkpoint
@@ -140,7 +140,8 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float | None:
 
 # -- the critic --------------------------------------------------------------------------------------
 def load_critic(store: str | Path, head: HeadConfig, dims: Dims) -> ChunkedCritic:
-    """The critic of a learner store's newest checkpoint, built from the run's ``head.critic`` settings.
+    """The critic a learner store's newest checkpoint publishes (the one the robot acts with: with DQC the
+    partial critic), built from the run's ``head.critic`` settings.
 
     Raises:
         ConfigError: no checkpoint with a critic there.
@@ -152,7 +153,7 @@ def load_critic(store: str | Path, head: HeadConfig, dims: Dims) -> ChunkedCriti
     critic_state = (inner.get("critic_objective") or inner).get("critic")
     if critic_state is None:
         raise ConfigError("head.init", str(store), "a learner store whose checkpoint holds a critic")
-    critic = ChunkedCritic(critic_config(head.critic, dims))
+    critic = ChunkedCritic(acting_critic_config(head.critic, dims))
     critic.load_state_dict(critic_state)
     critic.eval()
     return critic

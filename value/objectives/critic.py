@@ -34,6 +34,9 @@ class CriticObjectiveConfig:
         rlif_penalty: RLIF penalty at each takeover onset (0 = interventions are plain data, ALOE; 1 = RLIF).
         warmup_steps: critic-only updates before head objectives start their own updates.
         seed: seed of the objective's generator (aggregation subsets, sampling, target noise).
+        partial_expectile, value_expectile: DQC only (``critic.partial_horizon`` > 0): the expectiles kappa_d
+            of the partial critic's fit to the full-chunk critic and kappa_b of V's fit to the partial critic
+            (``tandem.value.objectives.dqc``), each in (0, 1).
     """
 
     reward_mode: str = "task"
@@ -42,9 +45,14 @@ class CriticObjectiveConfig:
     warmup_steps: int = 0
     seed: int = 0
     failure_value: float | None = None
+    partial_expectile: float = 0.8
+    value_expectile: float = 0.9
 
     def __post_init__(self) -> None:
         one_of("reward_mode", self.reward_mode, ("task", "time"))
+        for name in ("partial_expectile", "value_expectile"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(name, getattr(self, name), "a number in (0, 1), e.g. 0.8")
         if self.failure_value is not None and not math.isfinite(self.failure_value):
             raise ConfigError("failure_value", self.failure_value, "a finite number, or null for the reward mode's default")
         non_negative("rlif_penalty", self.rlif_penalty)

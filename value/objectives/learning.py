@@ -19,6 +19,7 @@ from tandem.policies.heads.config import Dims, build_settings
 from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
 from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.value.objectives.critic import CriticObjective, CriticObjectiveConfig
+from tandem.value.objectives.dqc import DQCCriticObjective
 from tandem.value.objectives.edit import EditHeadObjective, EditObjectiveConfig
 from tandem.value.objectives.residual import ResidualHeadObjective, ResidualObjectiveConfig
 
@@ -36,14 +37,17 @@ def make_learning_objective(kind: str, critic: CriticConfig, head: ResidualHeadC
 
     Args:
         kind: which objective.
-        critic: the critic's config (its ``device`` is replaced by ``device``).
+        critic: the critic's config (its ``device`` is replaced by ``device``); with ``partial_horizon`` > 0
+            the critic objective is DQC's (``tandem.value.objectives.dqc``).
         head: the head's config (required for "residual" and "edit"; dims must match the critic's).
         critic_objective, head_objective: objective settings (defaults when None).
         device: torch device.
         distributed: average gradients over torch.distributed ranks.
     """
     one_of("kind", kind, LEARNING_OBJECTIVES)
-    co = CriticObjective(ChunkedCritic(replace(critic, device=device)), critic_objective, distributed=distributed)
+    net = ChunkedCritic(replace(critic, device=device))
+    co = (DQCCriticObjective(net, critic_objective, distributed=distributed) if critic.partial_horizon
+          else CriticObjective(net, critic_objective, distributed=distributed))
     if kind == "critic":
         return co
     if head is None:
