@@ -100,6 +100,9 @@ class LeRobotRobotConfig:
         instruction: the language instruction of the task.
         fps: control rate in Hz.
         max_episode_steps: episode time limit in ticks.
+        read_retries: a failed bus read (lerobot's ``ConnectionError``: no or a corrupt status packet)
+            is retried up to this many times while the tick's read budget lasts (half a tick,
+            ``0.5 / fps`` s); only then does the read fail (0: no retry).
     """
 
     type: str = "lerobot"
@@ -116,6 +119,7 @@ class LeRobotRobotConfig:
     instruction: str = "pick up the cube and put it in the box"
     fps: float = 30.0
     max_episode_steps: int = 900
+    read_retries: int = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.robot_type, str) or not self.robot_type:
@@ -144,6 +148,7 @@ class LeRobotRobotConfig:
         non_negative("robot.reset_s", self.reset_s)
         in_range("robot.fps", self.fps, 0.1, 1000)
         in_range("robot.max_episode_steps", self.max_episode_steps, 1, 10_000_000)
+        in_range("robot.read_retries", self.read_retries, 0, 100)
 
 
 def _check_max_relative_target(value: Any) -> float | dict[str, float] | None:
@@ -259,6 +264,8 @@ class LeRobotRobot(Robot):
         self.name = f"lerobot/{config.robot_type}/{config.id}"
         self._robot: Any = None
         self._state: np.ndarray | None = None
+        self._capture_time: float | None = None
+        self._faults = {"read_retries": 0, "read_recovered": 0, "read_failures": 0}
 
     # -- lerobot object -----------------------------------------------------------------------
     @property
@@ -410,16 +417,78 @@ class LeRobotRobot(Robot):
 
     # -- per tick -----------------------------------------------------------------------------
     def get_observation(self) -> dict[str, np.ndarray]:
-        """Joint positions (float32[S]) and camera frames (uint8[H, W, 3])."""
+        """Joint positions (float32[S]) and camera frames (uint8[H, W, 3]).
+
+        A transient bus error is retried (``read_retries`` times within half a tick, counted in
+        :meth:`fault_stats`); a read that still fails raises lerobot's error.
+        """
         self._require_connected()
         state_keys, images, _ = self._keys
-        raw = self._robot.get_observation()
+        raw = self._read_with_retries()
+        self._capture_time = self._oldest_frame_time(time.time())
         state = np.asarray([raw[k] for k in state_keys], np.float32)
         self._state = state
         out = {STATE_KEY: state.copy()}
         for cam in images:
             out[IMAGE_PREFIX + cam] = np.ascontiguousarray(raw[cam], dtype=np.uint8)
         return out
+
+    def _read_with_retries(self) -> dict[str, Any]:
+        budget_end = time.monotonic() + 0.5 / self.config.fps
+        attempt = 0
+        while True:
+            try:
+                raw = self._robot.get_observation()
+            except (ConnectionError, TimeoutError) as exc:
+                if attempt >= self.config.read_retries or time.monotonic() >= budget_end:
+                    self._faults["read_failures"] += 1
+                    raise
+                attempt += 1
+                self._faults["read_retries"] += 1
+                log.warning("%s: bus read failed (%s); retry %d of %d", self.name, exc, attempt,
+                            self.config.read_retries)
+                continue
+            if attempt:
+                self._faults["read_recovered"] += 1
+            return raw
+
+    def _oldest_frame_time(self, now: float) -> float | None:
+        """Wall time of the oldest camera frame just read (lerobot stamps frames with perf_counter)."""
+        stamps = [getattr(cam, "latest_timestamp", None) for cam in getattr(self._robot, "cameras", {}).values()]
+        stamps = [t for t in stamps if isinstance(t, float)]
+        if not stamps:
+            return None
+        return now - (time.perf_counter() - min(stamps))
+
+    def capture_time(self) -> float | None:
+        """When the oldest camera frame of the last observation was captured (None without cameras)."""
+        return self._capture_time
+
+    def fault_stats(self) -> dict[str, int]:
+        """``read_retries`` (failed reads retried), ``read_recovered`` (reads that succeeded on a retry),
+        ``read_failures`` (reads that failed after their retries)."""
+        return dict(self._faults)
+
+    def controlled_stop(self, hold: np.ndarray | None, hold_s: float) -> str:
+        """Hold the arm with torque on for ``hold_s`` seconds (the caller then disconnects, which turns
+        the torque off unless ``disable_torque_on_disconnect`` is false). The hold goal is ``hold`` (the
+        last safe goal) or the last measured position; if the bus cannot take it, the motors keep their
+        last goal, still powered, for the same time."""
+        if not self.is_connected:
+            return "none"
+        result = "held"
+        goal = hold if hold is not None else self._state
+        if goal is not None:
+            try:
+                self.send_action(np.asarray(goal, np.float32))
+            except Exception as exc:  # noqa: BLE001 - the bus may be what failed; the motors keep their goal
+                log.error("%s: could not send the hold goal (%s); the motors keep their last goal", self.name, exc)
+                result = "hold_failed"
+        if hold_s > 0:
+            log.warning("%s: holding the arm with torque on for %.1f s, then the torque goes off: support the arm",
+                        self.name, hold_s)
+            time.sleep(hold_s)
+        return result
 
     def send_action(self, action: np.ndarray) -> np.ndarray:
         """Send joint goals float32[A]; returns the goals lerobot wrote (after max_relative_target)."""

@@ -105,8 +105,30 @@ class Robot(abc.ABC):
         """Reward/success/terminal after the last ``send_action`` (real robots: none known)."""
         return EpisodeStatus()
 
+    def capture_time(self) -> float | None:
+        """Wall-clock time (s since epoch) the last observation was captured by the sensors (the oldest
+        camera frame); None if the robot cannot tell (the loop then uses the time the read returned)."""
+        return None
+
+    def fault_stats(self) -> dict[str, int]:
+        """Counters of device faults over the robot's life (e.g. ``read_retries``); empty if none are kept."""
+        return {}
+
+    def controlled_stop(self, hold: np.ndarray | None, hold_s: float) -> str:
+        """After a fault the session cannot recover from: hold ``hold`` (the last safe command; None: where
+        the robot is) for ``hold_s`` seconds with the motors on, before the session disconnects.
+
+        Returns what was done: "held" (a real device held for ``hold_s``), "hold_failed" (the hold
+        command could not be sent; the motors keep their last goal while the wait runs) or "none"
+        (nothing to hold: a simulation). Never raises for a device error.
+        """
+        return "none"
+
     def hold_action(self, last_sent: np.ndarray | None) -> np.ndarray:
-        """An action that keeps the robot still, given the last action sent (None before any)."""
+        """An action that keeps the robot still, given the last action sent (None before any).
+
+        The default suits position-controlled robots: the last command. Delta- and velocity-controlled
+        robots override it with zero motion."""
         if last_sent is not None:
             return np.asarray(last_sent, np.float32).copy()
         low, high = self.action_feature.bounds()

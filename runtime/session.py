@@ -51,6 +51,10 @@ class SessionSummary:
     # session.eval_every > 0: one entry per evaluation: {"after_episodes", "success_rate", "episodes": [...]}
     evaluations: list[dict] = field(default_factory=list)
     error: str = ""  # why the session ended early ("": it did not)
+    # Faults and how they were handled: the robot's counters (read_retries, read_recovered, read_failures),
+    # the safety filter's stall counters summed over the episodes (watchdog_trips, watchdog_holds,
+    # stale_observation), controlled_stops and, after one, controlled_stop ("held", "hold_failed", "none").
+    faults: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -222,19 +226,35 @@ class Session:
         rate = sum(r["success"] for r in done) / len(done) if done else 0.0
         return {"after_episodes": after, "split": "unseen", "success_rate": rate, "episodes": results}
 
+    def _controlled_stop(self, summary: SessionSummary) -> None:
+        """After a fault: the robot holds its last safe command (position arms: with torque on) for
+        ``safety.stop_hold_s``, then the session goes on to disconnect it. Counted in ``summary.faults``."""
+        hold = None if self.safety is None else self.safety.last
+        try:
+            done = self.robot.controlled_stop(hold, self.config.safety.stop_hold_s)
+        except Exception as exc:  # noqa: BLE001 - a robot's stop must not hide the fault that caused it
+            log.error("controlled stop failed: %r", exc)
+            done = "hold_failed"
+        summary.faults["controlled_stops"] = summary.faults.get("controlled_stops", 0) + 1
+        summary.faults["controlled_stop"] = done
+
     def _episode_failed(self, summary: SessionSummary, episode: int, seed: int | None, exc: Exception,
                         evaluation: bool = False) -> None:
-        """End the session after a failed episode: close it as "stopped" in the sinks (the recorder keeps
-        its ticks, the chunk assembler sends its last chunk) and note the error in the summary."""
+        """End the session after a failed episode: a controlled stop (the robot holds, then is
+        disconnected by the caller), close the episode as "stopped" in the sinks (the recorder keeps its
+        ticks, the chunk assembler sends its last chunk) and note the error in the summary."""
         what = f"the evaluation after episode {episode}" if evaluation else f"episode {episode}"
         summary.error = f"{what} failed: {type(exc).__name__}: {exc}"
         self._failure = exc
         log.error("%s; ending the session (the %d finished episodes are kept)", summary.error, len(summary.episodes))
         log.debug("the failed episode's traceback", exc_info=exc)  # tandem -v shows it
+        self._controlled_stop(summary)
         if evaluation:
             return  # evaluations feed no sink
+        safety = self.safety.stats.to_dict() if self.safety is not None else {}
         result = EpisodeResult(episode=episode, seed=seed, steps=0, success=False, outcome="stopped", total_reward=0.0,
-                               takeovers=0, intervention_ticks=0, starved_ticks=0)
+                               takeovers=0, intervention_ticks=0, starved_ticks=0, safety=safety,
+                               faults={"error": summary.error, **summary.faults})
         for sink in self.sinks:
             try:
                 sink.end_episode(result)
@@ -309,10 +329,17 @@ class Session:
                     if recorder is not None:  # flush the spool, wait for the last episodes' commits
                         self.sinks.remove(recorder)
                         summary.recording = recorder.close()
+        summary.faults = {**robot.fault_stats(), **self._stall_totals(summary), **summary.faults}
         n = len(summary.episodes)
         summary.success_rate = sum(e["success"] for e in summary.episodes) / n if n else 0.0
         summary.wall_s = round(time.perf_counter() - t0, 3)
         return summary
+
+    @staticmethod
+    def _stall_totals(summary: SessionSummary) -> dict[str, int]:
+        """The safety filter's stall counters summed over the session's episodes."""
+        keys = ("watchdog_trips", "watchdog_holds", "stale_observation")
+        return {k: sum(int(e.get("safety", {}).get(k, 0)) for e in summary.episodes) for k in keys}
 
 
 def write_summary(summary: SessionSummary, run_dir: Path) -> Path:

@@ -29,7 +29,9 @@ class TickRecord:
     ``base_window`` float32[H, A] or None (the controller's ``Decision.base_window``).
     ``failed``: ``done`` and the episode ends without success (an operator's failure mark, or a
     terminal before success); false otherwise.
-    Times: ``obs_time``/``send_time`` wall clock (s since epoch), ``lateness_ms`` from the timer.
+    Times: ``obs_time``/``send_time`` wall clock (s since epoch), ``lateness_ms`` from the timer;
+    ``capture_time`` wall clock when the robot's sensors captured the observation (the oldest camera
+    frame, as the robot reports it; else when the observation was read).
     """
 
     episode: int
@@ -55,6 +57,7 @@ class TickRecord:
     lateness_ms: float
     base_window: np.ndarray | None = None
     failed: bool = False
+    capture_time: float = 0.0
 
 
 @dataclass
@@ -81,6 +84,7 @@ class EpisodeResult:
     task: str = ""
     head_version: int = 0  # head weights in use at the episode's end
     scene: dict = field(default_factory=dict)  # the robot's scene of this episode (split, seed, positions)
+    faults: dict = field(default_factory=dict)  # the robot's fault counters in this episode (read retries ...)
 
 
 class TickSink(Protocol):
@@ -134,8 +138,10 @@ def run_episode(
     """
     config = config or LoopConfig()
     t_start = time.perf_counter()
+    faults_before = dict(robot.fault_stats())
     robot.reset(seed)
-    safety.reset(robot.hold_action(None))
+    # The rate limit starts from the measured state; holds are the robot's own (position or zero motion).
+    safety.reset(robot.hold_action(None), hold_fn=robot.hold_action)
     task = robot.task
     observation = robot.get_observation()
     controller.reset(observation, task)
@@ -169,10 +175,17 @@ def run_episode(
         task=task,
         head_version=int(getattr(controller.head, "version", 0)),
         scene=dict(getattr(robot, "scene", None) or {}),
+        faults=_fault_delta(faults_before, robot.fault_stats()),
     )
     for sink in sinks:
         sink.end_episode(result)
     return result
+
+
+def _fault_delta(before: dict, after: dict) -> dict:
+    """The counters that changed during the episode."""
+    out = {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int | float)}
+    return {k: v for k, v in out.items() if v}
 
 
 def _tick_loop(
@@ -194,13 +207,16 @@ def _tick_loop(
     lateness = 0.0
     for tick in range(max_steps):
         obs_time = time.time()
-        if tick > 0:
-            with timer.section("observe"):
-                observation = robot.get_observation()
+        obs_mono = time.monotonic()
+        # Tick 0 reads again: the observation the first chunk was primed on may be seconds old.
+        with timer.section("observe"):
+            observation = robot.get_observation()
+        capture_time = robot.capture_time() or time.time()
         with timer.section("decide"):
             decision = controller.decide(observation, task, tick)
         with timer.section("send"):
-            safe = safety.filter(decision.action)
+            # the watchdog refuses an action decided on a stale observation (paced robots only)
+            safe = safety.filter(decision.action, now=time.monotonic(), obs_time=obs_mono if robot.realtime else None)
             sent = np.asarray(robot.send_action(safe), np.float32)
             status = robot.episode_status()
         send_time = time.time()
@@ -244,6 +260,7 @@ def _tick_loop(
                 lateness_ms=lateness,
                 base_window=decision.base_window,
                 failed=failed,
+                capture_time=capture_time,
             )
             for sink in sinks:
                 sink.on_tick(record)
