@@ -508,7 +508,14 @@ class LeRobotRobot(Robot):
         return EpisodeStatus()
 
     def hold_action(self, last_sent: np.ndarray | None) -> np.ndarray:
-        """The current joint positions (read now if no observation was taken this episode)."""
+        """The last goal sent (a position-controlled arm holds it); before any, the current joint positions
+        (read now if no observation was taken this episode).
+
+        Holding at the *measured* position on every tick would let the arm creep: each hold would
+        re-command the position it sagged to (or the encoder rounded to), one step further each tick.
+        """
+        if last_sent is not None:
+            return np.asarray(last_sent, np.float32).copy()
         if not self.is_connected:
             return super().hold_action(last_sent)
         if self._state is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import time
 
 import numpy as np
 import pytest
@@ -39,6 +40,10 @@ class FakeMotors:
         self.writes: list[tuple[str, int, int]] = []  # (register name, motor id, raw value)
         self.fail_sync_write = False
         self.fail_torque_off = False
+        self.fail_reads = 0  # the next N sync reads get no status packet (a transient bus error)
+        self.dead_after_reads: int | None = None  # after this many more sync reads, every read fails
+        self.read_delay_s = 0.0  # each sync read takes this long (a stalled bus)
+        self.write_times: list[float] = []  # time.monotonic() of each entry in ``writes``
         self._names = {addr: name for name, addr in self.addr.items()}
 
     def reg(self, motor_id: int, name: str) -> int:
@@ -49,6 +54,7 @@ class FakeMotors:
         if name == "Torque_Enable" and value == 0 and self.fail_torque_off:
             raise ConnectionError("fake bus: no status packet")
         self.writes.append((name, motor_id, value))
+        self.write_times.append(time.monotonic())
         self.regs[motor_id][addr] = value
         if name == "Goal_Position":
             self.regs[motor_id][self.addr["Present_Position"]] = value
@@ -78,6 +84,15 @@ class FakeMotors:
             return bus._comm_success, 0
 
         def sync_read(bus, addr, length, motor_ids, *, num_retry=0, raise_on_error=True, err_msg=""):
+            if fake.read_delay_s:
+                time.sleep(fake.read_delay_s)
+            if fake.dead_after_reads is not None:
+                if fake.dead_after_reads <= 0:
+                    raise ConnectionError(f"{err_msg} fake bus: [TxRxResult] There is no status packet!")
+                fake.dead_after_reads -= 1
+            if fake.fail_reads > 0:
+                fake.fail_reads -= 1
+                raise ConnectionError(f"{err_msg} fake bus: [TxRxResult] Incorrect status packet!")
             return {i: fake.regs[i].get(addr, 0) for i in motor_ids}, bus._comm_success
 
         def sync_write(bus, addr, length, ids_values, num_retry=0, raise_on_error=True, err_msg=""):
@@ -177,7 +192,8 @@ def test_connect_observe_act_disconnect(tmp_path, port, motors):
         assert motors.reg(1, "Goal_Position") == int(10.0 / DEG_PER_TICK + 2048)
         after = robot.get_observation()[STATE_KEY]
         np.testing.assert_allclose(after, action, atol=DEG_PER_TICK + 1e-4)  # one encoder tick
-        np.testing.assert_allclose(robot.hold_action(sent), after)  # hold = where the arm is
+        np.testing.assert_array_equal(robot.hold_action(sent), sent)  # hold = the last goal, not a re-read
+        np.testing.assert_allclose(robot.hold_action(None), after)  # before any goal: where the arm is
     finally:
         robot.disconnect()
     assert not robot.is_connected and not motors.is_open
