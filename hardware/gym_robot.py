@@ -33,14 +33,16 @@ from typing import Any
 import numpy as np
 
 from tandem.core.errors import ConfigError
-from tandem.core.validate import in_range, positive
+from tandem.core.validate import in_range, one_of, positive
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
 from tandem.hardware.robot import EpisodeStatus, Robot
 
 # The key a non-dict observation is exposed under.
 PLAIN_OBS_KEY = "obs"
-# info keys that carry the task's success flag, in the order they are looked up.
-SUCCESS_INFO_KEYS = ("is_success", "success")
+# info keys that carry the task's success flag, in the order they are looked up (``robot.success_keys``'s
+# default): gymnasium-robotics' "is_success", gym-pusht's and MetaWorld's "success", gym-hil's "succeed".
+SUCCESS_INFO_KEYS = ("is_success", "success", "succeed")
+ACTION_MODES = ("position", "delta")
 
 
 @dataclass
@@ -56,6 +58,11 @@ class GymRobotConfig:
         image_keys: observation key -> camera name, giving ``observation.images.<camera>``.
         hold_key: observation key whose current value is the action that keeps the agent still
             (position-controlled envs, e.g. PushT's "agent_pos"); "" to hold the last sent action.
+        action_mode: "position" (the action is a target: hold = ``hold_key`` or the last action) or
+            "delta" (end-effector deltas or velocities, e.g. gym-hil: hold = zero motion, since
+            repeating the last action would keep the robot moving; ``hold_key`` is not used).
+        success_keys: ``info`` keys read, in order, for the task's success flag (the first present
+            one counts); the defaults cover gymnasium-robotics, gym-pusht and gym-hil ("succeed").
         fps: control rate in Hz (PushT: 10, its native rate).
         realtime: pace ticks on the wall clock (False: as fast as possible, for tests and training).
         max_episode_steps: episode time limit in ticks (also passed to ``gym.make``).
@@ -68,6 +75,8 @@ class GymRobotConfig:
     state_keys: list[str] = field(default_factory=lambda: ["agent_pos"])
     image_keys: dict[str, str] = field(default_factory=lambda: {"pixels": "top"})
     hold_key: str = "agent_pos"
+    action_mode: str = "position"
+    success_keys: list[str] = field(default_factory=lambda: list(SUCCESS_INFO_KEYS))
     fps: float = 10.0
     realtime: bool = True
     max_episode_steps: int = 300
@@ -95,6 +104,11 @@ class GymRobotConfig:
                 raise ConfigError(f"robot.image_keys.{key}", cam, "a camera name without '.' or '/'")
         if len(set(cameras)) != len(cameras):
             raise ConfigError("robot.image_keys", self.image_keys, "distinct camera names")
+        one_of("robot.action_mode", self.action_mode, ACTION_MODES)
+        self.success_keys = list(self.success_keys)
+        if not self.success_keys or not all(isinstance(k, str) and k for k in self.success_keys):
+            raise ConfigError("robot.success_keys", self.success_keys,
+                              f"a non-empty list of info keys, e.g. {list(SUCCESS_INFO_KEYS)}")
         positive("robot.fps", self.fps)
         in_range("robot.max_episode_steps", self.max_episode_steps, 1, 10_000_000)
 
@@ -201,7 +215,7 @@ class GymRobot(Robot):
                 and sub.shape[2] == 3
             ):
                 raise ConfigError("robot.image_keys", key, f"an (H, W, 3) uint8 image observation, not {sub}")
-        if self.config.hold_key:
+        if self.config.hold_key and self.config.action_mode == "position":
             sub = _space_for(obs_space, self.config.hold_key, "robot.hold_key")
             if int(np.prod(sub.shape)) != int(np.prod(act_space.shape)):
                 raise ConfigError(
@@ -299,7 +313,7 @@ class GymRobot(Robot):
             sent.astype(space.dtype).reshape(space.shape)
         )
         self._obs = obs
-        success = next((_truthy(info[k]) for k in SUCCESS_INFO_KEYS if k in info), False)
+        success = next((_truthy(info[k]) for k in self.config.success_keys if k in info), False)
         self._status = EpisodeStatus(reward=float(reward), success=success, terminated=bool(terminated))
         return sent
 
@@ -308,7 +322,10 @@ class GymRobot(Robot):
         return self._status
 
     def hold_action(self, last_sent: np.ndarray | None) -> np.ndarray:
-        """The current value of ``hold_key`` (position-controlled envs), else the base behaviour."""
+        """Zero motion (``action_mode=delta``); the current value of ``hold_key`` (position-controlled
+        envs); else the last action."""
+        if self.config.action_mode == "delta":
+            return np.zeros(self.action_feature.shape, np.float32)
         if self.config.hold_key and self._obs is not None:
             return np.asarray(_lookup(self._obs, self.config.hold_key), np.float32).reshape(-1).copy()
         return super().hold_action(last_sent)

@@ -9,6 +9,7 @@ that finished (``tandem run`` writes it and the report, then exits with a ``tand
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -136,6 +137,12 @@ class Session:
         record = getattr(self.config, "record", None)
         if record is None or not record.enabled:
             return None
+        if not record.root:
+            run_dir = self.config.session.run_dir
+            if not run_dir:
+                log.info("not recording: record.root and session.run_dir are both empty")
+                return None
+            record = dataclasses.replace(record, root=str(Path(run_dir) / "dataset"))
         recorder = make_recorder(record, self.robot, self.policy).start()
         self.sinks.append(recorder)
         return recorder

@@ -20,7 +20,9 @@ Per-frame features: the robot's observation (``observation.state``, ``observatio
 videos), ``action`` (executed, after the safety filter), ``base_action``, ``head_action``,
 ``is_intervention``, ``takeover_start``, ``starved``, ``success``, ``done``, ``truncated``, ``tick``,
 ``chunk_index``, ``chunk_step``, ``head_version``, ``base_version``, ``reward``, ``tick_lateness_ms``,
-``wall_time`` (= ``obs_time``), ``obs_time``, ``send_time`` (float64 wall clock, s) and
+``wall_time`` (= ``obs_time``), ``obs_time``, ``send_time``, ``capture_time`` (float64 wall clock, s;
+``capture_time`` is when the sensors captured the observation: the oldest camera frame where the robot
+stamps its frames, else when the read returned; a frame's age at the send is ``send_time - capture_time``) and
 ``policy_features`` (float32[F], only if the base policy has F > 0 features). The task string is the
 language instruction. The episode outcome is in ``meta/tandem_episodes.jsonl`` (one JSON object per
 dataset episode: ``outcome`` success/failure/timeout/stopped/rerecord, or "interrupted" for an episode
@@ -29,10 +31,11 @@ rerecorded episodes are kept, filter them by outcome). lerobot's torch
 transform casts float64 to float32 (``ds[i]``); read ``ds.hf_dataset.with_format(None)`` for exact
 times. Chunk records are rebuilt from a dataset by ``tandem.runtime.links.from_dataset.load_chunk_records``.
 
-Recording a dataset from the command line (e.g. scripted expert demonstrations)::
+``tandem run`` records every session by default, into ``<run_dir>/dataset`` (``record.enabled=false``
+turns it off; ``record.root`` chooses another directory). A dataset from the command line (e.g. scripted
+expert demonstrations)::
 
-    tandem run policy=scripted robot.realtime=false session.episodes=50 \
-        record.enabled=true record.root=data/demos
+    tandem run policy=scripted robot.realtime=false session.episodes=50 record.root=data/demos
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     ds = LeRobotDataset("local/demos", root="data/demos")
@@ -89,8 +92,10 @@ class RecordConfig:
     """Episode recording (the ``record`` block of a run config).
 
     Attributes:
-        enabled: record every tick of the session into a LeRobotDataset.
-        root: dataset directory (created; an existing tandem/lerobot dataset is appended to).
+        enabled: record every tick of the session into a LeRobotDataset (the default).
+        root: dataset directory (created; an existing tandem/lerobot dataset is appended to). "": the run
+            directory's ``dataset`` folder (``tandem run`` fills it in; a ``Session`` built in code with
+            neither ``record.root`` nor ``session.run_dir`` records nothing).
         repo_id: the dataset's repo id ("" = ``local/<root directory name>``).
         use_videos: store cameras as videos (else as PNG images in the parquet files).
         vcodec: video codec: "libsvtav1" (lerobot's default), "h264", "hevc".
@@ -101,7 +106,7 @@ class RecordConfig:
         nice: niceness added to the converter process.
     """
 
-    enabled: bool = False
+    enabled: bool = True
     root: str = ""
     repo_id: str = ""
     use_videos: bool = True
@@ -113,8 +118,8 @@ class RecordConfig:
     nice: int = 5
 
     def __post_init__(self) -> None:
-        if self.enabled and not self.root:
-            raise ConfigError("record.root", self.root, "set a dataset directory when record.enabled=true")
+        if not isinstance(self.root, str):
+            raise ConfigError("record.root", self.root, "a dataset directory, or '' for <run_dir>/dataset")
         one_of("record.vcodec", self.vcodec, VCODECS)
         in_range("record.encoder_threads", self.encoder_threads, 0, 64)
         in_range("record.flush_s", self.flush_s, 0.01, 1.0)

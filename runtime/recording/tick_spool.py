@@ -59,6 +59,7 @@ SCALAR_FIELDS: dict[str, tuple[str, str]] = {
     "wall_time": ("float64", "obs_time"),
     "obs_time": ("float64", "obs_time"),
     "send_time": ("float64", "send_time"),
+    "capture_time": ("float64", "capture_time"),  # when the sensors captured the observation (oldest camera)
 }
 POLICY_FEATURES_KEY = "policy_features"
 

@@ -104,6 +104,8 @@ def run_session(cfg: object, stop: threading.Event, run_dir: Path) -> SessionSum
     """Run the session with its sinks (tick log, status line, live view); write summary and report."""
     if cfg.display:
         cfg.live_view = dataclasses.replace(cfg.live_view, enabled=True)
+    if cfg.record.enabled and not cfg.record.root:  # every session is recorded, into its run directory
+        cfg.record = dataclasses.replace(cfg.record, root=str(run_dir / "dataset"))
     session = Session(cfg, stop=stop)
     view = make_live_view(cfg.live_view, value_fn=lambda: session.learning.value() if session.learning else None)
     status = make_status_line(cfg.status_line, cfg.session.episodes, link_stats=lambda: link_status(session))

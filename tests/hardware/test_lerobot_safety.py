@@ -8,7 +8,6 @@ are the real ones. What is asserted is what reaches the motors' registers.
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest

@@ -7,7 +7,7 @@ import numpy as np
 
 from tandem.hardware.features import STATE_KEY
 from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
-from tandem.policies.base import BasePolicy, Chunk
+from tandem.policies.base import Chunk
 from tandem.runtime.control.controller import Controller
 from tandem.runtime.control.loop import run_episode
 from tandem.runtime.control.safety import SafetyConfig, SafetyFilter
