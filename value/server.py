@@ -13,7 +13,15 @@ announcement that robots pull in pieces. A heartbeat on the PUB carries the late
 and the learner's progress (``step``: updates made; ``training``: its replay holds enough records to
 train), which a robot pacing itself on the learner (``link.learner_updates_per_episode``) waits on.
 
-Malformed messages of any sort are counted by reason and dropped; nothing a peer sends is fatal.
+Malformed messages of any sort are counted by reason and dropped; nothing a peer sends is fatal:
+each message is handled under its own guard, and anything it raises (other than a storage error) is
+counted as ``receiver_error`` and the loop goes on.
+
+Per-robot state is bounded: robots that never had a record stored are kept in an LRU of
+``max_unverified_robots`` (the oldest evicted first, counted in ``evicted_robots``), all robots in one of
+``max_robots``. With CURVE, a robot id is bound to the client key it was first seen with; a message
+naming that robot from another key is refused (``robot_key_mismatch``). Robot ids and reasons a peer
+chose are logged through :func:`~tandem.protocol.wire.log_safe` (no newlines or control characters).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +47,7 @@ from tandem.protocol.messages import (
     PULL,
     RECORD_SCHEMA,
     REPORT,
+    WEIGHT_KINDS,
     announcement,
     weights_message,
 )
@@ -49,10 +59,14 @@ from tandem.protocol.security import (
     start_authenticator,
     tcp_endpoint,
 )
-from tandem.protocol.wire import Message, WireError, decode, encode, pack_frames
+from tandem.protocol.wire import Message, WireError, decode, encode, log_safe, pack_frames
 from tandem.value.replay import DUPLICATE, GAP, REJECTED, ReplayStore
 
 log = logging.getLogger(__name__)
+
+MAX_ROBOT_ID_CHARS = 128
+MAX_STREAMS_PER_ROBOT = 64
+USER_ID = "User-Id"  # the ZAP user id of a CURVE peer: its public key (z85)
 
 
 @dataclass
@@ -69,6 +83,10 @@ class ServerConfig:
         inline_max_bytes: weights larger than this are announced and pulled in pieces.
         piece_bytes: size of one piece.
         pub_hwm: weights messages queued per subscriber before the PUB drops (latest-only link).
+        max_unverified_robots: robots kept that never had a record stored (heartbeats, pulls, reports
+            only); the least recently heard is evicted beyond this.
+        max_robots: robots kept in all; beyond this the least recently heard unverified robot, or if
+            there is none the least recently heard robot, is evicted.
     """
 
     host: str = "127.0.0.1"
@@ -81,13 +99,21 @@ class ServerConfig:
     inline_max_bytes: int = 8 * 1024 * 1024
     piece_bytes: int = 1024 * 1024
     pub_hwm: int = 16
+    max_unverified_robots: int = 1024
+    max_robots: int = 4096
 
 
 @dataclass
 class RobotState:
-    """What the learner knows about one robot."""
+    """What the learner knows about one robot.
+
+    ``verified``: a record of it was stored (or recognised as a duplicate of a stored one).
+    ``key``: with CURVE, the client public key (z85) it was first seen with; "" on plain links.
+    """
 
     robot_id: str
+    verified: bool = False
+    key: str = ""
     last_seen: float = 0.0
     stored: int = 0
     duplicates: int = 0
@@ -122,11 +148,12 @@ class LinkServer:
         self.config = config
         self.store = store
         self.incarnation = uuid.uuid4().hex[:12]
-        self.robots: dict[str, RobotState] = {}
+        self.robots: OrderedDict[str, RobotState] = OrderedDict()  # least recently heard first
+        self._unverified: OrderedDict[str, None] = OrderedDict()  # the unverified ones, same order
         self.stats: dict[str, Any] = {
             "received": 0, "stored": 0, "duplicates": 0, "gaps": 0, "rejected": 0, "malformed": 0,
             "malformed_reasons": {}, "rejected_reasons": {}, "acks": 0, "published": 0, "pulls": 0,
-            "pieces_sent": 0, "disconnects": 0, "reports": 0,
+            "pieces_sent": 0, "disconnects": 0, "reports": 0, "evicted_robots": 0, "io_error": "",
         }
         self.versions: dict[str, tuple[str, int]] = {}
         self.progress: dict[str, Any] = {"step": 0, "training": False}  # set by the learner's loop
@@ -321,7 +348,8 @@ class LinkServer:
                     except zmq.Again:
                         pass
                     last_hb = time.monotonic()
-        except Exception:
+        except Exception as exc:  # a storage error: the status shows it (robots keep their records)
+            self.stats["io_error"] = log_safe(f"{type(exc).__name__}: {exc}", 300)
             log.exception("learner link I/O thread failed")
         finally:
             if self.store is not None:
@@ -346,13 +374,65 @@ class LinkServer:
         reasons = self.stats[f"{key}_reasons"]
         reasons[reason] = reasons.get(reason, 0) + 1
 
-    def _robot(self, robot_id: str) -> RobotState:
+    def _robot(self, robot_id: str, key: str = "") -> RobotState:
+        """The state of ``robot_id`` (created, and the oldest evicted, if new); marks it heard.
+
+        Raises:
+            WireError: "robot_key_mismatch" when ``robot_id`` was first seen with another CURVE key.
+        """
         state = self.robots.get(robot_id)
         if state is None:
-            state = self.robots[robot_id] = RobotState(robot_id)
-            log.info("learner: robot %s connected", robot_id)
+            self._evict()
+            state = self.robots[robot_id] = RobotState(robot_id, key=key)
+            self._unverified[robot_id] = None
+            log.debug("learner: robot %s heard", log_safe(robot_id))
+        elif state.key != key:
+            raise WireError("robot_key_mismatch", f"robot {log_safe(robot_id)} is bound to another client key")
         state.last_seen = time.monotonic()
+        self.robots.move_to_end(robot_id)
+        if not state.verified:
+            self._unverified.move_to_end(robot_id)
         return state
+
+    def _verify(self, state: RobotState) -> None:
+        """``state``'s robot had a record stored: it leaves the unverified LRU."""
+        if not state.verified:
+            state.verified = True
+            self._unverified.pop(state.robot_id, None)
+            log.info("learner: robot %s connected", log_safe(state.robot_id))
+
+    def _evict(self) -> None:
+        """Make room for one more robot: the least recently heard unverified one goes first."""
+        cfg = self.config
+        victim = None
+        if len(self._unverified) >= cfg.max_unverified_robots:
+            victim = next(iter(self._unverified))
+        elif len(self.robots) >= cfg.max_robots:
+            victim = next(iter(self._unverified)) if self._unverified else next(iter(self.robots))
+        if victim is not None:
+            del self.robots[victim]
+            self._unverified.pop(victim, None)
+            self.stats["evicted_robots"] += 1
+            if self.stats["evicted_robots"] in (1, 10, 100, 1000) or self.stats["evicted_robots"] % 10_000 == 0:
+                log.warning("learner: %d robot states evicted (more than %d robots without a stored record); "
+                            "a peer may be sending under many robot ids", self.stats["evicted_robots"],
+                            cfg.max_unverified_robots)
+
+    @staticmethod
+    def _add_stream(state: RobotState, stream: str) -> None:
+        """Remember ``stream`` (the newest MAX_STREAMS_PER_ROBOT are kept)."""
+        if stream not in state.streams and len(state.streams) >= MAX_STREAMS_PER_ROBOT:
+            state.streams.pop()
+        state.streams.add(stream)
+
+    def _peer_key(self, frame: Any) -> str:
+        """The CURVE client key (z85) a message came with; "" on plain links."""
+        if not self.config.keys_dir:
+            return ""
+        try:
+            return str(frame.get(USER_ID))
+        except (zmq.ZMQError, AttributeError, TypeError, ValueError):
+            return "?"
 
     def _serve_router(self, router: zmq.Socket) -> None:
         acks: dict[tuple[str, str], tuple[bytes, bool]] = {}
@@ -363,34 +443,17 @@ class LinkServer:
             except zmq.Again:
                 break
             self.stats["received"] += 1
-            ident, body = frames[0].bytes, frames[1:]
             try:
-                msg = decode(body, self.config.max_message_bytes)
-                if not msg.robot:
-                    raise WireError("bad_header", "no robot id")
+                self._on_message(frames, acks, replies)
             except WireError as exc:
                 self._count("malformed", exc.reason)
-                continue
-            if msg.kind == CHUNK:
-                self._on_chunk(ident, msg, acks)
-            elif msg.kind == HB:
-                stream = msg.meta.get("stream")
-                if not isinstance(stream, str):
-                    self._count("malformed", "bad_meta")
-                    continue
-                self._robot(msg.robot).streams.add(stream)
-                acked = self.store.last_seq(msg.robot, stream) if self.store is not None else 0
-                reply = Message(kind=HB, robot=msg.robot, meta={"learner": self.incarnation, "stream": stream, "acked": acked})
-                replies.append([ident, *encode(reply)])
-            elif msg.kind == PULL:
-                self._robot(msg.robot)
-                reply = self._piece(msg)
-                if reply is not None:
-                    replies.append([ident, *reply])
-            elif msg.kind == REPORT:
-                self._on_report(msg)
-            else:
-                self._count("malformed", "unexpected_kind")
+            except OSError:
+                raise  # storage: not a peer's doing
+            except Exception as exc:  # a message no check foresaw: counted, never fatal
+                self._count("malformed", "receiver_error")
+                if self.stats["malformed_reasons"]["receiver_error"] <= 10:
+                    log.warning("learner: dropped a message that failed in its handler (%s)",
+                                log_safe(f"{type(exc).__name__}: {exc}", 200))
         if acks and self.store is not None:
             self.store.commit()  # durable before any ack leaves
         for (robot, stream), (ident, gap) in acks.items():
@@ -404,7 +467,42 @@ class LinkServer:
             except zmq.ZMQError:  # peer gone or its queue full: it will ask again
                 pass
 
-    def _on_chunk(self, ident: bytes, msg: Message, acks: dict) -> None:
+    def _on_message(self, frames: list[Any], acks: dict, replies: list[list]) -> None:
+        """Handle one message from the ROUTER (``frames``: identity, then the wire frames).
+
+        Raises:
+            WireError: the message is malformed or refused (the caller counts the reason).
+        """
+        if len(frames) < 2:
+            raise WireError("empty")
+        ident, body = frames[0].bytes, frames[1:]
+        msg = decode(body, self.config.max_message_bytes)
+        if not msg.robot:
+            raise WireError("bad_header", "no robot id")
+        if len(msg.robot) > MAX_ROBOT_ID_CHARS:
+            raise WireError("bad_robot_id", f"robot id of {len(msg.robot)} characters")
+        key = self._peer_key(body[0])
+        if msg.kind == CHUNK:
+            self._on_chunk(ident, msg, acks, key)
+        elif msg.kind == HB:
+            stream = msg.meta.get("stream")
+            if not isinstance(stream, str):
+                raise WireError("bad_meta", "stream")
+            self._add_stream(self._robot(msg.robot, key), stream)
+            acked = self.store.last_seq(msg.robot, stream) if self.store is not None else 0
+            reply = Message(kind=HB, robot=msg.robot, meta={"learner": self.incarnation, "stream": stream, "acked": acked})
+            replies.append([ident, *encode(reply)])
+        elif msg.kind == PULL:
+            self._robot(msg.robot, key)
+            reply = self._piece(msg)
+            if reply is not None:
+                replies.append([ident, *reply])
+        elif msg.kind == REPORT:
+            self._on_report(msg, key)
+        else:
+            raise WireError("unexpected_kind", log_safe(msg.kind, 40))
+
+    def _on_chunk(self, ident: bytes, msg: Message, acks: dict, key: str = "") -> None:
         stream = msg.meta.get("stream")
         if not isinstance(stream, str) or not stream or self.store is None:
             self._count("malformed", "bad_meta" if self.store is not None else "no_store")
@@ -412,11 +510,17 @@ class LinkServer:
         if msg.schema != RECORD_SCHEMA:  # another protocol version: not acked, the robot keeps it spooled
             self._count("malformed", "wrong_schema")
             return
-        robot = self._robot(msg.robot)
-        robot.streams.add(stream)
+        try:
+            robot = self._robot(msg.robot, key)
+        except WireError:
+            if self.stats["malformed_reasons"].get("robot_key_mismatch", 0) < 10:
+                log.warning("learner: refused a record of robot %s: it came with another client key than the "
+                            "robot's first (robot ids are bound to CURVE keys)", log_safe(msg.robot))
+            raise
+        self._add_stream(robot, stream)
         verdict = self.store.offer(msg)
-        key = (msg.robot, stream)
-        gap = acks.get(key, (b"", False))[1]
+        ack_key = (msg.robot, stream)
+        gap = acks.get(ack_key, (b"", False))[1]
         if verdict == DUPLICATE:
             robot.duplicates += 1
             self.stats["duplicates"] += 1
@@ -432,7 +536,9 @@ class LinkServer:
         else:
             robot.stored += 1
             self.stats["stored"] += 1
-        acks[key] = (ident, gap)
+        if verdict not in (REJECTED, GAP):
+            self._verify(robot)
+        acks[ack_key] = (ident, gap)
 
     def _piece(self, msg: Message) -> list | None:
         wkind, index, version = msg.meta.get("wkind"), msg.meta.get("index"), msg.meta.get("version")
@@ -454,15 +560,16 @@ class LinkServer:
         self.stats["pieces_sent"] += 1
         return encode(Message(kind=PIECE, robot=msg.robot, meta=meta, arrays={"data": data}))
 
-    def _on_report(self, msg: Message) -> None:
-        robot = self._robot(msg.robot)
+    def _on_report(self, msg: Message, key: str = "") -> None:
         wkind, version, status = msg.meta.get("wkind"), msg.meta.get("version"), msg.meta.get("status")
-        if not isinstance(wkind, str) or not isinstance(version, int):
+        if wkind not in WEIGHT_KINDS or not isinstance(version, int) or isinstance(version, bool):
             self._count("malformed", "bad_meta")
             return
+        robot = self._robot(msg.robot, key)
         self.stats["reports"] += 1
         if status == "staged":
             robot.weights_staged[wkind] = version
         elif status == "refused":
             robot.weights_refused[wkind] = robot.weights_refused.get(wkind, 0) + 1
-            log.warning("learner: robot %s refused %s v%s (%s)", msg.robot, wkind, version, msg.meta.get("reason"))
+            log.warning("learner: robot %s refused %s v%s (%s)", log_safe(msg.robot), wkind, version,
+                        log_safe(msg.meta.get("reason"), 200))
