@@ -26,10 +26,12 @@ import numpy as np
 from tandem.core.validate import in_range, positive
 from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
 from tandem.protocol.security import open_socket
-from tandem.protocol.wire import Message, WireError, decode, encode
+from tandem.protocol.wire import Message, WireError, decode, encode, log_safe
 from tandem.runtime.inference.server import CHUNK, ERROR, INFER, INFO, LINK_SCHEMA, worker_main
 
 log = logging.getLogger(__name__)
+
+MAX_CHUNK_TICKS = 4096  # the longest action chunk a reply may hold
 
 
 @dataclass
@@ -146,29 +148,45 @@ class LinkBackend:
             try:
                 msg = decode(frames, self.config.max_message_bytes, copy=True)
                 if msg.schema != LINK_SCHEMA:
-                    raise WireError("bad_schema", msg.schema)
-            except WireError as exc:
+                    raise WireError("bad_schema", log_safe(msg.schema, 40))
+                if msg.kind == ERROR:
+                    error = log_safe(msg.meta.get("error"), 2000)
+                    raise RuntimeError(f"base policy inference failed on {self.endpoint}: {error}")
+                if msg.kind == CHUNK:
+                    out.append((msg.seq, self._chunk(msg)))
+                    self.stats.replies += 1
+                elif msg.kind != INFO:
+                    raise WireError("unexpected_kind", log_safe(msg.kind, 40))
+            except RuntimeError:
+                raise
+            except Exception as exc:  # WireError, a chunk of the wrong form, anything else: counted, dropped
                 self.stats.malformed += 1
-                log.debug("policy link: dropped a malformed reply (%s)", exc)
-                continue
-            if msg.kind == CHUNK:
-                try:
-                    chunk = Chunk(
-                        actions=msg.arrays["actions"], features=msg.arrays.get("features", np.zeros(0, np.float16)),
-                        policy=str(msg.meta.get("policy", "")), version=int(msg.meta.get("version", 0)),
-                        infer_s=float(msg.meta.get("infer_s", 0.0)),
-                    )
-                except (KeyError, ValueError, TypeError) as exc:
-                    self.stats.malformed += 1
-                    log.debug("policy link: dropped a bad chunk (%s)", exc)
-                    continue
-                self.stats.replies += 1
-                out.append((msg.seq, chunk))
-            elif msg.kind == ERROR:
-                raise RuntimeError(f"base policy inference failed on {self.endpoint}: {msg.meta.get('error')}")
-            elif msg.kind != INFO:
-                self.stats.malformed += 1
+                log.debug("policy link: dropped a malformed reply (%s)", log_safe(str(exc), 200))
         return out
+
+    def _chunk(self, msg: Message) -> Chunk:
+        """The Chunk of a ``chunk`` reply: actions float32[P, A] with A the policy's action_dim and
+        1 <= P <= MAX_CHUNK_TICKS, finite; features float16[F] with F its feature_dim (when known).
+
+        Raises:
+            ValueError / KeyError / TypeError: the reply is not such a chunk.
+        """
+        actions = msg.arrays["actions"]
+        features = msg.arrays.get("features", np.zeros(0, np.float16))
+        info = getattr(self, "info", None) or {}
+        action_dim, feature_dim = info.get("action_dim"), info.get("feature_dim")
+        if actions.ndim != 2 or not 1 <= actions.shape[0] <= MAX_CHUNK_TICKS:
+            raise ValueError(f"actions of shape {actions.shape}")
+        if isinstance(action_dim, int) and actions.shape[1] != action_dim:
+            raise ValueError(f"actions of shape {actions.shape}, the policy's action_dim is {action_dim}")
+        if isinstance(feature_dim, int) and feature_dim > 0 and features.size != feature_dim:
+            raise ValueError(f"{features.size} features, the policy's feature_dim is {feature_dim}")
+        if not np.isfinite(actions).all():
+            raise ValueError("non-finite actions")
+        return Chunk(
+            actions=actions, features=features, policy=str(msg.meta.get("policy", ""))[:200],
+            version=int(msg.meta.get("version", 0)), infer_s=float(msg.meta.get("infer_s", 0.0)),
+        )
 
     def close(self) -> None:
         """Close the socket and context. Safe to call twice."""

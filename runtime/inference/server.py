@@ -23,7 +23,8 @@ info    both ways         request / reply: ``meta`` holds the policy's name and 
 Requests that queue up while the policy is busy are superseded: per client only the newest one is
 answered (the robot's scheduler drops replies to older ids anyway). Requests from several clients
 (robots sharing one policy server) that are waiting together go through one ``infer_batch`` call. A malformed message is counted
-and dropped; an observation that does not match the policy's schema gets an ``error`` reply.
+and dropped (each message is handled under its own guard: whatever it holds, the server keeps
+serving); an observation that does not match the policy's schema gets an ``error`` reply.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from tandem.core.registry import component_class
 from tandem.hardware.features import Feature, check_observation, zero_observation
 from tandem.policies.base import BasePolicy
 from tandem.protocol.security import bound_endpoint, load_keys, open_socket, start_authenticator
-from tandem.protocol.wire import Message, WireError, decode, encode, schema_hash
+from tandem.protocol.wire import Message, WireError, decode, encode, log_safe, schema_hash
 
 log = logging.getLogger(__name__)
 
@@ -127,26 +128,35 @@ class PolicyServer:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            identity, body = frames[0], frames[1:]
             try:
-                msg = decode(body, self.max_bytes)
-                if msg.schema != LINK_SCHEMA:
-                    raise WireError("bad_schema", f"{msg.schema!r} != {LINK_SCHEMA!r}")
-            except WireError as exc:
+                self._take(frames, latest)
+            except Exception as exc:  # WireError, or anything no check foresaw: counted, never fatal
                 self.stats.malformed += 1
-                log.debug("policy server: dropped a malformed message (%s)", exc)
-                continue
-            if msg.kind == INFO:
-                self._send(identity, Message(kind=INFO, schema=LINK_SCHEMA, seq=msg.seq, meta=self.info))
-            elif msg.kind == INFER:
-                self.stats.requests += 1
-                key = bytes(identity.bytes)
-                if key in latest:
-                    self.stats.superseded += 1
-                latest[key] = (frames, msg)
-            else:
-                self.stats.malformed += 1
+                log.debug("policy server: dropped a malformed message (%s)", log_safe(str(exc), 200))
         return self._answer([(frames[0], msg) for frames, msg in latest.values()])
+
+    def _take(self, frames: list[Any], latest: dict[bytes, tuple[list[Any], Message]]) -> None:
+        """Decode one request: answer ``info`` now, keep an ``infer`` as its client's latest.
+
+        Raises:
+            WireError: a malformed message, another link's schema or an unknown kind.
+        """
+        if len(frames) < 2:
+            raise WireError("empty")
+        identity, body = frames[0], frames[1:]
+        msg = decode(body, self.max_bytes)
+        if msg.schema != LINK_SCHEMA:
+            raise WireError("bad_schema", f"{log_safe(msg.schema, 40)} != {LINK_SCHEMA}")
+        if msg.kind == INFO:
+            self._send(identity, Message(kind=INFO, schema=LINK_SCHEMA, seq=msg.seq, meta=self.info))
+        elif msg.kind == INFER:
+            self.stats.requests += 1
+            key = bytes(identity.bytes)
+            if key in latest:
+                self.stats.superseded += 1
+            latest[key] = (frames, msg)
+        else:
+            raise WireError("unexpected_kind", log_safe(msg.kind, 40))
 
     def _error(self, identity: Any, seq: int, error: str) -> None:
         self.stats.errors += 1
