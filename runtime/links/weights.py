@@ -7,6 +7,8 @@ arrays, finiteness of every float array. A set that passes is prepared (by the c
 the control thread) and staged; :meth:`WeightsSubscriber.apply_staged`, registered in
 ``Controller.boundary_callbacks``, hands it over at the next chunk boundary: a reference swap.
 A refused set is counted, logged and reported to the learner; the robot keeps its current weights.
+Each message is handled under its own guard: whatever a peer sends, the thread counts it
+(``malformed_reasons``, ``receiver_error`` for a failure no check foresaw) and goes on.
 
 The learner's heartbeat (on the PUB) carries the latest version of each kind, so a robot that missed
 a publication (slow joiner, dropped by the PUB's high-water mark, reconnected) pulls it.
@@ -40,7 +42,17 @@ from tandem.protocol.messages import (
     weights_schema_hash,
 )
 from tandem.protocol.security import open_socket
-from tandem.protocol.wire import Message, WireError, decode, digest_arrays, encode, unpack_frames
+from tandem.protocol.wire import (
+    MAX_ARRAYS,
+    MAX_HEADER_BYTES,
+    Message,
+    WireError,
+    decode,
+    digest_arrays,
+    encode,
+    log_safe,
+    unpack_frames,
+)
 from tandem.runtime.links.config import LinkConfig
 
 log = logging.getLogger(__name__)
@@ -188,6 +200,7 @@ class _Pull:
     count: int = 0
     blob_bytes: int = 0
     pieces: dict[int, bytes] = field(default_factory=dict)
+    received_bytes: int = 0
     requested: int = 0
     last_activity: float = 0.0
 
@@ -341,7 +354,7 @@ class WeightsSubscriber:
                             last_heard = time.monotonic()
                             backlog.append(msg)
                     for msg in latest_only(backlog):
-                        pull = self._on_broadcast(msg, dealer, pull)
+                        pull = self._guarded(self._on_broadcast, msg, dealer, pull)
                 if dealer in events:
                     while True:
                         try:
@@ -350,7 +363,7 @@ class WeightsSubscriber:
                             break
                         msg = self._decode(frames)
                         if msg is not None:
-                            pull = self._on_piece(msg, dealer, pull)
+                            pull = self._guarded(self._on_piece, msg, dealer, pull)
                 now = time.monotonic()
                 self.stats.learner_alive = bool(last_heard) and now - last_heard < cfg.timeout_s
                 if now - max(last_heard, sub_born) > cfg.timeout_s:
@@ -364,9 +377,23 @@ class WeightsSubscriber:
         except Exception:
             log.exception("weights subscriber %s failed", cfg.robot_id)
         finally:
+            self.stats.learner_alive = False  # nobody listens any more: never report a learner heard
             socks["sub"].disable_monitor()
             for sock in socks.values():
                 sock.close(0)
+
+    def _guarded(self, handler: Callable[..., _Pull | None], msg: Message, dealer: zmq.Socket,
+                 pull: _Pull | None) -> _Pull | None:
+        """``handler(msg, dealer, pull)``; a failure no check foresaw is counted as ``receiver_error``
+        (the pull in progress, if any, goes on)."""
+        try:
+            return handler(msg, dealer, pull)
+        except Exception as exc:
+            self._malformed("receiver_error")
+            if self.stats.malformed_reasons["receiver_error"] <= 10:
+                log.warning("weights %s: dropped a message that failed in its handler (%s)", self.config.robot_id,
+                            log_safe(f"{type(exc).__name__}: {exc}", 200))
+            return pull
 
     def _decode(self, frames: list) -> Message | None:
         try:
@@ -374,7 +401,7 @@ class WeightsSubscriber:
         except WireError as exc:
             self.stats.malformed += 1
             self.stats.malformed_reasons[exc.reason] = self.stats.malformed_reasons.get(exc.reason, 0) + 1
-            log.debug("weights %s: dropped malformed message (%s)", self.config.robot_id, exc)
+            log.debug("weights %s: dropped malformed message (%s)", self.config.robot_id, log_safe(str(exc), 200))
             return None
 
     def _is_new(self, wkind: str, run: str, version: int) -> bool:
@@ -447,6 +474,8 @@ class WeightsSubscriber:
             data = msg.arrays["data"]
             if data.dtype != np.uint8 or not 0 <= index < count or count > 1_000_000:
                 raise TypeError
+            if not 0 <= blob_bytes <= self.config.max_message_bytes + MAX_HEADER_BYTES + 8 * (MAX_ARRAYS + 2):
+                raise TypeError  # no packed message this robot accepts is that large
         except (KeyError, TypeError):
             self._malformed("bad_piece")
             return pull
@@ -456,8 +485,13 @@ class WeightsSubscriber:
             if index != 0:
                 return pull  # a piece of a version we no longer pull
             pull.version, pull.run, pull.count, pull.blob_bytes, pull.pieces = version, run, count, blob_bytes, {}
+            pull.received_bytes = 0
             pull.requested = 1
+        pull.received_bytes += data.nbytes - len(pull.pieces.get(index, b""))
         pull.pieces[index] = bytes(data)
+        if pull.received_bytes > pull.blob_bytes:  # more than announced
+            self._reject(dealer, wkind, version, "bad_size", f"pieces exceed the announced {pull.blob_bytes} bytes")
+            return None
         pull.last_activity = time.monotonic()
         self.stats.pieces += 1
         while pull.requested < pull.count and pull.requested - len(pull.pieces) < self.config.pull_window:
@@ -514,7 +548,8 @@ class WeightsSubscriber:
     def _reject(self, dealer: zmq.Socket, wkind: str, version: int, reason: str, detail: str) -> None:
         self.stats.rejected += 1
         self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + 1
-        log.warning("weights %s: refused %s v%s (%s); keeping the current weights", self.config.robot_id, wkind, version, detail)
+        log.warning("weights %s: refused %s v%s (%s); keeping the current weights", self.config.robot_id,
+                    log_safe(wkind, 40), version, log_safe(detail, 200))
         self._report(dealer, wkind, version, "refused", reason)
 
     def _report(self, dealer: zmq.Socket, wkind: str, version: int, status: str, reason: str) -> None:
