@@ -279,5 +279,9 @@ def test_recording_into_a_directory_that_is_not_a_dataset_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="record.root"):
         make_recorder(tmp_path).start()
+    # record.root="" is valid in the config (tandem run fills in <run_dir>/dataset), never for a recorder
+    assert RecordConfig().enabled and RecordConfig().root == ""
     with pytest.raises(ConfigError, match="record.root"):
-        RecordConfig(enabled=True)
+        make_recorder("")
+    with pytest.raises(ConfigError, match="record.root"):
+        RecordConfig(root=None)
