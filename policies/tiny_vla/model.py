@@ -24,6 +24,8 @@ Normalisation statistics (state and action mean/std) are buffers of the module, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,8 @@ from tandem.core.errors import ConfigError
 from tandem.core.validate import in_range, positive
 from tandem.policies.base import PolicyLoadError
 from tandem.policies.tiny_vla.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 def _default_vision() -> dict[str, Any]:
@@ -296,8 +300,9 @@ CHECKPOINT_TYPE = "tiny_vla"
 def save_checkpoint(model: TinyVLA, tokenizer: Any, path: Any, meta: dict[str, Any] | None = None) -> None:
     """Write ``config.json`` + ``model.safetensors`` + tokenizer files into directory ``path``.
 
-    Written into a sibling temporary directory first and renamed over ``path``, so a crash never
-    leaves a half-written checkpoint where a good one was.
+    ``config.json`` records the sha256 of ``model.safetensors`` (``weights_sha256``), which
+    :func:`load_checkpoint` verifies before loading. Written into a sibling temporary directory first
+    and renamed over ``path``, so a crash never leaves a half-written checkpoint where a good one was.
     """
     import json
     import shutil
@@ -312,7 +317,8 @@ def save_checkpoint(model: TinyVLA, tokenizer: Any, path: Any, meta: dict[str, A
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS_FILE))
     tokenizer.save_pretrained(str(tmp))
-    doc = {"type": CHECKPOINT_TYPE, "model": model.cfg.to_dict(), "meta": meta or {}}
+    digest = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
+    doc = {"type": CHECKPOINT_TYPE, "model": model.cfg.to_dict(), "meta": meta or {}, "weights_sha256": digest}
     (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -325,9 +331,13 @@ def save_checkpoint(model: TinyVLA, tokenizer: Any, path: Any, meta: dict[str, A
 def load_checkpoint(path: Any, device: str = "cpu") -> tuple[TinyVLA, Any, dict[str, Any]]:
     """(model in eval mode on ``device``, tokenizer, meta) from a checkpoint directory.
 
+    The weights file is verified against ``config.json``'s ``weights_sha256`` before it is loaded (a
+    checkpoint from before tandem recorded it loads with a warning that it is unverified).
+
     Raises:
-        PolicyLoadError: the directory is missing, a file is missing or corrupt, or the weights do
-            not match the config; the message names the directory and the problem.
+        PolicyLoadError: the directory is missing, a file is missing or corrupt (its sha256 differs
+            from the recorded one), or the weights do not match the config; the message names the
+            directory and the problem.
     """
     import json
     from pathlib import Path
@@ -343,17 +353,30 @@ def load_checkpoint(path: Any, device: str = "cpu") -> tuple[TinyVLA, Any, dict[
         if doc.get("type") != CHECKPOINT_TYPE:
             raise ValueError(f"type is {doc.get('type')!r}, expected {CHECKPOINT_TYPE!r}")
         cfg = TinyVLAModelConfig(**doc["model"])
+        recorded = doc.get("weights_sha256")
+        if recorded is not None and not (isinstance(recorded, str) and len(recorded) == 64):
+            raise ValueError(f"weights_sha256 is {str(recorded)[:80]!r}, expected 64 hex digits")
     except Exception as exc:
         raise PolicyLoadError(f"tiny_vla checkpoint {str(path)!r}: bad {CONFIG_FILE}: {exc}") from exc
+    data = (path / WEIGHTS_FILE).read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if recorded is None:
+        log.warning("tiny_vla checkpoint %s records no weights_sha256 in %s: its weights are not verified "
+                    "(save it again with tandem pretrain to record one)", path, CONFIG_FILE)
+    elif actual != recorded:
+        raise PolicyLoadError(
+            f"tiny_vla checkpoint {str(path)!r}: {WEIGHTS_FILE} is corrupt: its sha256 {actual[:16]}... differs "
+            f"from weights_sha256 {recorded[:16]}... in {CONFIG_FILE}; restore the checkpoint or train it again"
+        )
     try:
         tokenizer = load_tokenizer(path)
     except Exception as exc:
         raise PolicyLoadError(f"tiny_vla checkpoint {str(path)!r}: cannot load the tokenizer: {exc}") from exc
     model = TinyVLA(cfg)
     try:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        state = load_file(str(path / WEIGHTS_FILE))
+        state = load(data)
         model.load_state_dict(state, strict=True)
     except Exception as exc:
         raise PolicyLoadError(
