@@ -147,6 +147,7 @@ def _truthy(value: Any) -> bool:
 
 
 class GymRobot(Robot):
+    simulated = True
     """A gymnasium env through the ``Robot`` contract (see the module docstring for the mapping)."""
 
     def __init__(self, config: GymRobotConfig) -> None:

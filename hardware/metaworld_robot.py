@@ -90,6 +90,7 @@ class MetaWorldRobotConfig:
 
 
 class MetaWorldRobot(Robot):
+    simulated = True
     """MetaWorld task through the ``Robot`` contract."""
 
     def __init__(self, config: MetaWorldRobotConfig) -> None:

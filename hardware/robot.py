@@ -40,6 +40,7 @@ class Robot(abc.ABC):
     """
 
     name: str = "robot"
+    simulated: bool = False  # a simulation: no scene for a person to reset between episodes
 
     @property
     @abc.abstractmethod

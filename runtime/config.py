@@ -78,6 +78,10 @@ class SessionConfig:
             sent to a learner; the same scenes each time (seeds ``eval_seed`` + k). 0: never.
         eval_episodes: episodes per evaluation (episode k runs task k of the robot's suite, cycling).
         eval_seed: seed of the first evaluation episode.
+        reset_timeout_s: the reset phase between episodes on a real robot with an operator device:
+            the robot holds while the scene is reset, until the operator confirms (the takeover
+            toggle, e.g. space, or a success mark) or this many seconds pass; a stop event ends the
+            session. Simulated robots and sessions without an operator skip it. 0: no reset phase.
     """
 
     episodes: int = 3
@@ -91,6 +95,7 @@ class SessionConfig:
     eval_every: int = 0
     eval_episodes: int = 3
     eval_seed: int = 1_000_000
+    reset_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         in_range("session.episodes", self.episodes, 1, 1_000_000)
@@ -102,6 +107,7 @@ class SessionConfig:
         stride_of("session.head_stride", self.head_stride, self.horizon, "session.horizon")
         one_of("session.backend", self.backend, ("inline", "thread", "process", "remote"))
         non_negative("session.max_episode_steps", self.max_episode_steps)
+        in_range("session.reset_timeout_s", self.reset_timeout_s, 0.0, 86_400.0)
 
 
 @dataclass

@@ -56,6 +56,9 @@ class SessionSummary:
     # the safety filter's stall counters summed over the episodes (watchdog_trips, watchdog_holds,
     # stale_observation), controlled_stops and, after one, controlled_stop ("held", "hold_failed", "none").
     faults: dict = field(default_factory=dict)
+    # The reset phases between episodes (real robots with an operator device): one entry each,
+    # {"before_episode", "how" (confirmed, timeout, stop, stopped), "wait_s"}.
+    resets: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -286,6 +289,8 @@ class Session:
             for i in range(cfg.session.episodes):
                 if self.stop.is_set():
                     break
+                if i > 0 and not self._reset_phase(summary, i):
+                    break
                 suite = robot.tasks
                 if len(suite) > 1:
                     robot.set_task(suite[i % len(suite)])
@@ -341,6 +346,20 @@ class Session:
         summary.success_rate = sum(e["success"] for e in summary.episodes) / n if n else 0.0
         summary.wall_s = round(time.perf_counter() - t0, 3)
         return summary
+
+    def _reset_phase(self, summary: SessionSummary, episode: int) -> bool:
+        """Between episodes on a real robot with an operator: the robot holds while the operator resets the
+        scene and confirms (``session.reset_timeout_s``). False if the operator stopped the session."""
+        timeout = self.config.session.reset_timeout_s
+        if timeout <= 0 or self.operator is None or getattr(self.robot, "simulated", False):
+            return True
+        print(f"reset the scene for episode {episode}; then press the takeover key/button (keyboard: space) "
+              f"or mark success (y) to start it (by itself in {timeout:.0f} s; q stops)", flush=True)
+        t0 = time.monotonic()
+        how = self.operator.wait_for_reset(timeout, stop=self.stop)
+        summary.resets.append({"before_episode": episode, "how": how, "wait_s": round(time.monotonic() - t0, 3)})
+        log.info("reset phase before episode %d: %s", episode, how)
+        return how not in ("stop", "stopped")
 
     @staticmethod
     def _stall_totals(summary: SessionSummary) -> dict[str, int]:

@@ -159,6 +159,36 @@ class TakeoverOperator:
                 return OperatorOutput(blend=blend, anchor=self._anchor.copy(), events=tuple(events))
         return OperatorOutput(events=tuple(events))
 
+    # -- between episodes -----------------------------------------------------------------------
+    def wait_for_reset(self, timeout_s: float, stop: Any = None, poll_s: float = 0.02) -> str:
+        """The reset phase between episodes: wait until the operator confirms the scene is reset.
+
+        The takeover toggle (keyboard space, the gamepad's takeover button) or a success mark confirms;
+        a stop event ends the session. Returns "confirmed", "stop", "timeout" (``timeout_s`` passed, or
+        the device is lost: the next episode starts by itself) or "stopped" (``stop``, a
+        ``threading.Event``, was set). The robot is not commanded meanwhile: a position-controlled arm
+        holds its last goal with torque on.
+        """
+        deadline = self.clock() + timeout_s
+        lost = False
+        while self.clock() < deadline:
+            if stop is not None and stop.is_set():
+                return "stopped"
+            if not lost:
+                try:
+                    events = self.device.get_events().events
+                except Exception as exc:  # noqa: BLE001 - a lost device cannot confirm; wait out the timeout
+                    log.error("teleop device %r lost during the reset phase (%s); the next episode starts "
+                              "in %.0f s", self.device.name, exc, deadline - self.clock())
+                    lost = True
+                    events = ()
+                if Event.STOP.value in events:
+                    return "stop"
+                if Event.TAKEOVER.value in events or Event.SUCCESS.value in events:
+                    return "confirmed"
+            time.sleep(poll_s)
+        return "timeout"
+
     # -- internals ----------------------------------------------------------------------------
     def _start_takeover(self) -> None:
         last = self.last_sent()
