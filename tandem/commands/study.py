@@ -118,6 +118,7 @@ def _realtime(args: argparse.Namespace) -> str:
 def _training_overrides(args: argparse.Namespace, arm: dict, seed: int, run_dir: Path, teleop_seeded: bool) -> list[str]:
     every = args.curve_every or max(1, args.episodes // 3)
     out = [*args.overrides, *arm["overrides"], _realtime(args), "robot.scenes=train", "learn.spawn=true",
+           "record.enabled=false",  # the learner gets every record through the link; no dataset is needed
            f"session.episodes={args.episodes}", f"session.seed={1000 * seed}",
            f"link.learner_updates_per_episode={args.updates_per_episode}", f"++learn.learner.seed={seed}",
            f"session.eval_every={every}", f"session.eval_episodes={args.curve_episodes}",
