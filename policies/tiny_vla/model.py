@@ -36,6 +36,7 @@ from torch import nn
 from tandem.core.errors import ConfigError
 from tandem.core.validate import in_range, positive
 from tandem.policies.base import PolicyLoadError
+from tandem.policies.tiny_vla.rtc import guidance_weight
 from tandem.policies.tiny_vla.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,63 @@ class TinyVLA(nn.Module):
         for k in range(steps):
             tau = torch.full((b,), k * dt, device=features.device)
             x = x + dt * self.expert(x, tau, features)
+        return self.unnormalize_actions(x)
+
+    def sample_guided(
+        self,
+        features: torch.Tensor,
+        steps: int,
+        prefix: torch.Tensor,
+        weights: torch.Tensor,
+        delay: torch.Tensor,
+        max_guidance: float = 5.0,
+        generator: torch.Generator | None = None,
+        hard_prefix: bool = True,
+    ) -> torch.Tensor:
+        """Action chunks float[B, P, A] (robot units) inpainted against a committed prefix (RTC).
+
+        Each Euler step from noise (tau = 0) to data (tau = 1) corrects the velocity towards the prefix:
+        x1 = x + (1 - tau) v is the predicted chunk, g = (dx1/dx)^T [(Y - x1) * W] (one vector-Jacobian
+        product) and v <- v + min(beta, (1 - tau)/tau * (tau^2 + (1 - tau)^2)/(1 - tau)^2) g, all in
+        normalised action units. Samples whose weights are all zero are sampled exactly as :meth:`sample`
+        (the same noise draws).
+
+        Args:
+            features: float[B, F], the observation embeddings.
+            steps: Euler steps.
+            prefix: float[B, P, A], Y, the committed prefix in robot units (padded past its end).
+            weights: float[B, P], W, the guidance mask (``tandem.policies.tiny_vla.rtc.prefix_weights``).
+            delay: int[B], d, frozen steps per sample.
+            max_guidance: beta, the cap of the guidance weight.
+            generator: noise generator.
+            hard_prefix: return the first d steps equal to the prefix (the old plan runs there; the
+                scheduler checks this to know the policy honoured the request).
+        """
+        b = features.shape[0]
+        feats = features.detach().clone()  # a normal tensor: inference-mode tensors cannot enter autograd
+        y = self.normalize_actions(prefix.detach().clone().float())
+        w = weights.detach().clone().float()[..., None]
+        x = torch.randn((b, self.cfg.chunk_length, self.cfg.action_dim), generator=generator, device=features.device)
+        guided = bool((w > 0).any())
+        dt = 1.0 / steps
+        for k in range(steps):
+            tau_f = k * dt
+            tau = torch.full((b,), tau_f, device=features.device)
+            if not guided:
+                with torch.no_grad():
+                    x = x + dt * self.expert(x, tau, feats)
+                continue
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                v = self.expert(xg, tau, feats)
+                x1 = xg + (1.0 - tau_f) * v
+                (g,) = torch.autograd.grad(x1, xg, grad_outputs=(y - x1.detach()) * w)
+            c = guidance_weight(tau_f, max_guidance)
+            x = (x + dt * (v.detach() + c * g)).detach()
+        if hard_prefix:
+            steps_i = torch.arange(self.cfg.chunk_length, device=features.device)[None, :, None]
+            frozen = steps_i < delay.to(features.device).reshape(b, 1, 1)
+            x = torch.where(frozen, y, x)
         return self.unnormalize_actions(x)
 
 

@@ -24,6 +24,7 @@ from tandem.policies.loading import (
     resolve_path,
     set_torch_threads,
 )
+from tandem.policies.tiny_vla.rtc import read_request
 from tandem.policies.tiny_vla.tokenizer import encode
 
 
@@ -38,6 +39,9 @@ class TinyVLAPolicyConfig:
         flow_steps: Euler steps when sampling (0: the checkpoint's own setting).
         seed: seed of the sampling noise.
         torch_threads: torch intra-op threads (0: torch's default); 1 leaves the other cores to the loop.
+        rtc_max_guidance: beta, the cap of the real-time-chunking guidance weight, used when a request
+            carries a committed prefix (``scheduler.splice=rtc``; 0: no guidance, the prefix is still
+            frozen).
     """
 
     type: str = "tiny_vla"
@@ -46,10 +50,12 @@ class TinyVLAPolicyConfig:
     flow_steps: int = 0
     seed: int = 0
     torch_threads: int = 1
+    rtc_max_guidance: float = 5.0
 
     def __post_init__(self) -> None:
         in_range("policy.flow_steps", self.flow_steps, 0, 1000)
         non_negative("policy.torch_threads", self.torch_threads)
+        in_range("policy.rtc_max_guidance", self.rtc_max_guidance, 0.0, 1000.0)
 
 
 class TinyVLAPolicy(BasePolicy):
@@ -130,20 +136,39 @@ class TinyVLAPolicy(BasePolicy):
         return torch.from_numpy(images).to(self.device), state.to(self.device)
 
     def infer_batch(self, observations: list[dict[str, np.ndarray]], tasks: list[str]) -> list[Chunk]:
-        """Chunks for a batch of observations in one forward pass. Actions are clipped to [-1, 1]."""
+        """Chunks for a batch of observations in one forward pass. Actions are clipped to [-1, 1].
+
+        Observations that carry a committed prefix (``rtc.prefix``, ``rtc.delay``: see
+        ``tandem.policies.tiny_vla.rtc``) are inpainted against it (real-time chunking): their first d
+        actions equal the prefix and the rest is guided towards it; the others are sampled plainly.
+        """
         import torch
 
         t0 = time.perf_counter()
+        p, a = self.chunk_length, self.action_dim
+        rtc = [read_request(o, p, a) for o in observations]
         with torch.inference_mode():
             images, state = self._batch(observations)
             feats = self.model.features(images, state, self._text(list(tasks)))
-            actions = self.model.sample(feats, self.flow_steps, generator=self._generator)
+            if not any(d > 0 or w.any() for _, w, d in rtc):
+                actions = self.model.sample(feats, self.flow_steps, generator=self._generator)
+        if any(d > 0 or w.any() for _, w, d in rtc):
+            actions = self.model.sample_guided(
+                feats,
+                self.flow_steps,
+                prefix=torch.from_numpy(np.stack([r[0] for r in rtc])).to(self.device),
+                weights=torch.from_numpy(np.stack([r[1] for r in rtc])).to(self.device),
+                delay=torch.tensor([r[2] for r in rtc], device=self.device),
+                max_guidance=self.config.rtc_max_guidance,
+                generator=self._generator,
+            )
+        with torch.inference_mode():
             actions = actions.clamp(-1.0, 1.0).float().cpu().numpy()
             feats = feats.float().cpu().numpy().astype(np.float16)
         dt = (time.perf_counter() - t0) / len(observations)
         return [
-            Chunk(actions=a, features=f, policy=self.name, version=self.version, infer_s=dt)
-            for a, f in zip(actions, feats, strict=True)
+            Chunk(actions=act, features=f, policy=self.name, version=self.version, infer_s=dt)
+            for act, f in zip(actions, feats, strict=True)
         ]
 
     def infer(self, observation: dict[str, np.ndarray], task: str) -> Chunk:
