@@ -329,7 +329,7 @@ def _calibration_md(data: dict) -> list[str]:
             "followed, with the learner's own reward (an episode that ends without success is followed by the "
             "value of never succeeding); V(s0) (Q of the first chunk) against the episode's success. Means over "
             "training seeds (`tandem.reports.calibration`).", "",
-            md_table(["arm", "rank corr. Q vs return", "mean Q - return", "mean |Q - return|",
+            md_table(["arm", "rank corr. Q vs return", "mean Q - return", "mean abs(Q - return)",
                       "mean Q_pess - return", "AUC of V(s0) for success", "chunks", "episodes"], rows), ""]
 
 
