@@ -15,6 +15,7 @@
     tandem demos [hydra overrides...]     scripted-expert demonstrations recorded into a LeRobotDataset
     tandem pretrain [hydra overrides...]  behaviour cloning of the tiny VLA from a LeRobotDataset
     tandem bench inference [policy overrides] [--seconds --n]   inference latency, loop lateness beside the worker
+    tandem bench rtc [run overrides] [--delays 0 1 2 4 8 --modes ... --episodes N --max-steps N]   splicing under delay
 
 Each subcommand lives in its own module under ``tandem/commands/`` (see :data:`COMMANDS`), whose
 ``main(args)`` takes the parsed arguments and returns the exit status. The module is imported only
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "evaluated on unseen scenes (tandem study --help)", add_help=False, prefix_chars="\x00")
     study.add_argument("args", nargs=argparse.REMAINDER, help="tandem study options and Hydra overrides")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
-    bench.add_argument("what", choices=["loop", "recorder", "links", "learner", "inference"], help="which benchmark")
+    bench.add_argument("what", choices=["loop", "recorder", "links", "learner", "inference", "rtc"], help="which benchmark")
     bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")
     bench.add_argument("--seconds", type=float, default=None, help="duration (s; loop 10, recorder 60)")
     bench.add_argument("--load", type=int, default=0, help="busy worker processes beside the loop")
@@ -74,8 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
     bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
     bench.add_argument("--n", type=int, default=200, help="inference: chunks timed")
+    bench.add_argument("--delays", type=int, nargs="+", default=[0, 1, 2, 4, 8],
+                       help="rtc: emulated inference delays, ticks")
+    bench.add_argument("--modes", nargs="+", default=["naive", "crossfade", "rtc"],
+                       help="rtc: splice modes (naive crossfade rtc)")
+    bench.add_argument("--episodes", type=int, default=1, help="rtc: episodes per task of the suite, per arm")
+    bench.add_argument("--max-steps", type=int, default=150, help="rtc: episode time limit, ticks")
+    bench.add_argument("--seed", type=int, default=0, help="rtc: first scene and noise seed")
     bench.add_argument("overrides", nargs="*", help="inference: policy overrides, right after the word inference "
-                       "(default policy=tiny_vla policy.device=cpu)")
+                       "(default policy=tiny_vla policy.device=cpu); rtc: tandem run overrides (robot.suite=...)")
     learn = sub.add_parser("learn", help="learner service (Hydra overrides: learner.store_dir=... learner.device=cuda)")
     learn.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. learner.batch_size=256")
     learn.add_argument("--config", default=None, help="a YAML `learner:` block to start from (overrides apply on top)")

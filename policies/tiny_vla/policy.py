@@ -171,6 +171,10 @@ class TinyVLAPolicy(BasePolicy):
             for act, f in zip(actions, feats, strict=True)
         ]
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling noise from ``seed`` (paired comparisons run arms on the same noise)."""
+        self._generator.manual_seed(int(seed))
+
     def infer(self, observation: dict[str, np.ndarray], task: str) -> Chunk:
         """One chunk: float32[P, A] actions and float16[F] features."""
         return self.infer_batch([observation], [task])[0]

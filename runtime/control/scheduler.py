@@ -290,7 +290,7 @@ class ChunkScheduler:
                 blend = self.config.blend_ticks
         if len(self.plan) and self.plan.shape[1] == new.shape[1]:
             old_i0 = new_start - self.plan_start
-            if 0 <= old_i0 < len(self.plan):
+            if 0 <= old_i0 <= len(self.plan):  # the new chunk takes over from the old one (no gap between)
                 self.splice_ticks.append(new_start)
             overlap = max(0, min(len(self.plan) - old_i0, len(new), blend))
             if overlap > 0 and old_i0 >= 0:

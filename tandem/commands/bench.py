@@ -27,6 +27,9 @@ def main(args: argparse.Namespace) -> int:
                                        policy_overrides=args.overrides)
     elif args.what == "learner":
         result = bench.bench_learner(batch_size=args.batch_size, updates=args.updates, threads=args.threads)
+    elif args.what == "rtc":
+        result = bench.bench_rtc(delays=args.delays, modes=args.modes, episodes=args.episodes,
+                                 max_steps=args.max_steps, seed=args.seed, overrides=args.overrides)
     else:  # argparse restricts the choices
         raise AssertionError(args.what)
     print(json.dumps(result, indent=2))
