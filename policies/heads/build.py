@@ -28,7 +28,7 @@ from tandem.policies.heads.config import Dims, HeadConfig, build_settings
 from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
 from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.policies.heads.select import make_selector
-from tandem.protocol.checkpoint import load_checkpoint
+from tandem.protocol.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,10 @@ def load_init(path: str, config: HeadConfig, dims: Dims, parts: RobotParts) -> N
     if p.is_dir():
         state = load_checkpoint(p / "checkpoints" if (p / "checkpoints").is_dir() else p)
     elif p.is_file():
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            state = load_checkpoint_file(p)
+        except CheckpointError as exc:
+            raise ConfigError("head.init", path, f"a verified checkpoint: {exc}") from exc
     else:
         state = None
     if not state or "objective" not in state:

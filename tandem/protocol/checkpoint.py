@@ -102,6 +102,25 @@ def _candidates(root: Path) -> list[tuple[Path, str | None]]:
     return out
 
 
+def load_checkpoint_file(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """One checkpoint file's state, verified against the sha256 recorded beside it (``<file>.sha256``,
+    as :func:`save_checkpoint` writes it) before it is loaded.
+
+    Raises:
+        CheckpointError: no recorded sha256 beside the file, or the file does not match it.
+    """
+    import torch
+
+    path = Path(path)
+    digest = _recorded_hash(path)
+    if digest is None:
+        raise CheckpointError(f"{path} has no {path.name}{HASH_SUFFIX} beside it: give the learner store "
+                              "directory, or copy the file with its .sha256", str(path))
+    if _sha256(path) != digest:
+        raise CheckpointError(f"{path} does not match its recorded sha256 (damaged or altered)", str(path))
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> dict[str, Any] | None:
     """The newest intact checkpoint's state; None when ``directory`` holds no checkpoint (or only the
     unhashed file of a first checkpoint that a kill interrupted: ``latest.json`` was never written).

@@ -98,6 +98,17 @@ def test_head_init_from_a_learner_store_loads_the_trained_weights(tmp_path):
         robot_parts(HeadConfig(type="edit", init=str(tmp_path), **SMALL), Dims(S + 1, F, H, A))
     with pytest.raises(ConfigError, match="learner store"):
         robot_parts(HeadConfig(type="edit", init=str(tmp_path / "nothing"), **SMALL), DIMS)
+    # a single checkpoint file is verified against the sha256 beside it: flipped bytes never load
+    (ckpt,) = (tmp_path / "checkpoints").glob("ckpt-*.pt")
+    assert robot_parts(HeadConfig(type="edit", init=str(ckpt), **SMALL), DIMS).head.version == 3
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="sha256"):
+        robot_parts(HeadConfig(type="edit", init=str(ckpt), **SMALL), DIMS)
+    ckpt.with_name(ckpt.name + ".sha256").unlink()
+    with pytest.raises(ConfigError, match="sha256"):
+        robot_parts(HeadConfig(type="edit", init=str(ckpt), **SMALL), DIMS)
 
 
 def test_learning_objective_resume_is_exact():
