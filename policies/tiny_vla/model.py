@@ -15,7 +15,8 @@ Architecture (shapes for one sample; B is the batch):
   chunk x float[P, A] (an MLP with residual blocks, FiLM-conditioned on the features and a sinusoidal
   time embedding; pi0/SmolVLA's action expert does the same with a transformer). Training: tau ~ U(0, 1),
   x_tau = tau * a + (1 - tau) * eps, target a - eps. Sampling: Euler from noise (tau = 0) to data (tau = 1)
-  in ``flow_steps`` steps.
+  in ``flow_steps`` steps. Real-time chunking: ``sample_guided`` inpaints a chunk against a committed
+  prefix (``tandem.policies.tiny_vla.rtc``).
 
 Normalisation statistics (state and action mean/std) are buffers of the module, so the checkpoint
 (``model.safetensors`` + ``config.json`` + tokenizer files) is self-contained.
