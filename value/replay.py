@@ -17,17 +17,16 @@ them by the configured ratios (an empty buffer's share goes to the others).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tandem.core.durable import DirectoryBusy, lock_directory
 from tandem.core.durable_log import DurableLog
 from tandem.core.errors import ConfigError, TandemError
 from tandem.core.validate import in_range, non_negative
@@ -359,37 +358,20 @@ class ReplayStore:
 
 
 def lock_store(directory: Path, wait_s: float = 0.0) -> int:
-    """Take the store's ``LOCK`` (one learner per store; the OS releases it when the process dies, even on
-    SIGKILL), waiting up to ``wait_s`` for a learner that is stopping; the locked fd (holds the pid).
+    """Take the store's ``LOCK`` (one learner per store: ``tandem.core.durable.lock_directory``), waiting up
+    to ``wait_s`` for a learner that is stopping; the locked fd (holds the pid).
 
     Raises:
         StoreBusyError: another learner process holds it.
         ConfigError: the directory cannot be created or written.
     """
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        return lock_directory(directory, LOCK_FILE, wait_s)
     except OSError as exc:
         raise ConfigError("learner.store_dir", str(directory.parent),
                           f"the learner's store cannot be written ({exc.strerror or exc}); "
                           "set learner.store_dir (learn.store_dir with learn.spawn=true) to a writable directory") from None
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() < deadline:
-                time.sleep(0.1)
-                continue
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StoreBusyError(
-                f"replay store {directory} is in use by another learner process (pid {holder}); stop it "
-                "(one learner per store) or give this learner another learner.store_dir") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass
-    return fd
+    except DirectoryBusy as busy:
+        raise StoreBusyError(
+            f"replay store {directory} is in use by another learner process (pid {busy.holder}); stop it "
+            "(one learner per store) or give this learner another learner.store_dir") from None

@@ -21,7 +21,6 @@ tombstones, so the stream moves on instead of stalling on a gap.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tandem.core.durable import write_json_atomic
+from tandem.core.durable import DirectoryBusy, lock_directory, write_json_atomic
 from tandem.core.durable_log import DurableLog
 from tandem.core.errors import ConfigError
 
@@ -44,31 +43,20 @@ def _choose_another(robot_id: str) -> str:
 
 
 def lock_spool(directory: Path, robot_id: str) -> int:
-    """Take the spool's ``LOCK`` (an ``flock``, released by the OS when the process dies); its fd.
+    """Take the spool's ``LOCK`` (``tandem.core.durable.lock_directory``); its fd.
 
     Raises:
         ConfigError: another session holds the spool, or the directory is not writable.
     """
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        return lock_directory(directory, LOCK_FILE)
     except OSError as exc:
         raise ConfigError("link.spool_dir", str(directory),
                           f"the robot's spool directory cannot be written ({exc.strerror or exc}); "
                           "set link.spool_dir=DIR to a writable directory") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
+    except DirectoryBusy as busy:
         raise ConfigError("link.spool_dir", str(directory),
-                          f"is in use by another session (pid {holder}); {_choose_another(robot_id)}") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:  # a full disk: the lock holds anyway, only the pid in the message is missing
-        pass
-    return fd
+                          f"is in use by another session (pid {busy.holder}); {_choose_another(robot_id)}") from None
 
 
 class RecordSpool:
