@@ -87,13 +87,13 @@ def test_pacer_gives_up_on_a_silent_learner_and_on_its_timeout(linked):
     pacer.after_episode()
     assert pacer.stats.timeouts == 1 and pacer.stats.learner_lost == 0
 
-    pacer = LearnerPacer(10_000, wait_s=60, progress=sub.stats.learner_progress, poll_s=0.01)
+    pacer = LearnerPacer(10_000, wait_s=60, progress=sub.stats.learner_progress, poll_s=0.01, silent_grace_s=0.5)
     stopper = threading.Timer(0.2, server.stop)  # the learner vanishes mid-wait
     stopper.start()
     try:
         t0 = time.monotonic()
         pacer.after_episode()
-        assert time.monotonic() - t0 < 30  # ended by the silence (timeout_s 0.3 s), not by wait_s
+        assert time.monotonic() - t0 < 30  # ended by the silence (grace 0.5 s), not by wait_s
         assert pacer.stats.learner_lost == 1 and pacer.stats.timeouts == 0
     finally:
         stopper.join()
@@ -103,6 +103,23 @@ def test_pacer_gives_up_on_a_silent_learner_and_on_its_timeout(linked):
     pacer = LearnerPacer(10_000, wait_s=60, progress=lambda: (True, True, 0), poll_s=0.01)
     pacer.after_episode(stop)  # a stopped session never waits
     assert pacer.stats.timeouts == 0 and pacer.stats.learner_lost == 0
+
+
+def test_a_learner_that_misses_heartbeats_while_busy_still_gets_its_updates():
+    """A learner on a loaded machine goes silent for a moment (a long update, a starved link thread): the
+    pacer keeps waiting through the gap, and the next episode still adds its updates to the target."""
+    clock = {"t0": time.monotonic()}
+
+    def progress():  # silent between 0.1 s and 0.4 s; training at 100 updates/s
+        t = time.monotonic() - clock["t0"]
+        return (not 0.1 <= t < 0.4, True, int(100 * t))
+
+    pacer = LearnerPacer(50, wait_s=30, progress=progress, poll_s=0.01, silent_grace_s=2.0)
+    pacer.after_episode()  # target 50 at t = 0.5 s: waits through the silent gap
+    assert pacer.stats.learner_lost == 0 and pacer.stats.timeouts == 0 and progress()[2] >= 50
+    clock["t0"] = time.monotonic() - 0.15  # the next episode ends while a heartbeat is late
+    pacer.after_episode()
+    assert pacer.stats.target == 100 and pacer.stats.learner_lost == 0
 
 
 def test_pacing_settings_are_validated():
