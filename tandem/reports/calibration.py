@@ -159,8 +159,8 @@ def load_critic(store: str | Path, head: HeadConfig, dims: Dims) -> ChunkedCriti
     return critic
 
 
-def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig, episodes_by_seed: dict[int, list[dict]],
-              ticks_by_seed: dict[int, dict[str, np.ndarray]] | None = None) -> dict[str, Any] | None:
+def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig,
+              episodes_by_seed: dict[int, list[dict]]) -> dict[str, Any] | None:
     """Compare the store's critic with what happened in an evaluation (module docstring); None without chunks.
 
     Args:
@@ -168,7 +168,6 @@ def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig, episode
         eval_dir: the evaluation's directory (``seed_<s>/chunks.npz`` and ``seed_<s>/ticks.npz``).
         head: the run's head settings (critic sizes, gamma, the learner's reward settings).
         episodes_by_seed: evaluation seed -> its episodes as in eval.json (``episode``, ``success``, ``outcome``).
-        ticks_by_seed: evaluation seed -> ``load_ticks`` arrays (read from ``eval_dir`` when None).
     """
     obj = CriticObjectiveConfig(**{k: v for k, v in head.critic_objective.items()
                                    if k in CriticObjectiveConfig.__dataclass_fields__})
@@ -179,7 +178,7 @@ def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig, episode
         chunks = load_chunks(run)
         if chunks is None:
             continue
-        ticks = (ticks_by_seed or {}).get(seed) or load_ticks(run)
+        ticks = load_ticks(run)
         if critic is None:
             dims = Dims(chunks["state"].shape[1], chunks["features"].shape[1], *chunks["executed"].shape[1:])
             critic = load_critic(store, head, dims)
@@ -189,7 +188,7 @@ def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig, episode
             members = critic.q_values(torch.as_tensor(chunks["state"]), torch.as_tensor(chunks["features"]),
                                       torch.as_tensor(chunks["executed"]))
             pess = critic.aggregate(members, torch.Generator().manual_seed(0))
-        q = members.mean(0).numpy()
+        q, q_p = members.mean(0).numpy(), pess.numpy()
         for e in episodes:
             if e["outcome"] in ("stopped", "rerecord"):
                 continue
@@ -200,7 +199,7 @@ def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig, episode
             g = realized_returns(chunks["start"][rows], rewards, bool(e["success"]), gamma, obj.reward_scale,
                                  obj.reward_mode, after)
             q_all.append(q[rows])
-            q_pess.append(pess.numpy()[rows])
+            q_pess.append(q_p[rows])
             g_all.append(g)
             first = rows[np.argmin(chunks["start"][rows])]
             (v0_ok if e["success"] else v0_fail).append(float(q[first]))
