@@ -155,14 +155,22 @@ class EnsembleMLP(nn.Module):
                 self.ln_weights.append(nn.Parameter(torch.ones(members, 1, d_out)))
                 self.ln_biases.append(nn.Parameter(torch.zeros(members, 1, d_out)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x float[B, in] (shared by all members) or float[M, B, in] -> float[M, B, out]."""
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """x float[B, in] (shared by all members) or float[M', B, in] -> float[M', B, out].
+
+        ``members`` (long[M']) evaluates only those members (M' = len(members); default all M): the
+        pessimistic "min of a random pair" needs two of ten, so scoring candidates costs a fifth.
+        """
         n = len(self.weights)
+
+        def pick(p: torch.Tensor) -> torch.Tensor:
+            return p if members is None else p.index_select(0, members)
+
         for i in range(n):
-            x = torch.matmul(x, self.weights[i]) + self.biases[i]
+            x = torch.matmul(x, pick(self.weights[i])) + pick(self.biases[i])
             if i < n - 1:
                 if self.layer_norm:
-                    x = nn.functional.layer_norm(x, x.shape[-1:]) * self.ln_weights[i] + self.ln_biases[i]
+                    x = nn.functional.layer_norm(x, x.shape[-1:]) * pick(self.ln_weights[i]) + pick(self.ln_biases[i])
                 x = torch.relu(x)
         return x
 
@@ -216,28 +224,30 @@ class ChunkedCritic(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def q_outputs(self, state: torch.Tensor, features: torch.Tensor, chunk: torch.Tensor,
-                  target: bool = False) -> torch.Tensor:
+                  target: bool = False, members: torch.Tensor | None = None) -> torch.Tensor:
         """Raw member outputs: float[M, B, 1] (mse) or float[M, B, bins] logits (hl_gauss).
 
         Args:
             state: float[B, S]; features: float[B, F] (float16 accepted); chunk: float[B, H, A].
             target: use the target network.
+            members: long[M'] evaluate only these members (the output's first axis is M').
         """
         net = self.target if target else self.online
-        return net(self._inputs(state, features, chunk))
+        return net(self._inputs(state, features, chunk), members)
 
     def q_values(self, state: torch.Tensor, features: torch.Tensor, chunk: torch.Tensor,
-                 target: bool = False) -> torch.Tensor:
+                 target: bool = False, members: torch.Tensor | None = None) -> torch.Tensor:
         """Q_j(s, a) for every member: float[M, B], or float[M, B, N] when chunk is float[B, N, H, A].
 
         With N candidate chunks per state, the state and features are repeated for each candidate.
+        ``members`` (long[M']) restricts the evaluation to those members (first axis M').
         """
         if chunk.dim() == 4:
             b, n = chunk.shape[:2]
             st = state.unsqueeze(1).expand(b, n, state.shape[-1]).reshape(b * n, -1)
             ft = features.unsqueeze(1).expand(b, n, features.shape[-1]).reshape(b * n, -1)
-            return self.q_values(st, ft, chunk.reshape(b * n, *chunk.shape[2:]), target).reshape(-1, b, n)
-        out = self.q_outputs(state, features, chunk, target)
+            return self.q_values(st, ft, chunk.reshape(b * n, *chunk.shape[2:]), target, members).reshape(-1, b, n)
+        out = self.q_outputs(state, features, chunk, target, members)
         if self.hl is not None:
             return self.hl.value(out)
         return out.squeeze(-1)
@@ -251,20 +261,34 @@ class ChunkedCritic(nn.Module):
         """
         cfg = self.config
         if cfg.aggregation == "min_pair":
-            m = q.shape[0]
-            if cfg.pair_size >= m:
+            idx = self.pair_members(generator)
+            if idx is None:
                 return q.min(dim=0).values
-            idx = torch.randperm(m, generator=generator or self.generator)[: cfg.pair_size].to(q.device)
-            return q.index_select(0, idx).min(dim=0).values
+            return q.index_select(0, idx.to(q.device)).min(dim=0).values
         if cfg.aggregation == "min":
             return q.min(dim=0).values
         if cfg.aggregation == "lcb":
             return q.mean(dim=0) - cfg.kappa * q.std(dim=0, correction=0)
         return q.mean(dim=0)
 
+    def pair_members(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The random subset of "min_pair": long[pair_size] member indices drawn with ``generator`` (default
+        the critic's own), or None when the subset is every member (pair_size >= M: the plain min)."""
+        cfg = self.config
+        if cfg.pair_size >= cfg.ensemble_size:
+            return None
+        return torch.randperm(cfg.ensemble_size, generator=generator or self.generator)[: cfg.pair_size]
+
     def q_pess(self, state: torch.Tensor, features: torch.Tensor, chunk: torch.Tensor, target: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """aggregate(q_values(...)): float[B] (or float[B, N] for chunk float[B, N, H, A])."""
+        """aggregate(q_values(...)): float[B] (or float[B, N] for chunk float[B, N, H, A]).
+
+        With "min_pair" only the drawn subset's members are evaluated (the same draw and value as
+        aggregating all members, at pair_size / M of the cost)."""
+        if self.config.aggregation == "min_pair":
+            idx = self.pair_members(generator)
+            if idx is not None:
+                return self.q_values(state, features, chunk, target, idx.to(self.device)).min(dim=0).values
         return self.aggregate(self.q_values(state, features, chunk, target), generator)
 
     # -- training -----------------------------------------------------------------------------------

@@ -123,8 +123,8 @@ class DQCCriticObjective(CriticObjective):
         r = shaped_reward(b["reward"], b.get("takeover_start"), cfg.reward_scale, cfg.rlif_penalty)
         y_q, w = td_target(r, b["valid"], b["done"], b["next_valid"], v_next, full.config.gamma, b.get("failed"),
                            self.failure_value)
-        y_p = full.aggregate(full.q_values(s, f, chunk, target=True), self.generator)
-        y_v = partial.aggregate(partial.q_values(s, f, chunk, target=True), self.generator)
+        y_p = full.q_pess(s, f, chunk, target=True, generator=self.generator)
+        y_v = partial.q_pess(s, f, chunk, target=True, generator=self.generator)
         return y_q, w, y_p, y_v
 
     def update_tensors(self, b: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -198,3 +198,23 @@ def test_critic_learns_a_synthetic_chunk_mdp(loss):
     assert td_after < 0.7 * td_before, (td_before, td_after)
     assert q_after < 0.5 * q_before and q_after < 0.35 * float(true_q.var()), (q_before, q_after, float(true_q.var()))
     assert np.isfinite(last["critic/loss"])
+
+
+@pytest.mark.parametrize("candidates", [False, True])
+def test_min_pair_scores_only_the_drawn_members_and_matches_the_full_aggregate(candidates: bool) -> None:
+    """q_pess with "min_pair" evaluates just the drawn pair; the value equals aggregating all ten members
+    with the same draw (same generator state), and gradients reach only the pair's parameters."""
+    cfg = CriticConfig(state_dim=5, feature_dim=3, horizon=4, action_dim=2, ensemble_size=10, hidden=(16, 16))
+    critic = ChunkedCritic(cfg)
+    g = torch.Generator().manual_seed(0)
+    s, f = torch.randn(6, 5, generator=g), torch.randn(6, 3, generator=g)
+    chunk = torch.randn(6, 7, 4, 2, generator=g) if candidates else torch.randn(6, 4, 2, generator=g)
+    fast = critic.q_pess(s, f, chunk, generator=torch.Generator().manual_seed(7))
+    full = critic.aggregate(critic.q_values(s, f, chunk), torch.Generator().manual_seed(7))
+    torch.testing.assert_close(fast, full)
+    pair = critic.pair_members(torch.Generator().manual_seed(7))
+    assert pair is not None and pair.numel() == 2
+    fast.sum().backward()
+    grad = critic.online.weights[0].grad.abs().flatten(1).sum(1)
+    touched = set(torch.nonzero(grad).flatten().tolist())
+    assert touched and touched <= set(pair.tolist())  # the min of each sample is one of the pair
