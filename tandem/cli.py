@@ -2,7 +2,7 @@
 
     tandem run [hydra overrides...]       a robot session (simulated by default)
     tandem bench loop [--hz --seconds --load]   control-loop timing benchmark, JSON out
-    tandem bench recorder [--seconds --source]  recorder throughput/CPU benchmark, JSON out
+    tandem bench recorder [--seconds --source --cameras --width --height --hz]  recorder throughput/CPU/memory, JSON out
     tandem recover DIR                    roll a killed recording back and commit its spooled episodes
     tandem replay DIR [--horizon]         chunk records rebuilt from a recorded dataset, summary out
     tandem eval [overrides...] [--split unseen|train --seeds 0 1 2 --episodes 30 --out DIR --label NAME --with-operator | --compare DIR...]
@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--source", choices=["synthetic", "metaworld"], default="synthetic",
                        help="recorder: camera frames generated, or pre-rendered MetaWorld corner/topview")
     bench.add_argument("--episode-seconds", type=float, default=10.0, help="recorder: episode length (s)")
+    bench.add_argument("--cameras", type=int, default=2, help="recorder: cameras per tick (1..7)")
+    bench.add_argument("--width", type=int, default=96, help="recorder: camera width, pixels")
+    bench.add_argument("--height", type=int, default=96, help="recorder: camera height, pixels")
+    bench.add_argument("--drain-timeout", type=float, default=300.0,
+                       help="recorder: s the converter gets after the loop to commit the spool")
     bench.add_argument("--pushes", type=int, default=100, help="links: weight pushes timed")
     bench.add_argument("--records", type=int, default=20000, help="links: chunk records sent")
     bench.add_argument("--batch-size", type=int, default=256, help="learner: batch size")

@@ -80,6 +80,7 @@ from tandem.runtime.recording.tick_spool import (
     episode_name,
     list_spool,
     parse_name,
+    queue_capacity,
 )
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,8 @@ class Recorder:
         self.robot_type = robot_type
         self.schema = SpoolSchema.build(observation_features, action_feature, feature_dim, config.use_videos)
         self.session = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        self.queue_capacity = queue_capacity(config.queue_size, self.schema.record_bytes)  # bounded in bytes too
+        self._queue: queue.Queue = queue.Queue(maxsize=self.queue_capacity)
         self._thread: threading.Thread | None = None
         self._reader: threading.Thread | None = None
         self._proc: subprocess.Popen | None = None
@@ -303,7 +305,7 @@ class Recorder:
             self.dropped += 1
             self._ep_dropped += 1
             if self._ep_dropped == 1:
-                log.warning("recorder queue full (%d ticks): dropping ticks of this episode", self.config.queue_size)
+                log.warning("recorder queue full (%d ticks): dropping ticks of this episode", self.queue_capacity)
             return
         depth = self._queue.qsize()
         if depth > self.queue_high_water:

@@ -63,6 +63,20 @@ SCALAR_FIELDS: dict[str, tuple[str, str]] = {
 }
 POLICY_FEATURES_KEY = "policy_features"
 
+#: the most bytes of tick records the recorder's queue holds between the control thread and the writer
+#: (at 2 x 640x480 cameras, 145 ticks: 4.8 s at 30 Hz); with ``record.queue_size`` it bounds the
+#: recorder's memory whatever the camera sizes: ``queue_capacity`` records of ``record_bytes`` each
+QUEUE_BYTES = 256 * 2**20
+
+
+def queue_capacity(queue_size: int, record_bytes: int, budget_bytes: int = QUEUE_BYTES) -> int:
+    """Ticks the recorder's queue may hold: ``queue_size``, or fewer so that they fit in ``budget_bytes``.
+
+    At least 1. E.g. 500 ticks of 96x96 cameras (56 KB each) stay 500; records of two 640x480
+    cameras (1.84 MB) give 145.
+    """
+    return int(max(1, min(int(queue_size), int(budget_bytes) // max(1, int(record_bytes)))))
+
 
 @dataclass(frozen=True)
 class SpoolSchema:

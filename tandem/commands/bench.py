@@ -18,7 +18,8 @@ def main(args: argparse.Namespace) -> int:
         result = bench.bench_loop(hz=args.hz, seconds=args.seconds or 10.0, load=args.load)
     elif args.what == "recorder":
         result = bench.bench_recorder(
-            seconds=args.seconds or 60.0, hz=args.hz, episode_s=args.episode_seconds, source=args.source
+            seconds=args.seconds or 60.0, hz=args.hz, episode_s=args.episode_seconds, source=args.source,
+            cameras=args.cameras, width=args.width, height=args.height, drain_timeout_s=args.drain_timeout,
         )
     elif args.what == "links":
         result = bench.bench_links(pushes=args.pushes, records=args.records)
