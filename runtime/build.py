@@ -22,7 +22,7 @@ from tandem.runtime.control.safety import SafetyFilter
 from tandem.runtime.control.scheduler import ChunkScheduler
 from tandem.runtime.inference.backends import InferenceBackend, InlineBackend, ThreadBackend
 from tandem.runtime.inference.client import make_link_backend
-from tandem.runtime.links.weights import ModuleWeights
+from tandem.runtime.links.weights import ModuleWeights, base_consumer
 from tandem.teleop.takeover import TakeoverOperator, make_operator
 
 
@@ -108,6 +108,8 @@ def build_parts(config: Any, weights_consumers: dict[str, Any] | None = None) ->
     consumers = dict(weights_consumers or {})
     for kind, consumer in head_consumers(head).items():
         consumers.setdefault(kind, consumer)
+    if "base" not in consumers and (base := base_consumer(policy, backend)) is not None:
+        consumers["base"] = base  # new base weights, swapped in at episode boundaries
     horizon = config.session.horizon
     record_stride = stride_of("session.record_stride", config.session.record_stride, horizon)
     controller = Controller(

@@ -167,6 +167,7 @@ class Session:
         self.sinks.append(self._link_sink)
         self.controller.boundary_callbacks.append(self.weights_link.apply_staged)
         if link.learner_updates_per_episode > 0:
+        self.controller.episode_callbacks.append(self.weights_link.apply_episode)  # base weights
             self.pacer = LearnerPacer(link.learner_updates_per_episode, link.learner_wait_s,
                                       self.weights_link.stats.learner_progress)
 
@@ -180,6 +181,8 @@ class Session:
             if self.weights_link.apply_staged in self.controller.boundary_callbacks:
                 self.controller.boundary_callbacks.remove(self.weights_link.apply_staged)
             self.weights_link.close()
+            if self.weights_link.apply_episode in self.controller.episode_callbacks:
+                self.controller.episode_callbacks.remove(self.weights_link.apply_episode)
             stats["weights"] = self.weights_link.stats.to_dict()
         if self.experience_link is not None:
             stats["all_acked"] = self.experience_link.close()

@@ -350,6 +350,43 @@ class TinyVLA(nn.Module):
         return self.unnormalize_actions(x)
 
 
+def weights_schema(model: nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (numpy dtype, shape) of every tensor of ``model.state_dict()``: the schema of the ``base``
+    weight kind the learner publishes and the robot's policy accepts."""
+    return {k: (str(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in model.state_dict().items()}
+
+
+def weights_arrays(model: nn.Module) -> dict[str, Any]:
+    """Numpy copies (on the CPU) of every tensor of ``model.state_dict()``, keyed like :func:`weights_schema`."""
+    return {k: v.detach().to("cpu").numpy().copy() for k, v in model.state_dict().items()}
+
+
+def model_with_weights(model: nn.Module, arrays: dict[str, Any]) -> nn.Module:
+    """A copy of ``model`` (same config, same device, eval mode) holding ``arrays`` instead of its weights.
+
+    Raises:
+        ValueError: the arrays do not match ``model``'s state_dict (names, dtypes, shapes) or hold NaN or inf.
+    """
+    import copy
+
+    import numpy as np
+
+    schema = weights_schema(model)
+    missing, extra = sorted(set(schema) - set(arrays)), sorted(set(arrays) - set(schema))
+    if missing or extra:
+        raise ValueError(f"base weights names differ: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, (dtype, shape) in schema.items():
+        arr = np.asarray(arrays[name])
+        if str(arr.dtype) != dtype or tuple(arr.shape) != tuple(shape):
+            raise ValueError(f"base weights {name}: got {arr.dtype}{list(arr.shape)}, expected {dtype}{list(shape)}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"base weights {name}: non-finite values")
+    device = next(model.parameters()).device
+    new = copy.deepcopy(model)
+    new.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, strict=True)
+    return new.to(device).eval()
+
+
 # -- checkpoints -----------------------------------------------------------------------------------
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -96,10 +96,14 @@ class Controller:
         self.head = head
         self.operator = operator
         self.boundary_callbacks: list[Callable[[int], None]] = []
+        # run when an episode starts, before its first chunk is asked for (base weights are swapped here)
+        self.episode_callbacks: list[Callable[[], None]] = []
         self._correction = np.zeros((horizon, 0), np.float32)
 
     def reset(self, observation: dict[str, np.ndarray], task: str) -> None:
-        """Start an episode: clear the plan and wait for the first base chunk."""
+        """Start an episode: run the episode callbacks, clear the plan and wait for the first base chunk."""
+        for callback in self.episode_callbacks:
+            callback()
         self.scheduler.reset()
         if self.operator is not None:
             self.operator.reset()

@@ -83,6 +83,7 @@ class EpisodeResult:
     wall_s: float = 0.0
     task: str = ""
     head_version: int = 0  # head weights in use at the episode's end
+    base_version: int = 0  # base policy weights of the episode's last chunk (swapped only between episodes)
     scene: dict = field(default_factory=dict)  # the robot's scene of this episode (split, seed, positions)
     faults: dict = field(default_factory=dict)  # the robot's fault counters in this episode (read retries ...)
 
@@ -176,6 +177,7 @@ def run_episode(
         head_version=int(getattr(controller.head, "version", 0)),
         scene=dict(getattr(robot, "scene", None) or {}),
         faults=_fault_delta(faults_before, robot.fault_stats()),
+        base_version=int(controller.scheduler.version),
     )
     for sink in sinks:
         sink.end_episode(result)

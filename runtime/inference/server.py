@@ -17,8 +17,18 @@ infer   robot -> policy   ``seq`` = request id, ``meta.task`` = instruction, arr
 chunk   policy -> robot   ``seq`` = request id, arrays ``actions`` float32[P, A], ``features``
                           float16[F]; ``meta``: policy, version, infer_s
 error   policy -> robot   ``seq`` = request id, ``meta.error``: why inference failed (the robot stops)
-info    both ways         request / reply: ``meta`` holds the policy's name and sizes
+info    both ways         request / reply: ``meta`` holds the policy's name and sizes (and
+                          ``weights``, the base weights schema, for a policy that takes them)
+stage   robot -> policy   ``meta``: version, sha256; arrays: new base weights. The policy builds and
+                          checks a network beside the running one; replies ``staged`` or ``error``
+activate robot -> policy  ``meta.version``: swap the staged network in (at an episode boundary);
+                          replies ``staged`` (``meta.active`` true) or ``error``
 ======= ================= ==========================================================================
+
+Base weights come from the robot's weights link (``tandem.runtime.links.weights.BaseWeights``, on a
+DEALER socket of its own), never straight from a learner: the robot checked them (schema, sha256,
+finite) and decides when they run. The server checks them again (sha256, names, shapes, finite) before
+it stages them; refused weights change nothing. A server shared by several robots swaps for all of them.
 
 Requests that queue up while the policy is busy are superseded: per client only the newest one is
 answered (the robot's scheduler drops replies to older ids anyway). Requests from several clients
@@ -45,17 +55,19 @@ from tandem.core.registry import component_class
 from tandem.hardware.features import Feature, check_observation, zero_observation
 from tandem.policies.base import BasePolicy
 from tandem.protocol.security import bound_endpoint, load_keys, open_socket, start_authenticator
-from tandem.protocol.wire import Message, WireError, decode, encode, log_safe, schema_hash
+from tandem.protocol.wire import Message, WireError, decode, digest_arrays, encode, log_safe, schema_hash
 
 log = logging.getLogger(__name__)
 
 INFER, CHUNK, ERROR, INFO = "infer", "chunk", "error", "info"
-LINK_SCHEMA = schema_hash({"link": "policy", "kinds": [INFER, CHUNK, ERROR, INFO], "v": 1})
+STAGE, ACTIVATE, STAGED = "stage", "activate", "staged"
+LINK_SCHEMA = schema_hash({"link": "policy", "kinds": [INFER, CHUNK, ERROR, INFO, STAGE, ACTIVATE, STAGED], "v": 2})
 
 
 def policy_info(policy: BasePolicy, features: dict[str, Feature] | None = None) -> dict[str, Any]:
-    """What a client needs to know about a served policy (JSON-able): name, sizes, observation schema."""
-    return {
+    """What a client needs to know about a served policy (JSON-able): name, sizes, observation schema,
+    and ``weights`` (name -> [dtype, shape]) when the policy takes base weights (``stage_weights``)."""
+    info: dict[str, Any] = {
         "name": policy.name,
         "chunk_length": int(policy.chunk_length),
         "action_dim": int(policy.action_dim),
@@ -63,6 +75,14 @@ def policy_info(policy: BasePolicy, features: dict[str, Feature] | None = None) 
         "version": int(policy.version),
         "observation": {k: [f.dtype, list(f.shape)] for k, f in (features or {}).items()},
     }
+    if takes_base_weights(policy):
+        info["weights"] = {k: [d, list(s)] for k, (d, s) in policy.weights_schema().items()}
+    return info
+
+
+def takes_base_weights(policy: Any) -> bool:
+    """Whether ``policy`` can swap in base weights (``weights_schema``, ``stage_weights``, ``activate_weights``)."""
+    return all(callable(getattr(policy, m, None)) for m in ("weights_schema", "stage_weights", "activate_weights"))
 
 
 @dataclass
@@ -74,6 +94,9 @@ class ServerStats:
     superseded: int = 0
     malformed: int = 0
     errors: int = 0
+    base_staged: int = 0
+    base_activated: int = 0
+    base_refused: int = 0
     infer_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +108,9 @@ class ServerStats:
             "superseded": self.superseded,
             "malformed": self.malformed,
             "errors": self.errors,
+            "base_staged": self.base_staged,
+            "base_activated": self.base_activated,
+            "base_refused": self.base_refused,
             "infer_p50_ms": round(float(np.percentile(ms, 50)), 3),
             "infer_p99_ms": round(float(np.percentile(ms, 99)), 3),
         }
@@ -149,6 +175,8 @@ class PolicyServer:
             raise WireError("bad_schema", f"{log_safe(msg.schema, 40)} != {LINK_SCHEMA}")
         if msg.kind == INFO:
             self._send(identity, Message(kind=INFO, schema=LINK_SCHEMA, seq=msg.seq, meta=self.info))
+        elif msg.kind in (STAGE, ACTIVATE):
+            self._send(identity, self._base_weights(msg))
         elif msg.kind == INFER:
             self.stats.requests += 1
             key = bytes(identity.bytes)
@@ -157,6 +185,31 @@ class PolicyServer:
             latest[key] = (frames, msg)
         else:
             raise WireError("unexpected_kind", log_safe(msg.kind, 40))
+
+    def _base_weights(self, msg: Message) -> Message:
+        """Stage or activate base weights; the reply (``staged`` or ``error``). Refused weights change nothing."""
+        version = msg.meta.get("version")
+        try:
+            if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+                raise ValueError(f"meta.version must be a non-negative int, got {log_safe(version, 40)}")
+            if not takes_base_weights(self.policy):
+                raise ValueError(f"policy {self.policy.name!r} does not take base weights")
+            if msg.kind == STAGE:
+                if msg.meta.get("sha256") != digest_arrays(msg.arrays):
+                    raise ValueError("base weights sha256 does not match their arrays")
+                self.policy.stage_weights(dict(msg.arrays), version)
+                self.stats.base_staged += 1
+            else:
+                self.policy.activate_weights(version)
+                self.info["version"] = int(version)
+                self.stats.base_activated += 1
+                log.info("base weights v%d active", version)
+        except Exception as exc:  # refused: the running network stays
+            self.stats.base_refused += 1
+            log.warning("refused base weights (%s): %s", msg.kind, log_safe(str(exc), 300))
+            return Message(kind=ERROR, schema=LINK_SCHEMA, seq=msg.seq, meta={"error": f"{type(exc).__name__}: {exc}"[:2000]})
+        return Message(kind=STAGED, schema=LINK_SCHEMA, seq=msg.seq,
+                       meta={"version": int(version), "active": msg.kind == ACTIVATE})
 
     def _error(self, identity: Any, seq: int, error: str) -> None:
         self.stats.errors += 1

@@ -12,12 +12,20 @@ Each message is handled under its own guard: whatever a peer sends, the thread c
 
 The learner's heartbeat (on the PUB) carries the latest version of each kind, so a robot that missed
 a publication (slow joiner, dropped by the PUB's high-water mark, reconnected) pulls it.
+
+Base weights (kind ``base``, :class:`BaseWeights`) are swapped at an *episode* boundary instead: the
+consumer stages them in the policy (the worker process or ``tandem serve-policy``, over the policy
+link; or the in-process policy) while they are checked, and :meth:`WeightsSubscriber.apply_episode`,
+called when an episode starts (``Controller.episode_callbacks``, before its first chunk is asked for),
+activates them. A set the policy refuses, at staging or at activation, is counted, reported to the
+learner, and the robot keeps its current base.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +59,7 @@ from tandem.protocol.wire import (
     digest_arrays,
     encode,
     log_safe,
+    schema_hash,
     unpack_frames,
 )
 from tandem.runtime.links.config import LinkConfig
@@ -159,6 +168,176 @@ class TorchModuleWeights:
         self.module, self.version = prepared, version
 
 
+# the policy link's kinds and schema (tandem.runtime.inference.server), repeated here so the weights
+# link does not import the inference package; tests/runtime/links/test_base_weights.py checks they agree
+POLICY_STAGE, POLICY_ACTIVATE, POLICY_STAGED, POLICY_ERROR = "stage", "activate", "staged", "error"
+POLICY_LINK_SCHEMA = schema_hash({"link": "policy", "kinds": ["infer", "chunk", "error", "info", "stage", "activate",
+                                                              "staged"], "v": 2})
+
+
+class LocalBase:
+    """Where base weights go when the policy runs in this process (``session.backend`` inline or thread)."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def stage(self, arrays: dict[str, np.ndarray], version: int) -> None:
+        """Build the new network beside the running one (raises if the policy refuses the arrays)."""
+        self.policy.stage_weights(arrays, version)
+
+    def activate(self, version: int) -> None:
+        """Swap it in."""
+        self.policy.activate_weights(version)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class LinkBase:
+    """Where base weights go when the policy runs behind a policy link (worker process, ``tandem
+    serve-policy``): ``stage`` and ``activate`` requests on a DEALER socket of its own.
+
+    Args:
+        endpoint: the policy server's ROUTER address, or a function returning it (read at each request:
+            a restarted worker listens on a new port).
+        keys_dir: CURVE keys of the policy link ("" on loopback).
+        max_message_bytes: the policy link's size limit.
+        stage_timeout_s, activate_timeout_s: how long to wait for the server's answer.
+    """
+
+    def __init__(self, endpoint: str | Callable[[], str], keys_dir: str = "", max_message_bytes: int = 64 * 1024 * 1024,
+                 stage_timeout_s: float = 60.0, activate_timeout_s: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.keys_dir = keys_dir
+        self.max_message_bytes = max_message_bytes
+        self.stage_timeout_s = stage_timeout_s
+        self.activate_timeout_s = activate_timeout_s
+        self._lock = threading.Lock()  # staging (weights thread) and activation (control thread) share the socket
+        self._context: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._connected = ""
+        self._seq = 0
+
+    def _socket(self) -> zmq.Socket:
+        endpoint = self.endpoint() if callable(self.endpoint) else self.endpoint
+        if self._sock is not None and endpoint != self._connected:
+            self._sock.close(0)
+            self._sock = None
+        if self._context is None:
+            self._context = zmq.Context()
+        if self._sock is None:
+            self._connected = endpoint
+            self._sock = open_socket(self._context, zmq.DEALER, endpoint, bind=False,
+                                     max_message_bytes=self.max_message_bytes, keys_dir=self.keys_dir,
+                                     field="policy_link.endpoint")
+        return self._sock
+
+    def _request(self, kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], timeout_s: float) -> None:
+        """Send one request and wait for its answer.
+
+        Raises:
+            RuntimeError: the server refused (its reason), or did not answer within ``timeout_s``.
+        """
+        with self._lock:
+            sock = self._socket()
+            self._seq += 1
+            seq = self._seq
+            sock.send_multipart(encode(Message(kind=kind, schema=POLICY_LINK_SCHEMA, seq=seq, meta=meta, arrays=arrays)))
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                if not sock.poll(int(left * 1000) + 1):
+                    continue
+                try:
+                    reply = decode(sock.recv_multipart(), self.max_message_bytes)
+                except WireError:
+                    continue
+                if reply.seq != seq or reply.schema != POLICY_LINK_SCHEMA:
+                    continue  # the answer to an earlier request that timed out
+                if reply.kind == POLICY_STAGED:
+                    return
+                raise RuntimeError(f"the policy refused base weights: {log_safe(reply.meta.get('error'), 300)}")
+            raise RuntimeError(f"no answer from the policy at {self._connected} within {timeout_s} s ({kind})")
+
+    def stage(self, arrays: dict[str, np.ndarray], version: int) -> None:
+        """Send the arrays; the server builds and checks the network beside the running one."""
+        self._request(POLICY_STAGE, {"version": int(version), "sha256": digest_arrays(arrays)}, arrays,
+                      self.stage_timeout_s)
+
+    def activate(self, version: int) -> None:
+        """Ask the server to swap the staged ``version`` in; returns once it has."""
+        self._request(POLICY_ACTIVATE, {"version": int(version)}, {}, self.activate_timeout_s)
+
+    def close(self) -> None:
+        """Close the socket."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close(0)
+            if self._context is not None:
+                self._context.term()
+            self._sock = self._context = None
+
+
+class BaseWeights:
+    """The WeightsConsumer of kind ``base``: new weights of the base policy, swapped at an episode boundary.
+
+    ``prepare_weights`` (weights thread) checks the arrays against the policy's schema and stages them in
+    the policy (``target.stage``: the worker builds a new network beside the running one and checks it
+    again); ``load_weights`` (control thread, from :meth:`WeightsSubscriber.apply_episode` when an episode
+    starts) activates them. Either raising refuses the set: the robot keeps its current base.
+
+    Args:
+        schema: name -> (dtype, shape) of the policy's weights.
+        target: :class:`LocalBase` or :class:`LinkBase`.
+        version: the base version running now (the checkpoint's).
+    """
+
+    at_episode_boundary = True
+
+    def __init__(self, schema: WeightsSpec, target: Any, version: int = 0) -> None:
+        self._schema = {k: (str(np.dtype(d)), tuple(int(x) for x in s)) for k, (d, s) in schema.items()}
+        self.target = target
+        self.version = int(version)
+
+    def weights_schema(self) -> WeightsSpec:
+        """name -> (dtype, shape) of the base policy's weights."""
+        return dict(self._schema)
+
+    def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> int:
+        """Check (names, dtypes, shapes, finite) and stage in the policy; returns the version."""
+        check_arrays({k: [d, list(s)] for k, (d, s) in self._schema.items()}, arrays)
+        self.target.stage(arrays, version)
+        return int(version)
+
+    def load_weights(self, prepared: int, version: int) -> None:
+        """Activate the staged version in the policy (blocks until the policy has swapped it in)."""
+        self.target.activate(version)
+        self.version = int(version)
+
+    def close(self) -> None:
+        """Release the target's socket, if any."""
+        self.target.close()
+
+
+def base_consumer(policy: Any, backend: Any) -> BaseWeights | None:
+    """The ``base`` consumer for a session's policy and inference backend; None when the policy cannot
+    take base weights (scripted, lerobot).
+
+    A policy behind a policy link says so in its ``info`` (``weights``: its schema); an in-process policy
+    by having ``weights_schema``, ``stage_weights`` and ``activate_weights``.
+    """
+    info = getattr(backend, "info", None)
+    if isinstance(info, dict) and isinstance(getattr(backend, "endpoint", None), str):
+        spec = info.get("weights")
+        if not isinstance(spec, dict):
+            return None
+        link = backend.config
+        target = LinkBase(lambda: backend.endpoint, link.keys_dir, link.max_message_bytes, stage_timeout_s=link.start_timeout_s)
+        return BaseWeights({k: (d, tuple(s)) for k, (d, s) in spec.items()}, target, int(info.get("version", 0)))
+    if all(callable(getattr(policy, m, None)) for m in ("weights_schema", "stage_weights", "activate_weights")):
+        return BaseWeights(policy.weights_schema(), LocalBase(policy), int(getattr(policy, "version", 0)))
+    return None
+
+
 @dataclass
 class WeightsStats:
     """Counters of the weights link (read from any thread)."""
@@ -239,15 +418,20 @@ class WeightsSubscriber:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._hash_pool: ThreadPoolExecutor | None = None
+        self._episode_kinds = {k for k, c in self.consumers.items() if getattr(c, "at_episode_boundary", False)}
+        self._reports: queue.SimpleQueue = queue.SimpleQueue()  # (kind, version, status, reason) from other threads
 
     # ------------------------------------------------------------------ control thread
 
     def apply_staged(self, chunk_index: int = 0) -> None:
-        """Swap in staged weights (a boundary callback: runs on the control thread, cheap)."""
+        """Swap in staged weights (a boundary callback: runs on the control thread, cheap). Kinds swapped
+        at episode boundaries (``base``) wait for :meth:`apply_episode`."""
         if not self._staged:
             return
         t0, c0 = time.perf_counter(), time.thread_time()
         for kind in list(self._staged):
+            if kind in self._episode_kinds:
+                continue
             item = self._staged.pop(kind, None)
             if item is None:
                 continue
@@ -259,6 +443,29 @@ class WeightsSubscriber:
                 self.on_applied(kind, version)
         self.stats.apply_max_ms = max(self.stats.apply_max_ms, (time.perf_counter() - t0) * 1e3)
         self.stats.apply_cpu_max_ms = max(self.stats.apply_cpu_max_ms, (time.thread_time() - c0) * 1e3)
+
+    def apply_episode(self) -> None:
+        """Activate staged weights of the kinds swapped at episode boundaries (``base``). Runs on the
+        control thread when an episode starts, before its first chunk is asked for; may wait for the
+        policy to swap (the robot is not commanded then). A failed activation is counted as refused
+        (``activate_failed``) and reported to the learner; the current weights stay."""
+        for kind in sorted(self._episode_kinds):
+            item = self._staged.pop(kind, None)
+            if item is None:
+                continue
+            version, prepared = item
+            try:
+                self.consumers[kind].load_weights(prepared, version)
+            except Exception as exc:
+                self._count_rejected("activate_failed")
+                log.warning("weights %s: could not activate %s v%d (%s); keeping the current weights",
+                            self.config.robot_id, kind, version, log_safe(str(exc), 200))
+                self._reports.put((kind, version, "refused", "activate_failed"))
+                continue
+            self.stats.applied += 1
+            self.stats.applied_versions[kind] = version
+            if self.on_applied is not None:
+                self.on_applied(kind, version)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -273,7 +480,7 @@ class WeightsSubscriber:
         return self
 
     def close(self) -> None:
-        """Stop the thread."""
+        """Stop the thread; close the consumers that hold sockets (``base``)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10.0)
@@ -281,6 +488,9 @@ class WeightsSubscriber:
         if self._hash_pool is not None:
             self._hash_pool.shutdown(wait=True)
             self._hash_pool = None
+        for consumer in self.consumers.values():
+            if callable(getattr(consumer, "close", None)):
+                consumer.close()
 
     def _hasher(self) -> ThreadPoolExecutor:
         if self._hash_pool is None:
@@ -338,6 +548,8 @@ class WeightsSubscriber:
             while not self._stop.is_set():
                 events = dict(poller.poll(20))
                 sub, dealer, monitor = socks["sub"], socks["dealer"], socks["monitor"]
+                while not self._reports.empty():  # refusals found on the control thread (activation)
+                    self._report(dealer, *self._reports.get_nowait())
                 if monitor in events:
                     while monitor.poll(0):
                         recv_monitor_message(monitor)
@@ -545,9 +757,12 @@ class WeightsSubscriber:
         self.stats.malformed += 1
         self.stats.malformed_reasons[reason] = self.stats.malformed_reasons.get(reason, 0) + 1
 
-    def _reject(self, dealer: zmq.Socket, wkind: str, version: int, reason: str, detail: str) -> None:
+    def _count_rejected(self, reason: str) -> None:
         self.stats.rejected += 1
         self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + 1
+
+    def _reject(self, dealer: zmq.Socket, wkind: str, version: int, reason: str, detail: str) -> None:
+        self._count_rejected(reason)
         log.warning("weights %s: refused %s v%s (%s); keeping the current weights", self.config.robot_id,
                     log_safe(wkind, 40), version, log_safe(detail, 200))
         self._report(dealer, wkind, version, "refused", reason)

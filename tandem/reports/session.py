@@ -165,6 +165,26 @@ def _episode_tasks(summary: dict, episodes: list[dict], ticks: dict | None) -> l
     return [e.get("task") or logged.get(int(e.get("episode", i))) or session_task for i, e in enumerate(episodes)]
 
 
+def _base_versions(episodes: list[dict]) -> list[int] | None:
+    """Each episode's base policy version (``base_version`` of summary.json's episodes: the weights of
+    its last chunk; a learner's new base is swapped in only between episodes); None for summaries
+    written before tandem recorded it."""
+    if not episodes or not all("base_version" in e for e in episodes):
+        return None
+    return [int(e["base_version"]) for e in episodes]
+
+
+def base_version_runs(x: np.ndarray, versions: list[int]) -> list[list[Any]]:
+    """Rows ``[first episode, last episode, episodes, base version]``, one per run of episodes on one version."""
+    rows: list[list[Any]] = []
+    for ep, v in zip(x.tolist(), versions, strict=True):
+        if rows and rows[-1][3] == v:
+            rows[-1][1], rows[-1][2] = ep, rows[-1][2] + 1
+        else:
+            rows.append([ep, ep, 1, v])
+    return rows
+
+
 def _head_versions(episodes: list[dict], ticks: dict | None) -> list[int] | None:
     """Each episode's head version (the episode's own, else the last one its ticks used); None when
     unknown or 0 throughout (no learned head weights arrived)."""
@@ -359,6 +379,7 @@ def write_session_report(run_dir: Path) -> Path:
           f"policy `{summary.get('policy', '?')}`", "", "## Key numbers", "",
           md_table(["", "value"], [[k.replace("_", " "), v] for k, v in numbers.items()]), ""]
     tasks_table: dict[str, dict] = {}
+    base_versions = _base_versions(episodes)
     if episodes:
         x = np.array([int(e.get("episode", i)) for i, e in enumerate(episodes)])
         success = np.array([bool(e.get("success")) for e in episodes], bool)
@@ -378,6 +399,14 @@ def write_session_report(run_dir: Path) -> Path:
                "episodes" + ("; dashed: per task" if len(tasks_table) > 1 else "")
                + ("; orange steps: the head's weight version." if versions is not None else "."), "",
                "![success](success.png)", ""]
+        if base_versions is not None:
+            rows = base_version_runs(x, base_versions)
+            md += ["## Base policy versions", "",
+                   "The base policy's weight version in each episode (a learner's new base weights are swapped in "
+                   "between episodes; every tick records the version that produced its base action).", "",
+                   md_table(["episodes", "count", "base version", "success rate"],
+                            [[f"{a}" if a == b else f"{a}-{b}", n, f"v{v}",
+                              float(success[(x >= a) & (x <= b)].mean())] for a, b, n, v in rows]), ""]
         takeovers = np.array([int(e.get("takeovers", 0)) for e in episodes])
         frac = np.array([e.get("intervention_ticks", 0) / e["steps"] if e.get("steps") else 0.0 for e in episodes])
         figures["takeovers.png"] = _takeover_figure(x, takeovers, frac, run_dir / "takeovers.png")
@@ -419,7 +448,7 @@ def write_session_report(run_dir: Path) -> Path:
             figures["links.png"] = series
             md += ["![links](links.png)", ""]
     (run_dir / REPORT_JSON).write_text(json.dumps(
-        {"key_numbers": numbers, "tasks": tasks_table, "figures": figures}, indent=1))
+        {"key_numbers": numbers, "tasks": tasks_table, "base_versions": base_versions, "figures": figures}, indent=1))
     path = run_dir / REPORT_MD
     path.write_text("\n".join(md))
     return path
