@@ -53,8 +53,9 @@ class SessionSummary:
     evaluations: list[dict] = field(default_factory=list)
     error: str = ""  # why the session ended early ("": it did not)
     # Faults and how they were handled: the robot's counters (read_retries, read_recovered, read_failures),
-    # the safety filter's stall counters summed over the episodes (watchdog_trips, watchdog_holds,
-    # stale_observation), controlled_stops and, after one, controlled_stop ("held", "hold_failed", "none").
+    # the policy worker's restarts (worker_restarts, session.backend=process), the safety filter's stall
+    # counters summed over the episodes (watchdog_trips, watchdog_holds, stale_observation),
+    # controlled_stops and, after one, controlled_stop ("held", "hold_failed", "none").
     faults: dict = field(default_factory=dict)
     # The reset phases between episodes (real robots with an operator device): one entry each,
     # {"before_episode", "how" (confirmed, timeout, stop, stopped), "wait_s"}.
@@ -166,8 +167,8 @@ class Session:
                                          stride=session.record_stride)
         self.sinks.append(self._link_sink)
         self.controller.boundary_callbacks.append(self.weights_link.apply_staged)
-        if link.learner_updates_per_episode > 0:
         self.controller.episode_callbacks.append(self.weights_link.apply_episode)  # base weights
+        if link.learner_updates_per_episode > 0:
             self.pacer = LearnerPacer(link.learner_updates_per_episode, link.learner_wait_s,
                                       self.weights_link.stats.learner_progress)
 
@@ -180,9 +181,9 @@ class Session:
         if self.weights_link is not None:
             if self.weights_link.apply_staged in self.controller.boundary_callbacks:
                 self.controller.boundary_callbacks.remove(self.weights_link.apply_staged)
-            self.weights_link.close()
             if self.weights_link.apply_episode in self.controller.episode_callbacks:
                 self.controller.episode_callbacks.remove(self.weights_link.apply_episode)
+            self.weights_link.close()
             stats["weights"] = self.weights_link.stats.to_dict()
         if self.experience_link is not None:
             stats["all_acked"] = self.experience_link.close()
@@ -344,7 +345,8 @@ class Session:
                     if recorder is not None:  # flush the spool, wait for the last episodes' commits
                         self.sinks.remove(recorder)
                         summary.recording = recorder.close()
-        summary.faults = {**robot.fault_stats(), **self._stall_totals(summary), **summary.faults}
+        summary.faults = {**robot.fault_stats(), **self.controller.fault_stats(), **self._stall_totals(summary),
+                          **summary.faults}
         n = len(summary.episodes)
         summary.success_rate = sum(e["success"] for e in summary.episodes) / n if n else 0.0
         summary.wall_s = round(time.perf_counter() - t0, 3)

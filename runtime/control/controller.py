@@ -100,6 +100,11 @@ class Controller:
         self.episode_callbacks: list[Callable[[], None]] = []
         self._correction = np.zeros((horizon, 0), np.float32)
 
+    def fault_stats(self) -> dict[str, int]:
+        """The inference backend's fault counters (a worker process's ``worker_restarts``); {} for others."""
+        stats = getattr(self.scheduler.backend, "fault_stats", None)
+        return dict(stats()) if callable(stats) else {}
+
     def reset(self, observation: dict[str, np.ndarray], task: str) -> None:
         """Start an episode: run the episode callbacks, clear the plan and wait for the first base chunk."""
         for callback in self.episode_callbacks:

@@ -85,7 +85,9 @@ class EpisodeResult:
     head_version: int = 0  # head weights in use at the episode's end
     base_version: int = 0  # base policy weights of the episode's last chunk (swapped only between episodes)
     scene: dict = field(default_factory=dict)  # the robot's scene of this episode (split, seed, positions)
-    faults: dict = field(default_factory=dict)  # the robot's fault counters in this episode (read retries ...)
+    # the fault counters that changed in this episode: the robot's (read retries ...) and the policy
+    # backend's (worker_restarts: a dead policy worker restarted while the robot held)
+    faults: dict = field(default_factory=dict)
 
 
 class TickSink(Protocol):
@@ -139,7 +141,7 @@ def run_episode(
     """
     config = config or LoopConfig()
     t_start = time.perf_counter()
-    faults_before = dict(robot.fault_stats())
+    faults_before = {**robot.fault_stats(), **controller.fault_stats()}
     robot.reset(seed)
     # The rate limit starts from the measured state; holds are the robot's own (position or zero motion).
     safety.reset(robot.hold_action(None), hold_fn=robot.hold_action)
@@ -175,9 +177,9 @@ def run_episode(
         wall_s=round(time.perf_counter() - t_start, 3),
         task=task,
         head_version=int(getattr(controller.head, "version", 0)),
-        scene=dict(getattr(robot, "scene", None) or {}),
-        faults=_fault_delta(faults_before, robot.fault_stats()),
         base_version=int(controller.scheduler.version),
+        scene=dict(getattr(robot, "scene", None) or {}),
+        faults=_fault_delta(faults_before, {**robot.fault_stats(), **controller.fault_stats()}),
     )
     for sink in sinks:
         sink.end_episode(result)

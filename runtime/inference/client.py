@@ -3,7 +3,11 @@
 - :class:`ProcessBackend` (``session.backend=process``): spawns :func:`policy_worker.worker_main` in
   a child process (the policy's own interpreter: no GIL contention with the control loop, lower CPU
   priority), waits until it has built and warmed up the policy, then talks to it over pyzmq on
-  127.0.0.1. ``close()`` stops it and, if it does not stop, kills it.
+  127.0.0.1. ``close()`` stops it and, if it does not stop, kills it. A worker that dies during the
+  session (killed, out of memory) is restarted in the background, at most ``policy_link.max_restarts``
+  times: meanwhile ``poll`` returns nothing (the scheduler's plan runs out and the robot holds), then
+  the request the dead worker never answered is sent to the new one. Once the restarts are used up,
+  ``poll`` raises and the session ends the episode in a controlled stop.
 - :class:`RemoteBackend` (``session.backend=remote``): connects to ``tandem serve-policy`` running
   elsewhere (``policy_link.endpoint``); a non-loopback endpoint needs CURVE keys (``policy_link.keys_dir``).
 
@@ -17,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +52,8 @@ class PolicyLinkConfig:
         warmup: inferences run on a dummy observation before the worker reports ready.
         nice: niceness added to the worker process (CPU priority below the control loop's).
         max_message_bytes: largest message accepted on the link.
+        max_restarts: process backend: how many times a worker that died is restarted in one session
+            (the robot holds meanwhile); 0: a dead worker ends the session in a controlled stop.
     """
 
     endpoint: str = "tcp://127.0.0.1:5555"
@@ -56,9 +63,11 @@ class PolicyLinkConfig:
     warmup: int = 3
     nice: int = 5
     max_message_bytes: int = 64 * 1024 * 1024
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         positive("policy_link.start_timeout_s", self.start_timeout_s)
+        in_range("policy_link.max_restarts", self.max_restarts, 0, 100)
         in_range("policy_link.warmup", self.warmup, 0, 1000)
         in_range("policy_link.nice", self.nice, 0, 19)
         in_range("policy_link.max_message_bytes", self.max_message_bytes, 1024, 2**31 - 1)
@@ -105,28 +114,40 @@ class LinkBackend:
         self.stats = LinkStats()
         self._ctx = zmq.Context()
         try:
-            self._sock = open_socket(
-                self._ctx, zmq.DEALER, endpoint, bind=False, max_message_bytes=config.max_message_bytes,
-                keys_dir=config.keys_dir, field="policy_link.endpoint",
-                options={zmq.SNDHWM: 4, zmq.RCVHWM: 64, zmq.IMMEDIATE: 1},
-            )
+            self._sock = self._open(endpoint)
         except Exception:
             self._ctx.term()
             raise
         self._closed = False
 
+    def _open(self, endpoint: str) -> Any:
+        """A DEALER socket connected to ``endpoint`` (sends are dropped, not queued, while unconnected)."""
+        import zmq
+
+        return open_socket(
+            self._ctx, zmq.DEALER, endpoint, bind=False, max_message_bytes=self.config.max_message_bytes,
+            keys_dir=self.config.keys_dir, field="policy_link.endpoint",
+            options={zmq.SNDHWM: 4, zmq.RCVHWM: 64, zmq.IMMEDIATE: 1},
+        )
+
     # -- InferenceBackend ---------------------------------------------------------------------------
     def submit(self, request_id: int, observation: dict[str, np.ndarray], task: str) -> None:
         """Send an ``infer`` request; if the link cannot take it now it is dropped (counted)."""
+        self._send(request_id, observation, task)
+
+    def _send(self, request_id: int, observation: dict[str, np.ndarray], task: str) -> bool:
+        """Send an ``infer`` request without blocking; False if it was dropped (counted)."""
         import zmq
 
         msg = Message(kind=INFER, schema=LINK_SCHEMA, seq=int(request_id), meta={"task": task},
                       arrays={k: np.asarray(v) for k, v in observation.items()})
         try:
             self._sock.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
-            self.stats.sent += 1
         except zmq.Again:
             self.stats.send_dropped += 1
+            return False
+        self.stats.sent += 1
+        return True
 
     def poll(self, wait_s: float = 0.0) -> list[tuple[int, Chunk]]:
         """Chunk replies that have arrived (waiting up to ``wait_s`` for the first).
@@ -242,94 +263,250 @@ class RemoteBackend(LinkBackend):
             raise
 
 
+class _WorkerGone(Exception):
+    """The restart was cancelled (the backend is closing)."""
+
+
+@dataclass
+class _Restart:
+    """A worker being restarted on a background thread (``done`` is set when it is ready or failed)."""
+
+    exitcode: int | None
+    since: float
+    done: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    process: Any = None
+    conn: Any = None
+    ready: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
 class ProcessBackend(LinkBackend):
     """A policy in a child process on this machine (spawned here, stopped in ``close``).
+
+    A worker that dies (killed, out of memory, a crash in native code) is restarted on a background
+    thread, at most ``config.max_restarts`` times per backend: until the new worker is ready ``poll``
+    returns nothing, so the scheduler's plan runs out and the safety filter holds the robot (starved
+    ticks); then the newest request not yet answered is sent to the new worker and the episode goes
+    on. A dead worker with no restarts left, or a restart that fails, makes ``poll`` raise
+    RuntimeError ("... worker process exited ...").
 
     Args:
         robot_config: the robot's config dataclass (the worker builds the policy for its schemas).
         policy_config: the policy's config dataclass.
         config: link settings.
 
+    Attributes:
+        process: the current worker process (a new one after a restart).
+        restarts: restarts begun so far (``worker_restarts`` in :meth:`fault_stats`).
+
     Raises:
         PolicyLoadError: the worker could not build the policy (its message), died, or timed out.
     """
 
     def __init__(self, robot_config: Any, policy_config: Any, config: PolicyLinkConfig) -> None:
-        import multiprocessing as mp
-
-        spec = {
+        self._spec = json.dumps({
             "robot": dataclasses.asdict(robot_config),
             "policy": dataclasses.asdict(policy_config),
             "warmup": config.warmup,
             "nice": config.nice,
             "max_bytes": config.max_message_bytes,
-        }
-        ctx = mp.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(
-            target=worker_main, args=(json.dumps(spec), child_conn), name="tandem-policy-worker", daemon=True
-        )
-        self.process.start()
-        child_conn.close()
+        })
+        self._policy_type = str(getattr(policy_config, "type", "?"))
+        self.restarts = 0
+        self.resent = 0  # requests sent again to a restarted worker
+        self._restart: _Restart | None = None
+        self._unanswered: tuple[int, dict[str, np.ndarray], str] | None = None
+        self._resend = False
+        self._closed = True  # until the link is open
+        self.process, self._conn = self._spawn()
         self._last_check = 0.0
         try:
-            ready = self._wait_ready(config.start_timeout_s, policy_config.type)
+            ready = self._wait_ready(self.process, self._conn, config.start_timeout_s)
             self.info = dict(ready["info"])
             self.warmup_s = float(ready.get("warmup_s", 0.0))
             super().__init__(ready["endpoint"], config)
         except BaseException:
-            self._stop_process()
+            self._stop_worker(self.process, self._conn)
             raise
 
-    def _wait_ready(self, timeout_s: float, policy_type: str) -> dict[str, Any]:
+    def _spawn(self) -> tuple[Any, Any]:
+        """Start a worker process; (process, the parent's end of its pipe)."""
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        conn, child_conn = ctx.Pipe(duplex=True)
+        process = ctx.Process(target=worker_main, args=(self._spec, child_conn), name="tandem-policy-worker",
+                              daemon=True)
+        process.start()
+        child_conn.close()
+        return process, conn
+
+    def _wait_ready(self, process: Any, conn: Any, timeout_s: float,
+                    cancel: threading.Event | None = None) -> dict[str, Any]:
+        """The worker's ready message (``{"ok", "endpoint", "info", "warmup_s"}``).
+
+        Raises:
+            PolicyLoadError: the worker reported an error, exited, or was not ready within ``timeout_s``.
+            _WorkerGone: ``cancel`` was set.
+        """
+        policy_type = self._policy_type
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._conn.poll(0.05):
+            if cancel is not None and cancel.is_set():
+                raise _WorkerGone
+            if conn.poll(0.05):
                 try:
-                    ready = json.loads(self._conn.recv_bytes())
+                    ready = json.loads(conn.recv_bytes())
                 except (EOFError, OSError):
                     break  # the worker died before reporting
                 if not ready.get("ok"):
                     raise PolicyLoadError(f"policy={policy_type} failed to start: {ready.get('error')}")
                 return ready
-            if not self.process.is_alive():
+            if not process.is_alive():
                 break
-        code = self.process.exitcode
+        code = process.exitcode
         if code is None:
             raise PolicyLoadError(
                 f"policy={policy_type}: the worker did not get ready within policy_link.start_timeout_s={timeout_s} s"
             )
         raise PolicyLoadError(f"policy={policy_type}: the worker process exited with code {code} before it was ready")
 
+    # -- InferenceBackend ---------------------------------------------------------------------------
+    def submit(self, request_id: int, observation: dict[str, np.ndarray], task: str) -> None:
+        """Send an ``infer`` request (kept until answered, to be sent again to a restarted worker); while the
+        worker restarts it is only kept."""
+        self._unanswered = (int(request_id), observation, task)  # references: the sockets send them zero-copy too
+        if self._restart is not None:
+            return
+        sent = self._send(request_id, observation, task)
+        self._resend = self._resend and not sent
+
+    def poll(self, wait_s: float = 0.0) -> list[tuple[int, Chunk]]:
+        """Chunk replies that have arrived; nothing while the worker restarts.
+
+        Raises:
+            RuntimeError: the policy reported an inference error, or the worker died and was not restarted
+                (``policy_link.max_restarts`` used up, or the restart failed).
+        """
+        if self._resend and self._restart is None and not self._closed:
+            # the new worker's socket connects within milliseconds: until then sends are dropped, so the
+            # request the dead worker never answered is tried again at each poll
+            if self._unanswered is None or self._send(*self._unanswered):
+                self._resend = False
+                self.resent += int(self._unanswered is not None)
+        out = super().poll(wait_s)
+        if self._unanswered is not None and any(rid == self._unanswered[0] for rid, _ in out):
+            self._unanswered = None
+        return out
+
+    def fault_stats(self) -> dict[str, int]:
+        """``worker_restarts``: restarts of a worker that died, begun so far."""
+        return {"worker_restarts": self.restarts}
+
+    # -- restarts -----------------------------------------------------------------------------------
     def _check_alive(self) -> None:
+        if self._restart is not None:
+            self._finish_restart()
+            return
         now = time.monotonic()
         if now - self._last_check < 0.25:
             return
         self._last_check = now
-        if self.process.exitcode is not None:
-            raise RuntimeError(f"the base policy worker process exited with code {self.process.exitcode}")
+        code = self.process.exitcode
+        if code is None:
+            return
+        limit = self.config.max_restarts
+        if self.restarts >= limit:
+            after = f" (after {self.restarts} restarts; policy_link.max_restarts={limit})" if self.restarts else ""
+            raise RuntimeError(f"the base policy worker process exited with code {code}{after}")
+        self.restarts += 1
+        log.warning("the base policy worker (pid %s) exited with code %s: restarting it (%d of policy_link.max_restarts=%d);"
+                    " the robot holds until it is ready", self.process.pid, code, self.restarts, limit)
+        restart = _Restart(exitcode=code, since=now)
+        restart.thread = threading.Thread(target=self._run_restart, args=(restart,), name="policy-worker-restart",
+                                          daemon=True)
+        self._restart = restart
+        restart.thread.start()
 
-    def _stop_process(self) -> None:
+    def _run_restart(self, restart: _Restart) -> None:
+        """The restart thread: spawn a worker and wait until it is ready (stopped again on failure)."""
         try:
-            self._conn.send_bytes(b"stop")
+            restart.process, restart.conn = self._spawn()
+            restart.ready = self._wait_ready(restart.process, restart.conn, self.config.start_timeout_s, restart.cancel)
+        except BaseException as exc:  # noqa: BLE001 - reported to the control thread by _finish_restart
+            restart.error = exc
+            if restart.process is not None:
+                self._stop_worker(restart.process, restart.conn)
+        finally:
+            restart.done.set()
+
+    def _finish_restart(self) -> None:
+        """On the control thread, once the restart thread is done: switch to the new worker and send it the
+        request the dead one never answered.
+
+        Raises:
+            RuntimeError: the restart failed.
+        """
+        restart = self._restart
+        if restart is None or not restart.done.is_set():
+            return
+        self._restart = None
+        old = self.process
+        if restart.error is not None:
+            raise RuntimeError(
+                f"the base policy worker process exited with code {restart.exitcode} and restarting it failed: "
+                f"{restart.error}") from restart.error
+        info = dict(restart.ready["info"])
+        sizes = ("name", "chunk_length", "action_dim", "feature_dim")
+        if any(info.get(k) != self.info.get(k) for k in sizes):
+            self._stop_worker(restart.process, restart.conn)
+            raise RuntimeError(f"the restarted base policy worker serves another policy ({info}) than before ({self.info})")
+        endpoint = restart.ready["endpoint"]
+        sock = self._open(endpoint)
+        self._sock.close(0)
+        self._sock, self.endpoint = sock, endpoint
+        self._conn.close()
+        old.join(0)
+        self.process, self._conn = restart.process, restart.conn
+        log.warning("the base policy worker was restarted in %.1f s (pid %s -> %s); the episode goes on",
+                    time.monotonic() - restart.since, old.pid, self.process.pid)
+        self._resend = True  # the request the dead worker never answered: sent at the next poll
+
+    # -- teardown -----------------------------------------------------------------------------------
+    @staticmethod
+    def _stop_worker(process: Any, conn: Any) -> None:
+        """Ask ``process`` to stop (its pipe), then terminate or kill it; close the pipe. Idempotent."""
+        if conn.closed:
+            return
+        try:
+            conn.send_bytes(b"stop")
         except (OSError, ValueError):
             pass
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=2)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=2)
-        self._conn.close()
+        process.join(timeout=5)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=2)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=2)
+        conn.close()
 
     def close(self) -> None:
-        """Close the link, then stop (or kill) the worker process."""
+        """Close the link, then stop (or kill) the worker process, and one being restarted."""
         try:
             super().close()
         finally:
-            if self.process.pid is not None and self._conn is not None and not self._conn.closed:
-                self._stop_process()
+            restart, self._restart = self._restart, None
+            if restart is not None:
+                restart.cancel.set()
+                if restart.thread is not None:
+                    restart.thread.join(timeout=10)
+                if restart.process is not None and restart.error is None:
+                    self._stop_worker(restart.process, restart.conn)
+            if self.process.pid is not None:
+                self._stop_worker(self.process, self._conn)
 
 
 def check_observation_schema(info: dict[str, Any], robot: Any, where: str) -> None:

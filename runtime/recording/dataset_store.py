@@ -481,6 +481,8 @@ class DatasetStore:
             "takeovers": end.get("takeovers"),
             "intervention_ticks": end.get("intervention_ticks"),
             "starved_ticks": end.get("starved_ticks"),
+            "safety": dict(end.get("safety") or {}),
+            "faults": dict(end.get("faults") or {}),
         }
         with open(self.root / OUTCOMES_PATH, "a") as f:
             f.write(json.dumps(entry) + "\n")

@@ -329,6 +329,10 @@ class Recorder:
             "starved_ticks": int(result.starved_ticks),
             "wall_s": float(result.wall_s),
             "dropped_ticks": int(self._ep_dropped),
+            # the episode's safety events: the filter's counters and the faults it met (read retries, a
+            # restarted policy worker ...), only those that happened
+            "safety": {k: int(v) for k, v in result.safety.items() if v},
+            "faults": {k: v for k, v in result.faults.items() if isinstance(v, int | float) and v},
         }
         self._queue.put(_End(end))
 

@@ -139,6 +139,7 @@ def test_a_dead_policy_worker_ends_the_run_with_a_summary_and_report(tmp_path):
     proc = subprocess.Popen(TANDEM + ["run", *QUICK, "session.backend=process", "session.episodes=500",
                                       "loop.stop_on_success=false", "robot.max_episode_steps=60",
                                       "record.enabled=false",  # the policy worker is then the only child
+                                      "policy_link.max_restarts=0",  # no restart: the run ends (a restart: test_worker_restart.py)
                                       f"session.run_dir={run_dir}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:

@@ -156,8 +156,9 @@ def test_remote_backend_fails_clearly_when_no_server_answers():
 
 
 def test_dead_worker_is_reported_not_waited_on():
+    """With no restarts allowed (policy_link.max_restarts=0) a dead worker is an error at the next poll."""
     robot_cfg = MetaWorldRobotConfig(cameras=[])
-    backend = ProcessBackend(robot_cfg, ScriptedPolicyConfig(), PolicyLinkConfig(warmup=1))
+    backend = ProcessBackend(robot_cfg, ScriptedPolicyConfig(), PolicyLinkConfig(warmup=1, max_restarts=0))
     try:
         backend.process.kill()
         backend.process.join(5)
