@@ -7,6 +7,15 @@ poses, previous frame, goal) and one uint8[H, W, 3] image per configured camera 
 
 Rendering is tuned for CPU: the offscreen buffer is sized to the image, multisampling, shadows and
 shadow-casting lights are off. ``realtime=False`` runs as fast as possible (tests).
+
+Cameras of a paced robot (``realtime=True``, ``render_thread=True``) render on a thread of their own
+(``tandem.hardware.render.CameraThread``), as real cameras are read asynchronously: each
+``send_action`` hands the new state over, ``get_observation`` takes the newest frames without waiting,
+and ``capture_time()`` says when the state they show was produced, so the control loop's lateness
+measures the runtime, not MuJoCo rendering, and each tick records its frame's capture time (its age is
+``obs_time - capture_time``). After a reset the first frames of the new scene are waited for. With
+``realtime=False`` (simulated time: tests, training, evaluation) the cameras render in
+``get_observation``, so each observation shows exactly the current state.
 """
 
 from __future__ import annotations
@@ -15,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tandem.core.errors import ConfigError
 from tandem.core.validate import in_range, one_of, positive
 from tandem.hardware.features import IMAGE_PREFIX, STATE_KEY, Feature
-from tandem.hardware.render import configure_gl
+from tandem.hardware.render import CameraThread, configure_gl
 from tandem.hardware.robot import EpisodeStatus, Robot
 
 # The language instruction for each supported task (what a VLA is conditioned on).
@@ -61,6 +71,8 @@ class MetaWorldRobotConfig:
         fps: control rate in Hz.
         realtime: pace ticks on the wall clock (False: as fast as possible, for tests and training).
         max_episode_steps: episode time limit in ticks.
+        render_thread: with ``realtime``, render the cameras on their own thread (as real cameras are
+            read); False renders them inside ``get_observation`` (in the control loop's tick).
         scenes: where episode scenes come from: "train" (sessions, demonstrations, pretraining),
             "unseen" (evaluation only) or "mt1" (MT1's 50 fixed variations). With "train" or "unseen"
             the episode seed picks a fresh scene of that split: the object and goal positions are drawn
@@ -76,6 +88,7 @@ class MetaWorldRobotConfig:
     realtime: bool = True
     max_episode_steps: int = 500
     scenes: str = "train"
+    render_thread: bool = True
 
     def __post_init__(self) -> None:
         one_of("robot.task", self.task, TASK_INSTRUCTIONS)
@@ -87,6 +100,8 @@ class MetaWorldRobotConfig:
         in_range("robot.image_size", self.image_size, 8, 1024)
         positive("robot.fps", self.fps)
         in_range("robot.max_episode_steps", self.max_episode_steps, 1, 500)
+        if not isinstance(self.render_thread, bool):
+            raise ConfigError("robot.render_thread", self.render_thread, "true or false")
 
 
 class MetaWorldRobot(Robot):
@@ -97,9 +112,11 @@ class MetaWorldRobot(Robot):
         self.config = config
         self.name = "metaworld"
         self._task = config.task
-        self._sims: dict[str, tuple[object, object]] = {}  # task -> (env, renderer or None)
+        self._sims: dict[str, tuple[object, object, CameraThread | None]] = {}  # task -> (env, renderer, camera)
         self._env = None
-        self._renderer = None
+        self._renderer = None  # cameras rendered in get_observation (simulated time, or render_thread=False)
+        self._camera: CameraThread | None = None  # cameras rendered on their own thread (paced)
+        self._capture_time: float | None = None
         self._obs: np.ndarray | None = None
         self._status = EpisodeStatus()
         self.scene: dict = {}  # the current episode's scene: split, seed, task, object/goal vector
@@ -157,9 +174,16 @@ class MetaWorldRobot(Robot):
     def _activate(self, name: str) -> None:
         if name not in self._sims:
             self._sims[name] = self._build(name)
-        self._env, self._renderer = self._sims[name]
+        self._env, self._renderer, self._camera = self._sims[name]
+        if self._camera is not None and self._camera.latest()[2] < 0:  # a new scene: its first frames
+            self._publish(wait=True)
 
-    def _build(self, name: str) -> tuple[object, object]:
+    @property
+    def camera_thread(self) -> CameraThread | None:
+        """The current task's camera thread (None: cameras render in ``get_observation``, or none are set)."""
+        return self._camera
+
+    def _build(self, name: str) -> tuple[object, object, CameraThread | None]:
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the Meta-World/* environments)
 
@@ -168,7 +192,7 @@ class MetaWorldRobot(Robot):
         if selector is not None:
             selector.toggle_sample_tasks_on_reset(False)  # reset() picks the scene from its seed
             selector.unwrapped.set_task(selector.tasks[0])  # the task's settings (goal observable, ...)
-        renderer = None
+        renderer, camera = None, None
         if self.config.cameras:
             import mujoco
 
@@ -179,16 +203,25 @@ class MetaWorldRobot(Robot):
             model.vis.quality.offsamples = 0
             model.vis.quality.shadowsize = 0
             model.light_castshadow[:] = 0
-            renderer = mujoco.Renderer(model, height=size, width=size)
-        return env, renderer
+            if self.config.realtime and self.config.render_thread:
+                camera = CameraThread(model, self.config.cameras, size, size, flip=True, name=f"cameras-{name}")
+                try:
+                    camera.start()
+                except BaseException:
+                    env.close()
+                    raise
+            else:
+                renderer = mujoco.Renderer(model, height=size, width=size)
+        return env, renderer, camera
 
     def disconnect(self) -> None:
         """Free renderers and simulations. Safe to call twice."""
         sims, self._sims = self._sims, {}
-        self._env, self._renderer = None, None
+        self._env, self._renderer, self._camera = None, None, None
         errors = []
-        for env, renderer in sims.values():
-            for closer in (getattr(renderer, "close", None), getattr(env, "close", None)):
+        for env, renderer, camera in sims.values():
+            closers = (getattr(camera, "stop", None), getattr(renderer, "close", None), getattr(env, "close", None))
+            for closer in closers:
                 try:
                     if closer is not None:
                         closer()
@@ -218,7 +251,12 @@ class MetaWorldRobot(Robot):
             env._freeze_rand_vec = False
             env.seeded_rand_vec = True
             env.np_random = np.random.default_rng([_SPLIT_STREAM[split], int(seed)])
-        obs, _ = self._env.reset(seed=seed)
+        if self._camera is not None:
+            with self._camera.paused():  # the reset may move bodies and sites of the shared model
+                obs, _ = self._env.reset(seed=seed)
+            self._publish(wait=True)  # the first frames show the new scene
+        else:
+            obs, _ = self._env.reset(seed=seed)
         self._obs = np.asarray(obs, np.float32)
         self._status = EpisodeStatus()
         vec = getattr(env, "_last_rand_vec", None)
@@ -226,11 +264,30 @@ class MetaWorldRobot(Robot):
                       "positions": [round(float(v), 5) for v in vec] if vec is not None else []}
 
     # -- per tick -----------------------------------------------------------------------------
+    def _publish(self, wait: bool = False) -> None:
+        """Hand the current state to the camera thread (and wait for its frames)."""
+        seq = self._camera.publish(self._env.unwrapped.data)
+        if wait:
+            self._camera.wait_for(seq)
+
+    def capture_time(self) -> float | None:
+        """When the state the last observation's frames show was produced (wall clock, s); None when the
+        cameras render inside ``get_observation`` (the frames are as old as the read)."""
+        return self._capture_time
+
     def get_observation(self) -> dict[str, np.ndarray]:
-        """Current state and camera images."""
+        """Current state and camera images (uint8[S, S, 3] each).
+
+        With a camera thread the images are its newest frames, usually of the state before the last
+        action (a frame's age is ``obs_time - capture_time()``); otherwise they are rendered now.
+        """
         self._require_connected()
         out = {STATE_KEY: self._obs.copy()}
-        if self._renderer is not None:
+        if self._camera is not None:
+            frames, self._capture_time, _ = self._camera.latest()
+            for cam in self.config.cameras:
+                out[IMAGE_PREFIX + cam] = frames[cam]
+        elif self._renderer is not None:
             data = self._env.unwrapped.data
             for cam in self.config.cameras:
                 self._renderer.update_scene(data, camera=cam)
@@ -244,6 +301,8 @@ class MetaWorldRobot(Robot):
         sent = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
         obs, reward, terminated, _truncated, info = self._env.step(sent)
         self._obs = np.asarray(obs, np.float32)
+        if self._camera is not None:
+            self._publish()
         self._status = EpisodeStatus(
             reward=float(reward), success=bool(info.get("success", 0.0) > 0.5), terminated=bool(terminated)
         )

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
     bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
     bench.add_argument("--n", type=int, default=200, help="inference: chunks timed")
+    bench.add_argument("--render-in-tick", action="store_true",
+                       help="inference: render the camera inside the tick (robot.render_thread=false)")
     bench.add_argument("--delays", type=int, nargs="+", default=[0, 1, 2, 4, 8],
                        help="rtc: emulated inference delays, ticks")
     bench.add_argument("--modes", nargs="+", default=["naive", "crossfade", "rtc"],

@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
         result = bench.bench_links(pushes=args.pushes, records=args.records)
     elif args.what == "inference":
         result = bench.bench_inference(seconds=args.seconds or 20.0, n=args.n, hz=args.hz,
-                                       policy_overrides=args.overrides)
+                                       policy_overrides=args.overrides, render_thread=not args.render_in_tick)
     elif args.what == "learner":
         result = bench.bench_learner(batch_size=args.batch_size, updates=args.updates, threads=args.threads)
     elif args.what == "rtc":
