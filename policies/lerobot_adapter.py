@@ -5,7 +5,9 @@ The policy is loaded from a local directory (``policy.path=DIR``, never download
 ``policy_postprocessor.json`` (+ their state files). Loading follows lerobot 0.4.4's own route
 (``PreTrainedConfig.from_pretrained`` -> ``get_policy_class(type).from_pretrained`` ->
 ``make_pre_post_processors(cfg, pretrained_path=DIR)``), so normalisation, tokenisation and device
-placement are the policy's own.
+placement are the policy's own. SmolVLA, pi0 and pi0.5 name a backbone (VLM config, processor,
+tokenizer) by hub id; when ``DIR/backbone/`` exists (``tandem prepare-policy`` writes it) those names
+point there instead (:func:`use_local_backbone`), so they load with the network off (docs/policies.md).
 
 Per request the robot's observation is mapped to the policy's ``input_features``:
 
@@ -40,6 +42,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +50,15 @@ import numpy as np
 from tandem.core.validate import non_negative
 from tandem.hardware.features import zero_observation
 from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
-from tandem.policies.loading import resolve_device, resolve_path, set_torch_threads
+from tandem.policies.loading import (
+    BACKBONE_DIR,
+    NAMED_BACKBONE_TYPES,
+    backbone_names,
+    resolve_device,
+    resolve_path,
+    set_torch_threads,
+    tokenizer_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +173,15 @@ class LeRobotPolicy(BasePolicy):
         log.info("lerobot %s from %s: P=%d A=%d F=%d features=%s", self.lerobot_type, path, self.chunk_length,
                  self.action_dim, self.feature_dim, self._tap.kind)
 
-    def _load(self, path: Any) -> tuple[Any, Any, Any]:
-        # SmolVLA / pi0 look their VLM's config and tokenizer up by name through transformers: offline, a
-        # missing file is an error instead of a download at run time (export HF_HUB_OFFLINE=0 to allow one).
-        # Set before lerobot (and with it huggingface_hub, which reads it on import) is first imported.
+    def _load(self, path: Path) -> tuple[Any, Any, Any]:
+        # Offline: a missing file is an error instead of a download at run time (export HF_HUB_OFFLINE=0
+        # to allow one). Set before lerobot (and with it huggingface_hub, which reads it on import) is
+        # first imported.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
             from lerobot.configs.policies import PreTrainedConfig
-            from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+            from lerobot.policies.factory import get_policy_class
 
             cfg = PreTrainedConfig.from_pretrained(str(path), local_files_only=True)
         except Exception as exc:
@@ -178,22 +190,17 @@ class LeRobotPolicy(BasePolicy):
         cfg.pretrained_path = str(path)
         if getattr(cfg, "pretrained_backbone_weights", None):
             cfg.pretrained_backbone_weights = None  # the trained weights come from model.safetensors: no download
+        pre, post = load_processors(path, cfg, self.device)
+        if cfg.type in OPENPI_TYPES:
+            check_openpi_transformers(cfg.type)
         try:
             policy = get_policy_class(cfg.type).from_pretrained(str(path), config=cfg, local_files_only=True)
         except Exception as exc:
             raise PolicyLoadError(
                 f"policy=lerobot: cannot load the {cfg.type} weights in {path}: {str(exc)[:300]}"
+                + _backbone_hint(path, cfg.type)
             ) from exc
         policy.eval()
-        try:
-            pre, post = make_pre_post_processors(
-                cfg, pretrained_path=str(path), preprocessor_overrides={"device_processor": {"device": self.device}}
-            )
-        except Exception as exc:
-            raise PolicyLoadError(
-                f"policy=lerobot: cannot load the pre/post-processors in {path} (save them with "
-                f"preprocessor.save_pretrained(dir)): {str(exc)[:300]}"
-            ) from exc
         return policy, pre, post
 
     def _map_inputs(self, robot: Any) -> tuple[dict[str, str], str | None]:
@@ -296,3 +303,92 @@ class LeRobotPolicy(BasePolicy):
     def reset(self) -> None:
         """Clear the policy's queues (observation history, cached actions)."""
         self.policy.reset()
+
+
+OPENPI_TYPES = ("pi0", "pi05")
+
+
+def use_local_backbone(path: Path, cfg: Any) -> dict[str, dict[str, Any]]:
+    """Point a policy config at its local backbone; the processor overrides that do the same.
+
+    SmolVLA asks transformers for its VLM's config and processor by ``vlm_model_name`` and pi0/pi0.5's
+    preprocessor for the PaliGemma tokenizer by ``tokenizer_name``: hub names in a real checkpoint.
+    When ``path/backbone/`` exists (``tandem prepare-policy`` writes it) both point there instead, so
+    nothing is looked up by name. ``load_vlm_weights`` is always cleared: the VLM's trained weights are
+    in the policy's own ``model.safetensors`` (lerobot would otherwise load the VLM's pretrained weights
+    first, by name, only to overwrite them).
+
+    Returns:
+        ``preprocessor_overrides`` for lerobot's ``make_pre_post_processors`` (step key -> settings).
+    """
+    overrides: dict[str, dict[str, Any]] = {}
+    if hasattr(cfg, "load_vlm_weights"):
+        cfg.load_vlm_weights = False
+    local = path / BACKBONE_DIR
+    if cfg.type in NAMED_BACKBONE_TYPES and local.is_dir():
+        if hasattr(cfg, "vlm_model_name"):
+            cfg.vlm_model_name = str(local)
+        for key in tokenizer_steps(path):
+            overrides[key] = {"tokenizer_name": str(local)}
+    return overrides
+
+
+def load_processors(path: Path, cfg: Any, device: str) -> tuple[Any, Any]:
+    """lerobot's pre/post-processor pipelines saved in ``path``, on ``device``, tokenizers from the local
+    backbone (see :func:`use_local_backbone`).
+
+    Raises:
+        PolicyLoadError: a processor file is missing or corrupt, or a tokenizer is neither local nor cached.
+    """
+    from lerobot.policies.factory import make_pre_post_processors
+
+    overrides = {"device_processor": {"device": device}, **use_local_backbone(path, cfg)}
+    try:
+        return make_pre_post_processors(cfg, pretrained_path=str(path), preprocessor_overrides=overrides)
+    except Exception as exc:
+        raise PolicyLoadError(
+            f"policy=lerobot: cannot load the pre/post-processors in {path} (save them with "
+            f"preprocessor.save_pretrained(dir)): {str(exc)[:300]}" + _backbone_hint(path, cfg.type)
+        ) from exc
+
+
+def check_openpi_transformers(policy_type: str) -> None:
+    """Refuse pi0/pi0.5 up front when transformers lacks the openpi changes lerobot's code needs.
+
+    lerobot 0.4.4's pi0 and pi0.5 call a Gemma with adaptive RMS norms, which only the transformers
+    build of lerobot's ``pi`` extra has (the ``fix/lerobot_openpi`` branch, installed from source);
+    lerobot checks it at the end of building the model, after allocating the full PaliGemma.
+
+    Raises:
+        PolicyLoadError: the installed transformers is not that build.
+    """
+    try:
+        from transformers.models.siglip import check  # only in that build
+
+        ok = bool(check.check_whether_transformers_replace_is_installed_correctly())
+    except ImportError:
+        ok = False
+    if not ok:
+        import transformers
+
+        raise PolicyLoadError(
+            f"policy=lerobot: lerobot's {policy_type} needs the transformers build of lerobot's 'pi' extra "
+            f"(the fix/lerobot_openpi branch, installed from source: pip install 'lerobot[pi]' from a lerobot "
+            f"checkout); the installed transformers {transformers.__version__} is the stock release, which "
+            "lerobot refuses for pi0/pi0.5 after building the whole model"
+        )
+
+
+def _backbone_hint(path: Path, policy_type: str) -> str:
+    """What to do when a policy that names a backbone cannot find it (empty for other types)."""
+    if policy_type not in NAMED_BACKBONE_TYPES or (path / BACKBONE_DIR).is_dir():
+        return ""
+    try:
+        names = ", ".join(backbone_names(path)) or "its backbone"
+    except PolicyLoadError:
+        names = "its backbone"
+    return (
+        f". {policy_type} asks transformers for {names} by name (config, processor, tokenizer); {path} has no "
+        f"{BACKBONE_DIR}/ directory and this machine's hub cache lacks it (nothing is downloaded). On a machine "
+        "whose hub cache has it run `tandem prepare-policy SOURCE --out DIR` and use DIR (docs/policies.md)"
+    )

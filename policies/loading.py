@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -69,3 +70,60 @@ def check_cameras(name: str, features: dict[str, Feature], keys: list[str]) -> N
         raise PolicyLoadError(
             f"{name} needs cameras {missing} but the robot has {have}; set robot.cameras to match"
         )
+
+
+#: The sub-directory of a lerobot policy directory that holds its backbone's configuration, processor and
+#: tokenizer files (never its weights: those are in the policy's model.safetensors). See docs/policies.md.
+BACKBONE_DIR = "backbone"
+
+#: lerobot policy types that ask transformers for a backbone by name (SmolVLA: its VLM's config and
+#: processor; pi0/pi0.5: the PaliGemma tokenizer).
+NAMED_BACKBONE_TYPES = ("smolvla", "pi0", "pi05")
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``.
+
+    Raises:
+        PolicyLoadError: the file is missing or is not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PolicyLoadError(f"{what}: cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyLoadError(f"{what}: {path} is not a JSON object")
+    return data
+
+
+def backbone_names(path: Path) -> list[str]:
+    """The names a lerobot policy directory asks transformers for: ``vlm_model_name`` in its config.json
+    and every ``tokenizer_name`` of its ``policy_preprocessor.json`` steps, in that order, each once.
+
+    A name is a hub repository id (``HuggingFaceTB/SmolVLM2-500M-Video-Instruct``,
+    ``google/paligemma-3b-pt-224``) or a directory. ACT and Diffusion name none.
+    """
+    names: list[str] = []
+    config = read_json(path / "config.json", "policy=lerobot")
+    if isinstance(config.get("vlm_model_name"), str) and config["vlm_model_name"]:
+        names.append(config["vlm_model_name"])
+    pre = path / "policy_preprocessor.json"
+    if pre.is_file():
+        for step in read_json(pre, "policy=lerobot").get("steps", []):
+            name = (step.get("config") or {}).get("tokenizer_name")
+            if isinstance(name, str) and name and name not in names:
+                names.append(name)
+    return names
+
+
+def tokenizer_steps(path: Path) -> list[str]:
+    """The override keys (registry name, else class name) of the ``policy_preprocessor.json`` steps of
+    ``path`` that load a tokenizer by ``tokenizer_name``."""
+    pre = path / "policy_preprocessor.json"
+    if not pre.is_file():
+        return []
+    keys = []
+    for step in read_json(pre, "policy=lerobot").get("steps", []):
+        if "tokenizer_name" in (step.get("config") or {}):
+            keys.append(step.get("registry_name") or step.get("class", "").rsplit(".", 1)[-1])
+    return keys

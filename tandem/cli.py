@@ -16,6 +16,7 @@
     tandem pretrain [hydra overrides...]  behaviour cloning of the tiny VLA from a LeRobotDataset
     tandem bench inference [policy overrides] [--seconds --n]   inference latency, loop lateness beside the worker
     tandem bench rtc [run overrides] [--delays 0 1 2 4 8 --modes ... --episodes N --max-steps N]   splicing under delay
+    tandem prepare-policy SOURCE --out DIR [--backbone NAME --cache-dir DIR --force]   lerobot policy + backbone files, offline
 
 Each subcommand lives in its own module under ``tandem/commands/`` (see :data:`COMMANDS`), whose
 ``main(args)`` takes the parsed arguments and returns the exit status. The module is imported only
@@ -45,6 +46,7 @@ COMMANDS = {
     "keys": "keys",
     "recover": "recover",
     "replay": "replay",
+    "prepare-policy": "prepare_policy",
 }
 
 
@@ -110,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("root", help="dataset directory")
     replay.add_argument("--horizon", type=int, default=10, help="H, ticks per chunk record")
     replay.add_argument("--robot-id", default="replay", help="robot id of the records")
+    prep = sub.add_parser("prepare-policy", help="copy a lerobot policy and its backbone's config/processor/tokenizer "
+                          "files from the hub cache into a directory that loads offline")
+    prep.add_argument("source", help="hub repository id in the cache (lerobot/smolvla_base) or a policy directory")
+    prep.add_argument("--out", required=True, help="the directory to write (policy.path=DIR)")
+    prep.add_argument("--backbone", default=None, help="backbone repository id or directory (default: the policy's)")
+    prep.add_argument("--cache-dir", default=None, help="hub cache (default: HF_HUB_CACHE)")
+    prep.add_argument("--force", action="store_true", help="replace the files of an existing --out")
     return parser
 
 

@@ -14,7 +14,7 @@ through the code path the CLI itself takes:
   command names a keys_dir), real-robot devices connected on a missing port (the documented error);
 - ``tandem learn``: ``compose_learner`` (``--config FILE``: the ```yaml block of the same page whose first
   line is ``# FILE``), its objective built;
-- ``tandem pretrain``: ``compose_pretrain``; ``tandem bench/recover/replay``: the CLI's own parser (bench
+- ``tandem pretrain``: ``compose_pretrain``; ``tandem bench/recover/replay/prepare-policy``: the CLI's own parser (bench
   inference: its policy overrides composed); recover and replay run for real in the slow test.
 
 A command that none of these accepts fails the test, unless it is in NOT_COMPOSABLE (with the reason).
@@ -351,7 +351,7 @@ def do_parse_only(rest: list[str], cmd: DocCommand, workdir: Path) -> None:
 HANDLERS = {
     "run": do_run, "serve-policy": do_serve_policy, "demos": do_demos, "eval": do_eval, "learn": do_learn,
     "pretrain": do_pretrain, "keys": do_keys, "bench": do_parse_only, "recover": do_parse_only,
-    "replay": do_parse_only, "study": do_study,
+    "replay": do_parse_only, "study": do_study, "prepare-policy": do_parse_only,
 }
 
 
