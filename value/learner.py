@@ -132,7 +132,7 @@ class Learner:
                             cfg.publish_every_s and now - last_publish >= cfg.publish_every_s
                         )
                         if due:
-                            self.publish(objective.weights())
+                            self.publish(objective.weights(), objective)
                             last_publish = now
                         if cfg.checkpoint_every_updates and self.step % cfg.checkpoint_every_updates == 0:
                             self._checkpoint(objective, rng)
@@ -164,15 +164,21 @@ class Learner:
             "experience": self.server.experience_endpoint, "weights": self.server.weights_endpoint,
             "pid": os.getpid(), "run": self.run_id})
 
-    def publish(self, weights: dict[str, dict[str, np.ndarray]]) -> None:
+    def publish(self, weights: dict[str, dict[str, np.ndarray]], objective: Any = None) -> None:
         """Publish each weight kind with the next version number.
 
         The numbers are recorded in ``published.json`` first, so a learner resumed from an older
-        checkpoint never reuses a number that robots already hold for different weights.
+        checkpoint never reuses a number that robots already hold for different weights. An objective
+        with ``save_published`` (``base_awr``) keeps each published version in
+        ``<store_dir>/<kind>/v<N, 6 digits>`` first (``base``: a tiny VLA checkpoint for ``policy.version=N``).
         """
         for kind in weights:
             self.versions[kind] = self.versions.get(kind, 0) + 1
         write_json_atomic(self.root / "published.json", {"run": self.run_id, "versions": self.versions})
+        save = getattr(objective, "save_published", None)
+        if callable(save):
+            for kind in weights:
+                save(kind, self.versions[kind], self.root / kind / f"v{self.versions[kind]:06d}")
         for kind, arrays in weights.items():
             self.server.publish(kind, arrays, self.versions[kind], self.run_id)
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tandem.core.validate import in_range, one_of, positive
+from tandem.policies.heads.config import build_settings
 from tandem.protocol.messages import WEIGHT_KINDS
 from tandem.value.objectives.chunk_reward import ChunkRewardObjective
 from tandem.value.objectives.learning import LearningObjective, ObjectiveSpec
@@ -47,11 +48,13 @@ class ObjectiveConfig:
 
     Attributes:
         type: "critic" (chunked critic only), "residual" (critic + residual head), "edit" (critic +
-            EXPO edit head; publishes both) or "chunk_reward" (a small test objective).
+            EXPO edit head; publishes both), "base_awr" (critic + an advantage-weighted update of the tiny
+            VLA base; publishes ``base``: ``base_awr.py``) or "chunk_reward" (a small test objective).
         critic, head: network settings, the same as the robot's ``head.critic`` / ``head.head`` (sizes
             come from the data); see tandem.policies.heads.build.
         critic_objective: CriticObjectiveConfig settings (reward_mode, reward_scale, warmup_steps, rlif_penalty).
         head_objective: ResidualObjectiveConfig / EditObjectiveConfig settings (lr, AWR term, ...).
+        base: base_awr only: BaseAWRConfig settings (checkpoint, weighting aloe|dagger|awr, beta, w_max, ...).
         hidden, layers, lr, publish_kind: chunk_reward only: MLP width, depth, Adam lr, weight kind.
     """
 
@@ -60,6 +63,7 @@ class ObjectiveConfig:
     head: dict = field(default_factory=dict)
     critic_objective: dict = field(default_factory=dict)
     head_objective: dict = field(default_factory=dict)
+    base: dict = field(default_factory=dict)
     hidden: int = 64
     layers: int = 2
     lr: float = 1e-3
@@ -73,13 +77,18 @@ class ObjectiveConfig:
         one_of("objective.publish_kind", self.publish_kind, WEIGHT_KINDS)
 
 
-OBJECTIVES = ("chunk_reward", "critic", "residual", "edit")
+OBJECTIVES = ("chunk_reward", "critic", "residual", "edit", "base_awr")
 
 
 def make_objective(config: ObjectiveConfig, device: str = "cpu", distributed: bool = False) -> Objective:
     """The objective named by ``config.type``."""
     if config.type == "chunk_reward":
         return ChunkRewardObjective(config, device, distributed)
+    if config.type == "base_awr":  # torch + transformers: built only when asked for
+        from tandem.value.objectives.base_awr import BaseAWRConfig, BaseAWRObjective
+
+        base = build_settings(BaseAWRConfig, dict(config.base), "objective.base")
+        return BaseAWRObjective(base, config.critic, config.critic_objective, device, distributed)
     spec = ObjectiveSpec(type=config.type, critic=dict(config.critic), head=dict(config.head),
                          critic_objective=dict(config.critic_objective), head_objective=dict(config.head_objective))
     return LearningObjective(spec, device, distributed)
