@@ -1,8 +1,10 @@
 """A robot session: build the parts from a RunConfig, run N episodes, write a summary.
 
 The robot is always disconnected and workers always stopped, whatever happens (``finally``); Ctrl-C
-ends the session after the current tick with the episode marked "stopped". An episode that fails (a dead
-policy worker, a robot error) ends the session cleanly: the sinks close that episode as "stopped", the
+ends the session after the current tick with the episode marked "stopped". A re-recorded episode (the
+operator's "rerecord") is discarded from the dataset and retracted from the learner, and its slot runs
+again: the session still keeps ``session.episodes`` episodes. An episode that fails (a policy worker dead
+for good, a robot error) ends the session cleanly: the sinks close that episode as "stopped", the
 recorder and the links are drained, and :class:`SessionAborted` carries the summary of the episodes
 that finished (``tandem run`` writes it and the report, then exits with a ``tandem:`` line).
 """
@@ -14,6 +16,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,9 @@ class SessionSummary:
     # The reset phases between episodes (real robots with an operator device): one entry each,
     # {"before_episode", "how" (confirmed, timeout, stop, stopped), "wait_s"}.
     resets: list[dict] = field(default_factory=list)
+    # Episodes the operator asked to record again ("rerecord"): their results, not counted in ``episodes`` or
+    # the success rate; discarded from the dataset and retracted from the learner, their slots run again.
+    rerecorded: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -127,6 +133,7 @@ class Session:
         self.operator: TakeoverOperator | None = None
         self.learning: Any = None  # tandem.policies.heads.build.RobotParts (head, critic); None: no head
         self._failure: BaseException | None = None  # the exception that ended the session early
+        self.run_id = uuid.uuid4().hex[:12]  # names this session in the learner's log (retractions)
 
     def build(self) -> None:
         """Create the parts (the robot is not connected yet): ``tandem.runtime.build.build_parts``."""
@@ -290,14 +297,18 @@ class Session:
             robot.connect()
             if self.operator is not None:
                 self.operator.connect()  # prints the device's controls
-            for i in range(cfg.session.episodes):
+            # ``done``: episodes kept, the slots filled; ``i``: the episode id of every episode run, re-recorded
+            # ones included (ids are never reused: the learner retracts a re-recorded one by its id)
+            done, i = 0, 0
+            while done < cfg.session.episodes:
                 if self.stop.is_set():
                     break
                 if i > 0 and not self._reset_phase(summary, i):
                     break
                 suite = robot.tasks
                 if len(suite) > 1:
-                    robot.set_task(suite[i % len(suite)])
+                    robot.set_task(suite[done % len(suite)])
+                seed = cfg.session.seed + done  # a re-recorded slot runs its scene again
                 try:
                     result: EpisodeResult = run_episode(
                         robot,
@@ -306,27 +317,32 @@ class Session:
                         episode=i,
                         hz=robot.fps,
                         max_steps=max_steps,
-                        seed=cfg.session.seed + i,
+                        seed=seed,
                         config=cfg.loop,
                         sinks=self.sinks,
                         stop=self.stop,
                     )
                 except Exception as exc:  # noqa: BLE001 - a dead policy worker, a robot error: end cleanly
-                    self._episode_failed(summary, i, cfg.session.seed + i, exc)
+                    self._episode_failed(summary, i, seed, exc)
                     break
-                summary.episodes.append(asdict(result))
+                i += 1
                 if on_episode is not None:
                     on_episode(result)
+                if result.outcome == "rerecord":
+                    self._discard(summary, result)
+                    continue  # the slot runs again
+                summary.episodes.append(asdict(result))
+                done += 1
                 if result.outcome == "stopped":
                     break  # the operator's stop event (or Ctrl-C) ends the session
                 if self.pacer is not None:
                     self.pacer.after_episode(self.stop)
                 every = cfg.session.eval_every
-                if every and (i + 1) % every == 0 and not self.stop.is_set():
+                if every and done % every == 0 and not self.stop.is_set():
                     try:
-                        summary.evaluations.append(self._evaluate(i + 1, max_steps, on_eval))
+                        summary.evaluations.append(self._evaluate(done, max_steps, on_eval))
                     except Exception as exc:  # noqa: BLE001 - as for a training episode
-                        self._episode_failed(summary, i, None, exc, evaluation=True)
+                        self._episode_failed(summary, i - 1, None, exc, evaluation=True)
                         break
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the session")
@@ -352,6 +368,17 @@ class Session:
         summary.wall_s = round(time.perf_counter() - t0, 3)
         return summary
 
+    def _discard(self, summary: SessionSummary, result: EpisodeResult) -> None:
+        """A re-recorded episode: kept out of ``summary.episodes`` (listed in ``summary.rerecorded``), its
+        records retracted from the learner (a ``retract`` message behind them on the experience link); the
+        recorder discards it from the dataset by its outcome. Its slot runs again with the same seed."""
+        summary.rerecorded.append(asdict(result))
+        if self.experience_link is not None:
+            self.experience_link.retract(result.episode, self.run_id)
+        log.info("episode %d re-recorded after %d ticks: discarded from the dataset%s; the episode runs again "
+                 "(seed %s)", result.episode, result.steps,
+                 " and retracted from the learner" if self.experience_link is not None else "", result.seed)
+
     def _reset_phase(self, summary: SessionSummary, episode: int) -> bool:
         """Between episodes on a real robot with an operator: the robot holds while the operator resets the
         scene and confirms (``session.reset_timeout_s``). False if the operator stopped the session."""
@@ -368,9 +395,10 @@ class Session:
 
     @staticmethod
     def _stall_totals(summary: SessionSummary) -> dict[str, int]:
-        """The safety filter's stall counters summed over the session's episodes."""
+        """The safety filter's stall counters summed over the session's episodes (re-recorded ones too)."""
         keys = ("watchdog_trips", "watchdog_holds", "stale_observation")
-        return {k: sum(int(e.get("safety", {}).get(k, 0)) for e in summary.episodes) for k in keys}
+        episodes = summary.episodes + summary.rerecorded
+        return {k: sum(int(e.get("safety", {}).get(k, 0)) for e in episodes) for k in keys}
 
 
 def write_summary(summary: SessionSummary, run_dir: Path) -> Path:

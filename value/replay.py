@@ -10,6 +10,12 @@ log is a torn tail (a write cut short by a kill), cut off at open. Records whose
 fields) are logged as tombstones: their seq is consumed so the robot's stream moves on, and they
 never reach a buffer.
 
+Retractions: a ``retract`` message (a re-recorded episode, :func:`~tandem.protocol.messages.retract_message`)
+takes its seq in the stream like a record and is logged like one; the records of its episode in that
+stream with seqs from its ``from_seq`` on are marked ``retracted`` in their buffers and never sampled
+(nor counted in :attr:`ReplayStore.size`). Rebuilding from the log replays the retraction in order, so it
+holds across a learner restart.
+
 Buffers: "demo" (source "demo"), "takeover" (any intervention tick in the chunk) and "autonomous";
 each is a ring of ``capacity`` records held as stacked numpy arrays. :meth:`ReplayStore.sample` mixes
 them by the configured ratios (an empty buffer's share goes to the others).
@@ -31,8 +37,8 @@ from tandem.core.durable_log import DurableLog
 from tandem.core.errors import ConfigError, TandemError
 from tandem.core.validate import in_range, non_negative
 from tandem.protocol.chunk_record import ARRAY_FIELDS, ChunkRecord
-from tandem.protocol.messages import message_to_record
-from tandem.protocol.wire import Message, WireError, decode, encode, pack_frames, unpack_frames
+from tandem.protocol.messages import RETRACT, check_retract, message_to_record
+from tandem.protocol.wire import Message, WireError, decode, encode, log_safe, pack_frames, unpack_frames
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +94,9 @@ class RingBuffer:
 
     SCALARS = {"done": "bool", "truncated": "bool", "failed": "bool", "head_version": "int64", "base_version": "int64",
                "episode_id": "int64", "chunk_index": "int64"}
-    # per-row bookkeeping of the buffer itself: a successor was linked; which insertion the row holds
-    OWN = {"next_valid": "bool", "generation": "int64"}
+    # per-row bookkeeping of the buffer itself: a successor was linked; which insertion the row holds; the
+    # record's seq and (robot, stream) key in its store; dropped by a retraction (never sampled)
+    OWN = {"next_valid": "bool", "generation": "int64", "seq": "int64", "stream_key": "int64", "retracted": "bool"}
     # s_{t+H} and the base proposal there, copied from the episode's next record when it arrives
     NEXT = {"next_state": "state", "next_features": "features", "next_base": "base"}
 
@@ -97,6 +104,7 @@ class RingBuffer:
         self.capacity = capacity
         self.size = 0
         self.added = 0
+        self.retracted = 0  # rows held that a retraction dropped
         self.data: dict[str, np.ndarray] = {}
         self.robot: list[str] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -105,8 +113,32 @@ class RingBuffer:
         """Same sizes as the records already held."""
         return not self.shapes or all(np.shape(getattr(record, k)) == s for k, s in self.shapes.items())
 
-    def add(self, record: ChunkRecord) -> tuple[int, int]:
-        """Insert (overwriting the oldest when full); returns (slot, generation)."""
+    @property
+    def live(self) -> int:
+        """Rows available for sampling (held and not retracted)."""
+        return self.size - self.retracted
+
+    def live_rows(self) -> np.ndarray:
+        """Indices of the rows available for sampling, int64[live]."""
+        rows = np.arange(self.size)
+        return rows[~self.data["retracted"][: self.size]] if self.retracted else rows
+
+    def retract(self, stream_key: int, episode_id: int, from_seq: int, to_seq: int) -> int:
+        """Mark the rows of (``stream_key``, ``episode_id``) with seqs in [from_seq, to_seq) retracted; how many."""
+        if not self.size:
+            return 0
+        d, n = self.data, self.size
+        hit = ((d["stream_key"][:n] == stream_key) & (d["episode_id"][:n] == episode_id) & (d["seq"][:n] >= from_seq)
+               & (d["seq"][:n] < to_seq) & ~d["retracted"][:n])
+        count = int(hit.sum())
+        if count:
+            d["retracted"][:n][hit] = True
+            self.retracted += count
+        return count
+
+    def add(self, record: ChunkRecord, seq: int = 0, stream_key: int = 0) -> tuple[int, int]:
+        """Insert (overwriting the oldest when full); returns (slot, generation). ``seq``: the record's seq in
+        its stream; ``stream_key``: its (robot, stream) key in the store."""
         if not self.data:
             for name, (dtype, _) in ARRAY_FIELDS.items():
                 shape = np.shape(getattr(record, name))
@@ -126,6 +158,11 @@ class RingBuffer:
             self.data[name][i] = 0
         self.data["next_valid"][i] = False
         self.data["generation"][i] = self.added
+        if self.added >= self.capacity and self.data["retracted"][i]:
+            self.retracted -= 1  # a retracted row overwritten
+        self.data["retracted"][i] = False
+        self.data["seq"][i] = seq
+        self.data["stream_key"][i] = stream_key
         self.robot[i] = record.robot_id
         self.added += 1
         self.size = min(self.added, self.capacity)
@@ -146,11 +183,12 @@ class RingBuffer:
 
 
 def record_entries(directory: str | Path) -> Iterator[tuple[Message, ChunkRecord | None]]:
-    """Every entry of a store's log, oldest first: (message header, record or None for a tombstone)."""
+    """Every entry of a store's log, oldest first: (message header, record or None for a tombstone or a
+    retraction). Retracted records are listed too (the log keeps everything): see :meth:`ReplayStore.sample`."""
     log_ = DurableLog(Path(directory) / "log")
     for _, _, _, payload in log_.scan(repair=False):
         msg = decode(unpack_frames(payload), copy=True)
-        yield msg, (None if msg.kind == TOMBSTONE else message_to_record(msg))
+        yield msg, (None if msg.kind in (TOMBSTONE, RETRACT) else message_to_record(msg))
     log_.close()
 
 
@@ -172,8 +210,9 @@ class ReplayStore:
         self.config = config or ReplayConfig()
         self.buffers = {name: RingBuffer(self.config.capacity) for name in BUFFERS}
         self.counts = {"stored": 0, "tombstones": 0, "incompatible": 0, "duplicates": 0, "gaps": 0,
-                       "corrupt": 0, "corrupt_bytes": 0, "torn_bytes": 0}
+                       "corrupt": 0, "corrupt_bytes": 0, "torn_bytes": 0, "retractions": 0, "retracted": 0}
         self._last: dict[tuple[str, str], int] = {}
+        self._stream_keys: dict[tuple[str, str], int] = {}  # (robot, stream) -> its number in the buffers
         # (robot, stream, episode) -> {start tick of the successor: (buffer, slot, generation)} of the
         # episode's records still waiting for the record that starts where they end
         self._waiting: dict[tuple[str, str, int], dict[int, tuple[str, int, int]]] = {}
@@ -202,8 +241,10 @@ class ReplayStore:
             self._last[key] = max(self._last.get(key, 0), msg.seq)
             if msg.kind == TOMBSTONE:
                 self.counts["tombstones"] += 1
+            elif msg.kind == RETRACT:
+                self._retract(msg)
             else:
-                self._insert(message_to_record(msg), str(msg.meta.get("source", "online")), key[1])
+                self._insert(message_to_record(msg), str(msg.meta.get("source", "online")), key[1], msg.seq)
             recovered += 1
         self.counts["corrupt"] += self._log.corrupt_entries
         self.counts["corrupt_bytes"] = self._log.corrupt_bytes
@@ -229,10 +270,11 @@ class ReplayStore:
         return STORED if seq == last + 1 else GAP
 
     def offer(self, msg: Message) -> str:
-        """Store a decoded ``chunk`` message if it is the next of its stream.
+        """Store a decoded ``chunk`` (or ``retract``) message if it is the next of its stream.
 
         Returns STORED, DUPLICATE, GAP (nothing stored) or REJECTED (content invalid: a tombstone is
-        stored in its place). Durable only after :meth:`commit`.
+        stored in its place). Durable only after :meth:`commit`. A ``retract`` message is logged and
+        drops the records it names from the buffers (:meth:`_retract`).
         """
         stream = str(msg.meta.get("stream", ""))
         verdict = self.check_seq(msg.robot, stream, msg.seq)
@@ -240,7 +282,7 @@ class ReplayStore:
             self.counts["duplicates" if verdict == DUPLICATE else "gaps"] += 1
             return verdict
         try:
-            record = message_to_record(msg)
+            record = check_retract(msg) if msg.kind == RETRACT else message_to_record(msg)
         except WireError as exc:
             self.last_reject_reason = exc.reason
             self._tombstone(msg, exc.reason)
@@ -249,8 +291,27 @@ class ReplayStore:
             self._log.append(msg.seq, pack_frames(encode(msg)))
             self._dirty = True
             self._last[(msg.robot, stream)] = msg.seq
-            self._insert(record, str(msg.meta.get("source", "online")), stream)
+            if msg.kind == RETRACT:
+                self._retract(msg)
+            else:
+                self._insert(record, str(msg.meta.get("source", "online")), stream, msg.seq)
         return STORED
+
+    def _retract(self, msg: Message) -> int:
+        """Drop the records a ``retract`` message names: its episode's in its (robot, stream), seqs from
+        ``from_seq`` up to its own. Returns how many rows of the buffers were dropped (counted, logged)."""
+        episode, from_seq, run = check_retract(msg)
+        stream = str(msg.meta["stream"])
+        key = self._stream_keys.get((msg.robot, stream))
+        dropped = 0
+        if key is not None:
+            dropped = sum(buf.retract(key, episode, from_seq, msg.seq) for buf in self.buffers.values())
+        self._waiting.pop((msg.robot, stream, episode), None)
+        self.counts["retractions"] += 1
+        self.counts["retracted"] += dropped
+        log.info("replay %s: robot %s retracted episode %d of run %s (%d records dropped)", self.directory,
+                 log_safe(msg.robot), episode, run or "?", dropped)
+        return dropped
 
     def _tombstone(self, msg: Message, reason: str) -> None:
         stone = Message(kind=TOMBSTONE, seq=msg.seq, robot=msg.robot, meta={"stream": msg.meta.get("stream", ""), "reason": reason})
@@ -260,7 +321,7 @@ class ReplayStore:
             self._last[(msg.robot, str(msg.meta.get("stream", "")))] = msg.seq
             self.counts["tombstones"] += 1
 
-    def _insert(self, record: ChunkRecord, source: str, stream: str = "") -> None:
+    def _insert(self, record: ChunkRecord, source: str, stream: str = "", seq: int = 0) -> None:
         """Add to its buffer and link it as the successor of the same episode's previous chunk.
 
         Records of one stream arrive in the order of their first ticks, so the predecessor of a record
@@ -274,7 +335,8 @@ class ReplayStore:
         if not buf.fits(record):
             self.counts["incompatible"] += 1
             return
-        slot, generation = buf.add(record)
+        stream_key = self._stream_keys.setdefault((record.robot_id, stream), len(self._stream_keys))
+        slot, generation = buf.add(record, seq, stream_key)
         self.counts["stored"] += 1
         key = (record.robot_id, stream, int(record.episode_id))
         start = record.first_tick
@@ -299,18 +361,18 @@ class ReplayStore:
 
     @property
     def size(self) -> int:
-        """Records available for sampling."""
-        return sum(b.size for b in self.buffers.values())
+        """Records available for sampling (retracted ones excluded)."""
+        return sum(b.live for b in self.buffers.values())
 
     def sizes(self) -> dict[str, int]:
-        """Records per buffer."""
-        return {k: b.size for k, b in self.buffers.items()}
+        """Records available for sampling, per buffer."""
+        return {k: b.live for k, b in self.buffers.items()}
 
     def split(self, batch_size: int) -> dict[str, int]:
         """How many of ``batch_size`` come from each buffer (ratios over non-empty buffers)."""
-        ratios = {k: r for k, r in self.config.ratios().items() if self.buffers[k].size > 0 and r > 0}
+        ratios = {k: r for k, r in self.config.ratios().items() if self.buffers[k].live > 0 and r > 0}
         if not ratios:
-            ratios = {k: 1.0 for k, b in self.buffers.items() if b.size > 0}
+            ratios = {k: 1.0 for k, b in self.buffers.items() if b.live > 0}
         if not ratios:
             return {k: 0 for k in BUFFERS}
         total = sum(ratios.values())
@@ -323,8 +385,8 @@ class ReplayStore:
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A mixed batch: every record field stacked along axis 0, plus ``buffer`` (int8 index into BUFFERS).
 
-        Buffers are sampled uniformly with replacement. Raises ValueError when the store is empty or
-        the buffers hold records of different sizes.
+        Buffers are sampled uniformly with replacement, retracted records never. Raises ValueError when the
+        store is empty or the buffers hold records of different sizes.
         """
         with self._lock:
             parts = []
@@ -332,7 +394,11 @@ class ReplayStore:
                 if n == 0:
                     continue
                 buf = self.buffers[name]
-                rows = buf.take(rng.integers(0, buf.size, n))
+                if buf.retracted:
+                    live = buf.live_rows()
+                    rows = buf.take(live[rng.integers(0, len(live), n)])
+                else:
+                    rows = buf.take(rng.integers(0, buf.size, n))
                 rows["buffer"] = np.full(n, i, np.int8)
                 parts.append(rows)
         if not parts:

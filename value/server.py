@@ -4,7 +4,8 @@ Experience: each ``chunk`` message is checked against its stream's last stored s
 dropped, a gap is refused), stored in the :class:`~tandem.value.replay.ReplayStore`, and, once a
 batch of them is committed (fsync), acked with the highest seq stored for the stream. Heartbeats are
 answered with the learner's incarnation id and that same seq, which is how a reconnecting robot
-learns where to resume. ``pull`` requests get pieces of the latest packed weights; ``report``
+learns where to resume. A ``retract`` message (a re-recorded episode) takes the same path: sequenced,
+stored (the replay drops the episode's records) and acked. ``pull`` requests get pieces of the latest packed weights; ``report``
 messages (weights refused or staged by a robot) are counted per robot.
 
 Weights: :meth:`LinkServer.publish` (any thread) encodes and hashes the set on the caller's thread,
@@ -47,6 +48,7 @@ from tandem.protocol.messages import (
     PULL,
     RECORD_SCHEMA,
     REPORT,
+    RETRACT,
     WEIGHT_KINDS,
     announcement,
     weights_message,
@@ -482,7 +484,7 @@ class LinkServer:
         if len(msg.robot) > MAX_ROBOT_ID_CHARS:
             raise WireError("bad_robot_id", f"robot id of {len(msg.robot)} characters")
         key = self._peer_key(body[0])
-        if msg.kind == CHUNK:
+        if msg.kind in (CHUNK, RETRACT):  # a retraction is sequenced, stored and acked like a record
             self._on_chunk(ident, msg, acks, key)
         elif msg.kind == HB:
             stream = msg.meta.get("stream")
@@ -533,6 +535,8 @@ class LinkServer:
             self.stats["rejected"] += 1
             reason = self.store.last_reject_reason
             self.stats["rejected_reasons"][reason] = self.stats["rejected_reasons"].get(reason, 0) + 1
+        elif msg.kind == RETRACT:
+            self.stats["retractions"] = self.stats.get("retractions", 0) + 1
         else:
             robot.stored += 1
             self.stats["stored"] += 1

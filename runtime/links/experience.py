@@ -12,6 +12,12 @@ id and the last seq it stored for the stream. After ``timeout_s`` of silence the
 socket and, once a learner answers again, resends everything above the learner's last stored seq.
 The control loop never notices: it keeps running and records keep piling up in the spool.
 
+Retraction: :meth:`ExperienceLink.retract` (a re-recorded episode) queues a ``retract`` message behind the
+episode's records. It takes the next seq of the stream, so it is spooled, sent, resent and acked exactly
+like a record and reaches the learner after every record it names: those with seqs from the episode's
+first record on (``from_seq``, tracked here as records are spooled), which the learner's replay then
+drops.
+
 Storage faults degrade, never kill: when the spool cannot be written (a full disk), the records taken
 from the queue are rolled back out of the spool and wait in memory (``held``, at most ``max_held``;
 beyond that the newest are dropped and counted in ``lost`` and ``lost_ticks``), spooling pauses and is
@@ -35,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 import zmq
 
 from tandem.protocol.chunk_record import ChunkRecord
-from tandem.protocol.messages import ACK, CHUNK, HB, RECORD_SCHEMA, record_to_message
+from tandem.protocol.messages import ACK, CHUNK, HB, RECORD_SCHEMA, record_to_message, retract_message
 from tandem.protocol.security import open_socket
 from tandem.protocol.wire import Message, WireError, decode, encode, pack_frames, unpack_frames
 from tandem.runtime.links.config import LinkConfig
@@ -45,6 +51,15 @@ log = logging.getLogger(__name__)
 
 SPOOL_RETRY_S = 0.5  # while the spool cannot be written, retry this often
 MAX_HELD = 50_000  # records kept in memory while the spool cannot be written (then the newest are lost)
+FIRST_SEQS_KEPT = 64  # episodes whose first record's seq is remembered (for their retraction)
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """A re-recorded episode's records to be dropped by the learner (queued like a record)."""
+
+    episode_id: int
+    run: str = ""
 
 
 @dataclass
@@ -73,6 +88,7 @@ class ExperienceStats:
     lost: int = 0  # records never spooled: more than max_held waited while the disk was full
     lost_ticks: int = 0  # their valid ticks
     damaged: int = 0  # spooled records found corrupt on disk; the learner is told to skip their seqs
+    retractions: int = 0  # re-recorded episodes whose records the learner was asked to drop (spooled)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -94,7 +110,10 @@ class ExperienceLink:
         self.source = source
         self.stats = ExperienceStats()
         self._context = context or zmq.Context.instance()
-        self._queue: queue.SimpleQueue[ChunkRecord] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ChunkRecord | Retraction] = queue.SimpleQueue()
+        # episode id -> seq of its first record in this link (the newest FIRST_SEQS_KEPT episodes); I/O thread
+        self._first_seq: dict[int, int] = {}
+        self._last_episode: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -116,6 +135,13 @@ class ExperienceLink:
         self.stats.send_cpu_max_ms = max(self.stats.send_cpu_max_ms, cpu)
 
     __call__ = send  # usable directly as ChunkAssembler's on_record
+
+    def retract(self, episode_id: int, run: str = "") -> None:
+        """Ask the learner to drop every record of episode ``episode_id`` sent so far by this link (a
+        re-recorded episode). Non-blocking; ordered after the records already handed to :meth:`send`.
+        ``run``: the session's id, kept in the learner's log with the retraction."""
+        self.stats.queued += 1
+        self._queue.put(Retraction(int(episode_id), str(run)))
 
     def start(self) -> ExperienceLink:
         """Open the spool and start the I/O thread (returns self)."""
@@ -353,7 +379,7 @@ class ExperienceLink:
                 rec = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if len(held) >= self.max_held:
+            if len(held) >= self.max_held and isinstance(rec, ChunkRecord):
                 self._lose([rec])
             else:
                 held.append(rec)
@@ -365,17 +391,28 @@ class ExperienceLink:
         if not self.stats.lost:
             log.error("experience link %s: the spool cannot be written and records are dropped "
                       "(counted in links.experience.lost)", self.robot_id)
-        self.stats.lost_ticks += sum(int(r.valid.sum()) for r in records)
+        self.stats.lost_ticks += sum(int(r.valid.sum()) for r in records if isinstance(r, ChunkRecord))
         self.stats.lost += len(records)
 
     def _spool(self, spool: RecordSpool, held: collections.deque, cache: dict | None, window: int) -> int:
         """Spool up to 256 held records (small batches keep acks and heartbeats flowing); how many, or -1
         if the spool could not be written (they stay held, in order, and spooling pauses)."""
         batch: list[tuple[int, list]] = []
+        first_seq, last_episode, retractions = dict(self._first_seq), self._last_episode, 0
         try:
             for rec in itertools.islice(held, 256):
                 seq = spool.next_seq
-                frames = encode(record_to_message(rec, seq, spool.stream, self.source))
+                if isinstance(rec, Retraction):  # its records are those from the episode's first one on
+                    since = first_seq.get(rec.episode_id, seq)
+                    message = retract_message(self.robot_id, seq, spool.stream, rec.episode_id, since, rec.run)
+                    retractions += 1
+                else:
+                    if rec.episode_id != last_episode or rec.episode_id not in first_seq:
+                        first_seq.pop(rec.episode_id, None)
+                        first_seq[rec.episode_id] = seq
+                        last_episode = rec.episode_id
+                    message = record_to_message(rec, seq, spool.stream, self.source)
+                frames = encode(message)
                 spool.append(seq, pack_frames(frames))
                 batch.append((seq, frames))
             spool.sync(False)
@@ -383,6 +420,10 @@ class ExperienceLink:
             spool.rollback()
             self._spool_error(exc)
             return -1
+        while len(first_seq) > FIRST_SEQS_KEPT:
+            first_seq.pop(next(iter(first_seq)))
+        self._first_seq, self._last_episode = first_seq, last_episode
+        self.stats.retractions += retractions
         for _ in batch:
             held.popleft()
         if cache is not None:

@@ -20,9 +20,11 @@ The converter runs in its own process (``python -m tandem.runtime.recording.data
 :class:`~tandem.runtime.recording.recorder.Recorder`), niced, so encoding never competes with the control loop
 for the GIL. ``tandem recover DIR`` runs the same recovery by hand.
 
-Per-episode outcome (success/failure/timeout/stopped/rerecord, "interrupted" for an episode whose
-process died) and session bookkeeping are stored in ``meta/tandem_episodes.jsonl``, one JSON object
-per dataset episode (lerobot ignores the file).
+Per-episode outcome (success/failure/timeout/stopped, "interrupted" for an episode whose process died)
+and session bookkeeping are stored in ``meta/tandem_episodes.jsonl``, one JSON object per dataset
+episode (lerobot ignores the file). A re-recorded episode (outcome "rerecord" in its ``end.json``) is
+never converted: its spool directory is deleted under the commit lock (by the converter, or by
+recovery if the session died first), so the dataset's episode indices stay contiguous.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ COMMIT_LOCK = "commit.lock"
 OUTCOMES_PATH = "meta/tandem_episodes.jsonl"
 INFO_PATH = "meta/info.json"
 INTERRUPTED = "interrupted"
+RERECORD = "rerecord"  # an episode's outcome when the operator asked to record it again: discarded
 # features every LeRobotDataset has (lerobot.datasets.utils.DEFAULT_FEATURES), not part of a recording's schema
 LEROBOT_IMPLICIT_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
@@ -548,6 +551,12 @@ def convert_pending(
             if len(episode.rows) == 0:
                 shutil.rmtree(path, ignore_errors=True)
                 emit({"event": "discarded", "spool": path.name, "reason": "no frames"})
+                continue
+            if episode.complete and episode.end.get("outcome") == RERECORD:  # the operator discarded it
+                shutil.rmtree(path, ignore_errors=True)
+                fsync_dir(path.parent)
+                emit({"event": "discarded", "spool": path.name, "reason": RERECORD, "session": episode.session,
+                      "session_episode": int(episode.header.get("episode", -1)), "length": len(episode.rows)})
                 continue
             try:
                 entry = store.commit_episode(episode)

@@ -25,9 +25,11 @@ videos), ``action`` (executed, after the safety filter), ``base_action``, ``head
 stamps its frames, else when the read returned; a frame's age at the send is ``send_time - capture_time``) and
 ``policy_features`` (float32[F], only if the base policy has F > 0 features). The task string is the
 language instruction. The episode outcome is in ``meta/tandem_episodes.jsonl`` (one JSON object per
-dataset episode: ``outcome`` success/failure/timeout/stopped/rerecord, or "interrupted" for an episode
-whose process died, recovered up to its last spooled tick and its last frame marked ``truncated``;
-rerecorded episodes are kept, filter them by outcome). lerobot's torch
+dataset episode: ``outcome`` success/failure/timeout/stopped, or "interrupted" for an episode whose
+process died, recovered up to its last spooled tick and its last frame marked ``truncated``). A
+re-recorded episode (outcome "rerecord") is spooled like any other, then discarded by the converter
+instead of converted (``stats()["episodes_rerecorded"]``): the dataset never holds it and its episode
+indices stay contiguous. lerobot's torch
 transform casts float64 to float32 (``ds[i]``); read ``ds.hf_dataset.with_format(None)`` for exact
 times. Chunk records are rebuilt from a dataset by ``tandem.runtime.links.from_dataset.load_chunk_records``.
 
@@ -205,6 +207,7 @@ class Recorder:
         self.committed: list[dict] = []
         self.recovered: list[dict] = []
         self.errors: list[dict] = []
+        self.discarded: list[dict] = []  # the converter's "discarded" events (re-recorded episodes ...)
         self.writer_cpu_s = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -537,6 +540,8 @@ class Recorder:
             kind = event.get("event")
             if kind == "committed":
                 (self.recovered if event.get("session") != self.session else self.committed).append(event)
+            elif kind == "discarded":
+                self.discarded.append(event)
             elif kind == "error":
                 self.errors.append(event)
                 log.error("recorder: converting %s failed: %s", event.get("spool"), event.get("error"))
@@ -558,6 +563,7 @@ class Recorder:
             "episodes_spooled": self.episodes_spooled,
             "episodes_committed": len(self.committed),
             "frames_committed": sum(e["length"] for e in self.committed),
+            "episodes_rerecorded": sum(e.get("reason") == "rerecord" for e in self.discarded),
             "episodes_recovered": len(self.recovered),
             "frames_recovered": sum(e["length"] for e in self.recovered),
             "writer_cpu_s": round(self.writer_cpu_s, 3),

@@ -6,6 +6,8 @@ Kinds:
 kind       direction        content
 ========== ================ =====================================================================
 chunk      robot -> learner one ChunkRecord; ``seq`` numbered per (robot, stream); meta holds the rest
+retract    robot -> learner drop an episode's records (re-recorded): ``meta.episode``, ``meta.from_seq``
+                            (its first record's seq), ``meta.run``; sequenced and acked like a chunk
 ack        learner -> robot ``meta.acked``: every seq <= acked of ``meta.stream`` is stored; ``gap``:
                             a seq arrived out of order, resend from acked + 1
 hb         both ways        heartbeat; the learner's carries its incarnation and per-kind versions
@@ -37,6 +39,7 @@ from tandem.protocol.wire import (
 )
 
 CHUNK, ACK, HB, WEIGHTS, PULL, PIECE, REPORT = "chunk", "ack", "hb", "weights", "pull", "piece", "report"
+RETRACT = "retract"
 WEIGHT_KINDS = ("head", "critic", "base")
 SOURCES = ("online", "demo")
 IMAGE_PREFIX = "image/"
@@ -152,6 +155,39 @@ def message_to_record(msg: Message) -> ChunkRecord:
         start_tick=start_tick,
         failed=failed,
     )
+
+
+# ---------------------------------------------------------------- retractions
+
+
+def retract_message(robot: str, seq: int, stream: str, episode: int, from_seq: int, run: str = "") -> Message:
+    """The ``retract`` message: the learner drops the records of ``episode`` in (robot, stream) with seqs in
+    ``[from_seq, seq)`` (a re-recorded episode). It takes ``seq`` in the stream like a record, so it is
+    spooled, resent and acked like one, and reaches the learner after every record it retracts.
+    ``run``: the session it belongs to (for the learner's log)."""
+    meta = {"stream": stream, "episode": int(episode), "from_seq": int(from_seq), "run": str(run)}
+    return Message(kind=RETRACT, schema=RECORD_SCHEMA, seq=int(seq), robot=robot, meta=meta)
+
+
+def check_retract(msg: Message) -> tuple[int, int, str]:
+    """(episode, from_seq, run) of a ``retract`` message.
+
+    Raises:
+        WireError: "wrong_kind", "wrong_schema" or "bad_meta" (from_seq must be in [1, seq]).
+    """
+    if msg.kind != RETRACT:
+        raise WireError("wrong_kind", msg.kind)
+    if msg.schema != RECORD_SCHEMA:
+        raise WireError("wrong_schema", f"{msg.schema} != {RECORD_SCHEMA}")
+    if not msg.robot:
+        raise WireError("bad_meta", "empty robot id")
+    _meta(msg.meta, "stream", str)
+    episode = _meta(msg.meta, "episode", int)
+    from_seq = _meta(msg.meta, "from_seq", int)
+    run = _meta(msg.meta, "run", str)
+    if not 1 <= from_seq <= msg.seq:
+        raise WireError("bad_meta", f"from_seq={from_seq} (seq {msg.seq})")
+    return episode, from_seq, log_safe(run, 80)
 
 
 # ---------------------------------------------------------------- weights

@@ -1,0 +1,159 @@
+"""Re-record (issue #22): the operator's "rerecord" discards the episode from the recorded LeRobotDataset and
+retracts its chunk records from the learner's replay (durably), and the session still keeps the configured
+number of episodes.
+
+Real sockets on 127.0.0.1, a spawned learner process, real MuJoCo, the dataset read back with lerobot.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from links_testkit import make_record
+
+from tandem.commands.learner_process import LearnerProcess
+from tandem.protocol.messages import RECORD_SCHEMA, record_to_message, retract_message
+from tandem.protocol.wire import WireError, decode, encode
+from tandem.runtime.config import compose_run
+from tandem.runtime.session import Session
+from tandem.teleop.operator import OperatorOutput
+from tandem.value.replay import REJECTED, STORED, ReplayConfig, ReplayStore, record_entries
+
+ROBOT, STREAM = "robot0", "s1"
+
+
+def offer(store: ReplayStore, msg) -> str:
+    return store.offer(decode(encode(msg), copy=True))
+
+
+def live_episodes(store: ReplayStore) -> list[int]:
+    """The episode ids of every record the store may sample, sorted."""
+    out = []
+    for buf in store.buffers.values():
+        out += buf.data["episode_id"][buf.live_rows()].tolist() if buf.size else []
+    return sorted(out)
+
+
+def test_the_replay_drops_a_retracted_episode_never_samples_it_and_keeps_it_dropped_after_a_restart(tmp_path):
+    store = ReplayStore(tmp_path, ReplayConfig(capacity=64))
+    seq = 0
+
+    def record(episode, chunk):
+        nonlocal seq
+        seq += 1
+        return offer(store, record_to_message(make_record(ROBOT, episode, chunk), seq, STREAM))
+
+    try:
+        for ep in (0, 1):
+            for c in range(3):
+                assert record(ep, c) == STORED  # seqs 1-3: episode 0, 4-6: episode 1
+        seq += 1
+        assert offer(store, retract_message(ROBOT, seq, STREAM, 1, 4, run="run-a")) == STORED
+        assert live_episodes(store) == [0, 0, 0] and store.size == 3
+        assert store.counts["retractions"] == 1 and store.counts["retracted"] == 3
+        for c in range(2):  # the next episode (ids are not reused within a session)
+            assert record(2, c) == STORED
+        rng = np.random.default_rng(0)
+        batch = store.sample(500, rng)
+        assert set(batch["episode_id"].tolist()) == {0, 2}  # never the retracted episode
+        # a retraction counts only from its from_seq on: an earlier run of episode id 0 (another session on
+        # this stream) keeps its records when a later run of episode 0 is retracted
+        for c in range(2):
+            assert record(0, 10 + c) == STORED  # seqs 10, 11
+        seq += 1
+        assert offer(store, retract_message(ROBOT, seq, STREAM, 0, 10)) == STORED
+        assert live_episodes(store) == [0, 0, 0, 2, 2]
+        # malformed retractions are refused (tombstoned), not applied
+        seq += 1
+        assert offer(store, retract_message(ROBOT, seq, STREAM, 2, seq + 5)) == REJECTED
+        assert live_episodes(store) == [0, 0, 0, 2, 2]
+    finally:
+        store.close()
+    again = ReplayStore(tmp_path, ReplayConfig(capacity=64))  # rebuilt from the log: still dropped
+    try:
+        assert live_episodes(again) == [0, 0, 0, 2, 2] and again.size == 5
+        assert again.counts["retractions"] == 2 and again.counts["retracted"] == 5
+        assert again.last_seq(ROBOT, STREAM) == seq
+    finally:
+        again.close()
+    kinds = [m.kind for m, _ in record_entries(tmp_path)]
+    assert kinds.count("retract") == 2 and kinds.count("chunk") == 10  # the log keeps every record
+
+
+def test_a_retract_message_is_checked():
+    msg = retract_message(ROBOT, 7, STREAM, 3, 2, run="r")
+    assert msg.schema == RECORD_SCHEMA and msg.meta == {"stream": STREAM, "episode": 3, "from_seq": 2, "run": "r"}
+    from tandem.protocol.messages import check_retract
+
+    assert check_retract(msg) == (3, 2, "r")
+    for meta in ({"from_seq": 0}, {"from_seq": 8}, {"episode": "3"}, {"run": 5}):
+        bad = retract_message(ROBOT, 7, STREAM, 3, 2)
+        bad.meta.update(meta)
+        with pytest.raises(WireError, match="bad_meta"):
+            check_retract(bad)
+
+
+class RerecordOnce:
+    """A scripted operator: the episode with id ``episode`` is re-recorded at tick ``tick``."""
+
+    def __init__(self, episode=1, tick=25):
+        self.target, self.tick, self.episode = episode, tick, -1
+
+    def reset(self):
+        self.episode += 1
+
+    def step(self, observation, policy_action, tick):
+        return OperatorOutput(events=("rerecord",) if (self.episode, tick) == (self.target, self.tick) else ())
+
+
+def test_rerecord_discards_the_episode_from_the_dataset_and_the_learner_and_reuses_its_slot(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_run(["policy=scripted", "robot.realtime=false", "robot.cameras=[]", "robot.task=reach-v3",
+                       "session.backend=inline", "session.episodes=2", "robot.max_episode_steps=40",
+                       "loop.stop_on_success=false", "learn.spawn=true", "learn.learner.min_records=1000000",
+                       f"session.run_dir={run_dir}"])
+    learner = LearnerProcess(cfg, run_dir).start()
+    try:
+        session = Session(cfg)
+        session.build()
+        session.controller.operator = RerecordOnce(episode=1, tick=25)
+        summary = session.run()
+    finally:
+        assert learner.stop() == 0
+
+    # the session kept 2 episodes; the re-recorded one ran its scene again under a new id
+    assert [e["episode"] for e in summary.episodes] == [0, 2]
+    assert [e["seed"] for e in summary.episodes] == [0, 1]
+    assert [(e["episode"], e["seed"], e["outcome"], e["steps"]) for e in summary.rerecorded] == [(1, 1, "rerecord", 26)]
+    assert summary.recording["episodes_committed"] == 2 and summary.recording["episodes_rerecorded"] == 1
+    assert summary.links["all_acked"] and summary.links["experience"]["retractions"] == 1
+
+    # the dataset, read back with lerobot: two episodes, indices contiguous, none of them the re-recorded one
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = run_dir / "dataset"
+    ds = LeRobotDataset("local/dataset", root=root)
+    assert ds.num_episodes == 2 and ds.num_frames == 2 * 40
+    frames = ds.hf_dataset.with_format(None)
+    assert sorted(set(frames["episode_index"])) == [0, 1]
+    assert frames["index"] == list(range(80))
+    entries = [json.loads(x) for x in (root / "meta" / "tandem_episodes.jsonl").read_text().splitlines()]
+    assert [(e["episode_index"], e["session_episode"], e["outcome"]) for e in entries] == [
+        (0, 0, "timeout"), (1, 2, "timeout")]
+    assert not list((root / ".tandem" / "spool").iterdir())  # the re-recorded episode's spool is gone too
+
+    # the learner got the episode's records, then the retraction: its replay (rebuilt from its durable log)
+    # holds none of them, and never samples them
+    replay_dir = run_dir / "learner" / "replay"
+    logged = [(m.kind, r.episode_id if r is not None else m.meta.get("episode")) for m, r in record_entries(replay_dir)]
+    sent_of_1 = sum(1 for kind, ep in logged if kind == "chunk" and ep == 1)
+    assert sent_of_1 == 3 and logged.count(("retract", 1)) == 1  # 26 ticks = 3 chunks of H=10
+    store = ReplayStore(replay_dir)
+    try:
+        assert set(live_episodes(store)) == {0, 2}
+        assert store.counts["retracted"] == sent_of_1 and store.size == 2 * 4  # 40 ticks = 4 chunks each
+        assert 1 not in store.sample(256, np.random.default_rng(1))["episode_id"]
+    finally:
+        store.close()
