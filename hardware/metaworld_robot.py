@@ -73,6 +73,8 @@ class MetaWorldRobotConfig:
         max_episode_steps: episode time limit in ticks.
         render_thread: with ``realtime``, render the cameras on their own thread (as real cameras are
             read); False renders them inside ``get_observation`` (in the control loop's tick).
+        camera_fps: with the render thread, the most frames per second it renders (a camera's frame
+            rate; 0: every step's state, as fast as it can).
         scenes: where episode scenes come from: "train" (sessions, demonstrations, pretraining),
             "unseen" (evaluation only) or "mt1" (MT1's 50 fixed variations). With "train" or "unseen"
             the episode seed picks a fresh scene of that split: the object and goal positions are drawn
@@ -89,6 +91,7 @@ class MetaWorldRobotConfig:
     max_episode_steps: int = 500
     scenes: str = "train"
     render_thread: bool = True
+    camera_fps: float = 30.0
 
     def __post_init__(self) -> None:
         one_of("robot.task", self.task, TASK_INSTRUCTIONS)
@@ -102,6 +105,7 @@ class MetaWorldRobotConfig:
         in_range("robot.max_episode_steps", self.max_episode_steps, 1, 500)
         if not isinstance(self.render_thread, bool):
             raise ConfigError("robot.render_thread", self.render_thread, "true or false")
+        in_range("robot.camera_fps", self.camera_fps, 0.0, 1000.0)
 
 
 class MetaWorldRobot(Robot):
@@ -204,7 +208,8 @@ class MetaWorldRobot(Robot):
             model.vis.quality.shadowsize = 0
             model.light_castshadow[:] = 0
             if self.config.realtime and self.config.render_thread:
-                camera = CameraThread(model, self.config.cameras, size, size, flip=True, name=f"cameras-{name}")
+                camera = CameraThread(model, self.config.cameras, size, size, flip=True, name=f"cameras-{name}",
+                                      fps=self.config.camera_fps)
                 try:
                     camera.start()
                 except BaseException:

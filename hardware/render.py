@@ -34,7 +34,9 @@ class CameraThread:
     state it has into images from its own ``MjData`` and its own offscreen renderer, whose GL context is
     created, used and freed on that thread (OSMesa binds a context to one thread). A state published
     while the previous one is rendering replaces the waiting one (counted in ``skipped``), as a camera
-    shows only the newest scene. The control thread reads the newest frames without waiting
+    shows only the newest scene. Like a real camera it delivers at most ``fps`` frames per second (the
+    newest state at each frame time), which also bounds the CPU it takes from the control loop and the
+    policy on a small machine. The control thread reads the newest frames without waiting
     (:meth:`latest`), or waits for a given state's frames (:meth:`wait_for`, on reset).
 
     The model is shared read-only; :meth:`paused` holds the render lock, for code that changes the
@@ -47,12 +49,21 @@ class CameraThread:
         height: image height, pixels.
         flip: flip images vertically (MetaWorld's cameras render upside down).
         name: the thread's name.
+        fps: most frames per second (0: render every published state as fast as it can).
     """
 
     def __init__(
-        self, model: Any, cameras: list[str], width: int, height: int, flip: bool = False, name: str = "cameras"
+        self,
+        model: Any,
+        cameras: list[str],
+        width: int,
+        height: int,
+        flip: bool = False,
+        name: str = "cameras",
+        fps: float = 0.0,
     ) -> None:
         self.model = model
+        self.period_s = 1.0 / fps if fps > 0 else 0.0
         self.cameras = list(cameras)
         self.width, self.height, self.flip = int(width), int(height), bool(flip)
         self._cond = threading.Condition()
@@ -149,16 +160,22 @@ class CameraThread:
             self._ready.set()
             return
         self._ready.set()
+        next_frame = 0.0  # monotonic time of the next frame (the fps limit)
         try:
             while True:
                 with self._cond:
-                    while self._pending is None and not self._stop:
-                        self._cond.wait()
+                    while not self._stop:
+                        wait = next_frame - time.monotonic()
+                        if self._pending is not None and wait <= 0:
+                            break
+                        self._cond.wait(wait if wait > 0 else None)
                     if self._stop:
                         return
                     seq, when, qpos, mocap_pos, mocap_quat = self._pending
                     self._pending = None
                 t0 = time.perf_counter()
+                if self.period_s:
+                    next_frame = max(next_frame + self.period_s, time.monotonic())
                 with self._render_lock:
                     data.qpos[:] = qpos
                     data.mocap_pos[:] = mocap_pos

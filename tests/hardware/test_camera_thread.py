@@ -48,7 +48,8 @@ def camera_threads() -> list[str]:
 
 def test_paced_robot_renders_on_its_own_thread_without_blocking_the_read():
     size = 64
-    robot = MetaWorldRobot(MetaWorldRobotConfig(task="reach-v3", cameras=CAMS, image_size=size, realtime=True))
+    robot = MetaWorldRobot(MetaWorldRobotConfig(task="reach-v3", cameras=CAMS, image_size=size, realtime=True,
+                                                camera_fps=0))
     try:
         robot.connect()
         camera = robot.camera_thread
@@ -93,6 +94,24 @@ def test_paced_robot_renders_on_its_own_thread_without_blocking_the_read():
     while camera_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert camera_threads() == []
+
+
+def test_the_camera_renders_at_most_its_frame_rate():
+    """States published at about 100 Hz for 1 s to a 10 fps camera: at most about 11 frames rendered."""
+    cfg = MetaWorldRobotConfig(task="reach-v3", cameras=["corner"], image_size=32, realtime=True, camera_fps=10)
+    with MetaWorldRobot(cfg) as robot:
+        robot.reset(seed=2)
+        camera = robot.camera_thread
+        start, t0 = camera.rendered, time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            robot.send_action(np.array([0.5, 0.0, 0.0, 0.0], np.float32))
+            time.sleep(0.01)
+        elapsed = time.monotonic() - t0
+        rendered = camera.rendered - start
+        assert 1 <= rendered <= elapsed * 10 + 2, (rendered, elapsed)
+        assert camera.skipped > 0
+    with pytest.raises(ConfigError, match="robot.camera_fps"):
+        MetaWorldRobotConfig(camera_fps=-1)
 
 
 def test_simulated_time_renders_in_the_read_and_a_thread_can_be_turned_off():
