@@ -2,7 +2,7 @@
 
 Rank 0 owns the sockets and the replay store. Every training step it samples ``world_size`` x B
 records and broadcasts a command (idle, batch, stop) and the batch to all ranks as one packed wire
-message (msgpack header + raw arrays, no pickle); each rank trains on its shard of B, and DDP
+message (msgpack header + raw arrays, no pickle); each rank trains on its strided shard of B (every buffer on every rank, see :func:`shard`), and DDP
 averages the gradients, so all ranks hold identical parameters after every step. Backend: gloo on
 CPU, nccl on CUDA.
 """
@@ -88,11 +88,16 @@ def broadcast_step(info: DistInfo, command: int, batch: dict[str, np.ndarray] | 
 
 
 def shard(batch: dict[str, np.ndarray], info: DistInfo) -> dict[str, np.ndarray]:
-    """This rank's slice of a batch of ``world_size`` x B rows."""
+    """This rank's B rows of a batch of ``world_size`` x B: rows rank, rank + world_size, rank + 2 world_size...
+
+    The replay hands a batch over buffer by buffer (demo rows, then autonomous, then takeover), so a
+    contiguous slice would give one rank only autonomous records and another only takeovers; the strided
+    slice gives every rank each buffer's share to within one row.
+    """
     if not info.enabled:
         return batch
     n = len(next(iter(batch.values()))) // info.world_size
-    return {k: v[info.rank * n : (info.rank + 1) * n] for k, v in batch.items()}
+    return {k: v[info.rank : n * info.world_size : info.world_size] for k, v in batch.items()}
 
 
 def barrier(info: DistInfo) -> None:

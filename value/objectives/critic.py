@@ -131,6 +131,7 @@ class CriticObjective:
             "critic/q_ens_std": float(q.std(0, correction=0).mean()) if q.shape[0] > 1 else 0.0,
             "critic/target_mean": float((y * w).sum()) / wsum,
             "critic/weight_frac": float(w.mean()),
+            "critic/takeover_frac": float(b["intervention"].any(dim=1).float().mean()) if "intervention" in b else 0.0,
             "critic/grad_norm": norm,
             "critic/steps": float(self.steps),
         }
