@@ -31,6 +31,7 @@ from tandem.runtime.control.safety import SafetyFilter
 from tandem.runtime.inference.backends import InferenceBackend
 from tandem.runtime.links.chunks import ChunkAssembler
 from tandem.runtime.links.experience import ExperienceLink
+from tandem.runtime.links.images import ChunkImages
 from tandem.runtime.links.pacing import LearnerPacer
 from tandem.runtime.links.weights import WeightsSubscriber
 from tandem.runtime.recording.recorder import make_recorder
@@ -170,6 +171,7 @@ class Session:
             self.experience_link.close(0)
             raise
         session = self.config.session
+        images = ChunkImages(link.image_size, link.image_quality, link.image_max_bytes) if link.image_size else None
         self._link_sink = ChunkAssembler(link.robot_id, session.horizon, self.experience_link.send,
                                          stride=session.record_stride)
         self.sinks.append(self._link_sink)

@@ -28,6 +28,7 @@ from tandem.protocol.wire import digest_arrays
 from tandem.value import ddp
 from tandem.value.config import LearnerConfig
 from tandem.value.objectives.base import make_objective
+from tandem.value.record_extras import ExtrasStore, RecordExtras
 from tandem.value.replay import ReplayStore
 from tandem.value.server import LinkServer
 
@@ -90,17 +91,27 @@ class Learner:
                 for kind, v in published.get("versions", {}).items():
                     self.versions[kind] = max(self.versions.get(kind, 0), int(v))
             log.info("learner: resumed at update %d (run %s, versions %s)", self.step, self.run_id, self.versions)
+        for kind, v in getattr(objective, "initial_versions", {}).items():  # base_awr: the robot's base version
+            self.versions.setdefault(kind, int(v))
         last_ckpt, t_start = self.step, time.monotonic()
         last_publish = last_status = time.monotonic()
+        extras = None  # records' task and images, for objectives that train the base (base_awr)
+        if info.is_main and getattr(objective, "uses_record_extras", False):
+            extras = RecordExtras(3 * cfg.replay.capacity)
+            try:
+                log.info("learner: read the task and images of %d stored records", extras.load(self.root / "replay"))
+            except Exception as exc:  # noqa: BLE001 - a damaged log is the store's to report; go on without
+                log.warning("learner: could not read the stored records' images back (%s)", exc)
         try:
             if info.is_main:
                 # ports first: a hot-standby learner waits here until the running one is gone
                 self.server = LinkServer(cfg.server_config(), None).bind(cfg.bind_retry_s)
                 # a learner that is still stopping (its ports were free first) releases the store soon
                 self.store = ReplayStore(self.root / "replay", cfg.replay, lock_wait_s=cfg.bind_retry_s)
-                self.server.store = self.store
+                self.server.store = self.store if extras is None else ExtrasStore(self.store, extras)
                 self.server.start()
-                self.server.versions.update({k: (self.run_id, v) for k, v in self.versions.items()})
+                initial = getattr(objective, "initial_versions", {})  # numbers nothing was published under yet
+                self.server.versions.update({k: (self.run_id, v) for k, v in self.versions.items() if v != initial.get(k)})
                 self.server.progress = {"step": self.step, "training": False}
                 self._write_endpoints()
                 if on_ready is not None:
@@ -117,6 +128,8 @@ class Learner:
                         self.server.progress = {"step": self.step, "training": True}
                         command = ddp.BATCH
                         batch = self.store.sample(cfg.batch_size * info.world_size, rng)
+                        if extras is not None:
+                            batch = extras.attach(batch)
                 command, batch = ddp.broadcast_step(info, command, batch)
                 if command == ddp.STOP:
                     break

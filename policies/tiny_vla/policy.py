@@ -185,7 +185,8 @@ class TinyVLAPolicy(BasePolicy):
                 del self._staged[min(self._staged)]
 
     def activate_weights(self, version: int) -> None:
-        """Swap in the network staged as ``version`` (its chunks carry that version from now on).
+        """Swap in the network staged as ``version`` (its chunks carry that version from now on). Networks
+        staged as older versions are dropped; a newer one staged meanwhile stays for the next swap.
 
         Raises:
             ValueError: no network is staged as ``version``.
@@ -194,7 +195,7 @@ class TinyVLAPolicy(BasePolicy):
             if int(version) not in self._staged:
                 raise ValueError(f"base version {version} is not staged (staged: {sorted(self._staged)})")
             self.version, self.model = int(version), self._staged.pop(int(version))
-            self._staged.clear()
+            self._staged = {v: m for v, m in self._staged.items() if v > int(version)}
             self._text_cache = {}
 
     def _batch(self, observations: list[dict[str, np.ndarray]]) -> tuple[Any, Any]:

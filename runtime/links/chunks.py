@@ -113,12 +113,16 @@ class ChunkAssembler:
         horizon: H.
         on_record: called with each finished record (must not block: hand it to a queue).
         stride: s, ticks between record starts, a divisor of H (0 or H: one record per chunk).
+        images: observation -> camera key -> JPEG bytes (``runtime/links/images.py``), applied to each
+            record's first tick; None: records carry no images.
 
     Raises:
         ConfigError: a stride that does not divide H.
     """
 
-    def __init__(self, robot_id: str, horizon: int, on_record: Callable[[ChunkRecord], None], stride: int = 0) -> None:
+    def __init__(self, robot_id: str, horizon: int, on_record: Callable[[ChunkRecord], None], stride: int = 0,
+                 images: Callable[[dict[str, Any]], dict[str, bytes]] | None = None) -> None:
+        self.images = images
         self.robot_id = robot_id
         self.horizon = horizon
         self.stride = stride_of("record_stride", stride, horizon)
@@ -162,6 +166,8 @@ class ChunkAssembler:
     def _emit(self) -> None:
         ticks, self._ticks = self._ticks, []
         rec = build_chunk(ticks, self.horizon, self.robot_id, self._episode, ticks[0].chunk_index, self._task)
+        if self.images is not None:
+            rec.images = self.images(ticks[0].observation)
         self.on_record(rec)
 
     def _emit_window(self, ticks: list[TickRecord]) -> None:
@@ -171,4 +177,6 @@ class ChunkAssembler:
                              "Controller with windows_every_tick=True")
         rec = build_chunk(ticks, self.horizon, self.robot_id, self._episode, first.tick // self.stride, self._task,
                           base=first.base_window, start_tick=first.tick)
+        if self.images is not None:
+            rec.images = self.images(first.observation)
         self.on_record(rec)

@@ -34,6 +34,10 @@ class LinkConfig:
             this many updates per finished episode (updates made during the episode count; 0: never
             wait). Fixes the learner's budget per episode on machines where robot and learner share CPUs.
         learner_wait_s: the longest such wait after one episode, seconds (a silent learner ends it at once).
+        image_size: > 0: each chunk record carries its first tick's camera images as JPEG, resized to this
+            many pixels a side (what a learner that trains the base needs); 0: no images.
+        image_quality: their JPEG quality (1..100).
+        image_max_bytes: the most JPEG bytes one record carries; a record over it goes without images.
     """
 
     enabled: bool = False
@@ -52,6 +56,9 @@ class LinkConfig:
     pull_window: int = 4
     learner_updates_per_episode: int = 0
     learner_wait_s: float = 300.0
+    image_size: int = 0
+    image_quality: int = 90
+    image_max_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
         if not self.robot_id or not self.robot_id.replace("-", "").replace("_", "").isalnum():
@@ -68,6 +75,9 @@ class LinkConfig:
         in_range("link.pull_window", self.pull_window, 1, 64)
         in_range("link.learner_updates_per_episode", self.learner_updates_per_episode, 0, 10_000_000)
         positive("link.learner_wait_s", self.learner_wait_s)
+        in_range("link.image_size", self.image_size, 0, 1024)
+        in_range("link.image_quality", self.image_quality, 1, 100)
+        in_range("link.image_max_bytes", self.image_max_bytes, 1024, self.max_message_bytes // 2)
 
     @property
     def experience_endpoint(self) -> str:

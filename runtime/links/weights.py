@@ -189,6 +189,9 @@ class LocalBase:
         """Swap it in."""
         self.policy.activate_weights(version)
 
+    def cancel(self) -> None:
+        """Nothing waits here."""
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -217,6 +220,7 @@ class LinkBase:
         self._sock: zmq.Socket | None = None
         self._connected = ""
         self._seq = 0
+        self._cancel = threading.Event()  # set by cancel(): a request in progress gives up at once
 
     def _socket(self) -> zmq.Socket:
         endpoint = self.endpoint() if callable(self.endpoint) else self.endpoint
@@ -245,7 +249,9 @@ class LinkBase:
             sock.send_multipart(encode(Message(kind=kind, schema=POLICY_LINK_SCHEMA, seq=seq, meta=meta, arrays=arrays)))
             deadline = time.monotonic() + timeout_s
             while (left := deadline - time.monotonic()) > 0:
-                if not sock.poll(int(left * 1000) + 1):
+                if self._cancel.is_set():
+                    raise RuntimeError("cancelled: the session is closing")
+                if not sock.poll(min(int(left * 1000) + 1, 100)):
                     continue
                 try:
                     reply = decode(sock.recv_multipart(), self.max_message_bytes)
@@ -267,8 +273,13 @@ class LinkBase:
         """Ask the server to swap the staged ``version`` in; returns once it has."""
         self._request(POLICY_ACTIVATE, {"version": int(version)}, {}, self.activate_timeout_s)
 
+    def cancel(self) -> None:
+        """Make a request in progress (and every later one) give up: the session is closing."""
+        self._cancel.set()
+
     def close(self) -> None:
         """Close the socket."""
+        self._cancel.set()
         with self._lock:
             if self._sock is not None:
                 self._sock.close(0)
@@ -312,6 +323,10 @@ class BaseWeights:
         """Activate the staged version in the policy (blocks until the policy has swapped it in)."""
         self.target.activate(version)
         self.version = int(version)
+
+    def cancel(self) -> None:
+        """Stop waiting for the policy (the session is closing)."""
+        self.target.cancel()
 
     def close(self) -> None:
         """Release the target's socket, if any."""
@@ -482,6 +497,9 @@ class WeightsSubscriber:
     def close(self) -> None:
         """Stop the thread; close the consumers that hold sockets (``base``)."""
         self._stop.set()
+        for consumer in self.consumers.values():  # a consumer waiting on its policy gives up
+            if callable(getattr(consumer, "cancel", None)):
+                consumer.cancel()
         if self._thread is not None:
             self._thread.join(10.0)
             self._thread = None

@@ -86,7 +86,13 @@ def learner_values(run_cfg: Any, store_dir: Path) -> dict:
     """The spawned learner's ``learner:`` block for this run."""
     values = dict(run_cfg.learn.learner)
     objective = dict(values.pop("objective", {}) or {})
-    objective.update(run_cfg.head.objective_values())
+    head = run_cfg.head.objective_values()
+    if objective.get("type") == "base_awr":  # the base update: the head block gives the critic's settings only
+        head = {k: v for k, v in head.items() if k in ("critic", "critic_objective")}
+        base = objective["base"] = dict(objective.get("base") or {})
+        if getattr(run_cfg.policy, "type", "") == "tiny_vla":  # the learner starts from the base the robot runs
+            base.setdefault("checkpoint", run_cfg.policy.checkpoint_path())
+    objective.update(head)
     values.update({"host": "127.0.0.1", "experience_port": 0, "weights_port": 0, "store_dir": str(store_dir),
                    "objective": objective})
     return values

@@ -20,10 +20,13 @@ with the per-sample weight w_b chosen by ``weighting``:
 
 The data chunk is the executed one (what ran, human actions included), H = ``session.horizon`` ticks;
 the base predicts P = its chunk length; the loss covers the first min(H, P) steps (the rest is masked
-as padding, as in pretraining). Batches may carry ``images`` uint8[B, C, h, w, 3] (the base's cameras,
-decoded) and ``task`` (instructions, one per sample); without them the base must be state-only and
-``task`` comes from the config. :func:`decode_jpeg_batch` decodes chunk records' JPEG images with
-torchvision.
+as padding, as in pretraining). The base reads each sample's instruction and cameras: the learner
+attaches ``task`` and ``images_jpeg`` (camera key -> JPEG bytes, what the robot sent in the chunk record
+with ``link.image_size`` > 0) to every batch (``value/record_extras.py``); they are decoded here with
+torchvision (:func:`decode_jpeg_batch`) and resized to the base's image size. A batch may carry
+``images`` uint8[B, C, h, w, 3] already decoded instead. Samples whose instruction (and ``task`` in the
+config is empty) or, for a base with cameras, images are unknown are left out of the base step (the
+critic still trains on them): ``base/rows`` counts the ones used.
 
 Publishes ``{"base": the network's state_dict as numpy arrays}`` (the schema the robot's policy
 accepts); :meth:`BaseAWRObjective.save_published` writes each published version as a tiny VLA
@@ -70,6 +73,8 @@ class BaseAWRConfig:
         warmup_steps: critic-only updates before the first base step.
         task: the instruction of samples whose batch carries no ``task``.
         value_hidden: width of the progress value's MLP (awr).
+        keep_versions: published versions kept in the learner's store (``<store_dir>/base``, for rollback;
+            3.7 MB each for the shipped base); older ones are deleted.
         seed: seed of the flow noise and of the policy samples.
         device: where the base trains ("" = the learner's device).
     """
@@ -87,6 +92,7 @@ class BaseAWRConfig:
     warmup_steps: int = 0
     task: str = ""
     value_hidden: int = 128
+    keep_versions: int = 20
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +106,7 @@ class BaseAWRConfig:
         in_range("base_every", self.base_every, 1, 1_000_000)
         non_negative("warmup_steps", self.warmup_steps)
         in_range("value_hidden", self.value_hidden, 1, 65536)
+        in_range("keep_versions", self.keep_versions, 1, 1_000_000)
         if not self.checkpoint:
             raise ConfigError("checkpoint", self.checkpoint, "the tiny VLA checkpoint the robot runs (policy.path)")
 
@@ -157,6 +164,7 @@ class BaseAWRObjective:
     """
 
     name = "base_awr"
+    uses_record_extras = True  # the learner attaches each row's task and images (value/record_extras.py)
 
     def __init__(self, config: BaseAWRConfig, critic: dict | None = None, critic_objective: dict | None = None,
                  device: str = "cpu", distributed: bool = False) -> None:
@@ -172,6 +180,8 @@ class BaseAWRObjective:
             path = Path(__file__).resolve().parents[2] / path  # relative to the repository
         self.model, self.tokenizer, self.meta = load_checkpoint(path, str(self.device))
         self.model.train()
+        # the learner numbers the bases it publishes after the one the robot starts from
+        self.initial_versions = {"base": int(self.meta.get("version", 0))}
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.critic_objective: CriticObjective | None = None
@@ -205,29 +215,59 @@ class BaseAWRObjective:
     # -- the base network on a batch ---------------------------------------------------------------
     def _tasks(self, batch: dict[str, Any], n: int) -> list[str]:
         tasks = batch.get("task")
-        if tasks is not None:
-            return [str(t) for t in np.asarray(tasks).reshape(-1)]
-        if not self.config.task:
-            raise ValueError("the batch carries no 'task' and objective.base.task is empty: set the instruction")
-        return [self.config.task] * n
+        tasks = [None] * n if tasks is None else list(np.asarray(tasks, dtype=object).reshape(-1))
+        out = [str(t) if t is not None else self.config.task for t in tasks]
+        if not all(out):
+            raise ValueError("a sample carries no task and objective.base.task is empty: set the instruction")
+        return out
+
+    def usable_rows(self, batch: dict[str, Any]) -> np.ndarray:
+        """bool[B]: the samples the base can be run on (instruction known; images known if it has cameras)."""
+        n = len(batch["state"])
+        tasks = batch.get("task")
+        ok = np.full(n, bool(self.config.task)) if tasks is None else np.array(
+            [t is not None or bool(self.config.task) for t in np.asarray(tasks, dtype=object).reshape(-1)], bool)
+        keys = self.model.cfg.image_keys
+        if keys and "images" not in batch:
+            jpegs = batch.get("images_jpeg")
+            have = np.zeros(n, bool) if jpegs is None else np.array(
+                [isinstance(d, dict) and all(k in d for k in keys) for d in jpegs], bool)
+            ok &= have
+        return ok
+
+    def _images(self, batch: dict[str, Any], n: int, prefix: str = "") -> torch.Tensor:
+        """The base's camera images uint8[B, C, s, s, 3] (s its image size) of the batch."""
+        cfg = self.model.cfg
+        if not cfg.image_keys:
+            return torch.zeros((n, 0, 1, 1, 3), dtype=torch.uint8, device=self.device)
+        if prefix + "images" in batch:
+            images = torch.as_tensor(np.asarray(batch[prefix + "images"]), dtype=torch.uint8, device=self.device)
+        elif prefix + "images_jpeg" in batch:
+            images = torch.from_numpy(decode_jpeg_batch(
+                [[d[k] for k in cfg.image_keys] for d in batch[prefix + "images_jpeg"]])).to(self.device)
+        else:
+            raise ValueError(f"the base uses cameras {cfg.image_keys} but the batch has no {prefix}images")
+        if images.shape[2:4] != (cfg.image_size, cfg.image_size):
+            b, c, h, w, _ = images.shape
+            x = images.reshape(b * c, h, w, 3).permute(0, 3, 1, 2).float()
+            x = torch.nn.functional.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+            images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).reshape(
+                b, c, cfg.image_size, cfg.image_size, 3)
+        return images
 
     def _features(self, batch: dict[str, Any], state: torch.Tensor, prefix: str = "") -> torch.Tensor:
         """The base's fused embedding float[B, F'] of the batch's (images, state, task)."""
         cfg = self.model.cfg
         b = state.shape[0]
-        images = batch.get(prefix + "images")
-        if cfg.image_keys:
-            if images is None:
-                raise ValueError(f"the base uses cameras {cfg.image_keys} but the batch has no {prefix}images")
-            images = torch.as_tensor(np.asarray(images), dtype=torch.uint8, device=self.device)
-        else:
-            images = torch.zeros((b, 0, 1, 1, 3), dtype=torch.uint8, device=self.device)
+        images = self._images(batch, b, prefix)
         ids, mask = encode(self.tokenizer, self._tasks(batch, b), cfg.max_text_len)
         text = self.model.encode_text(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
         return self.model.features(images, state, text)
 
     def _can_sample_next(self, batch: dict[str, Any]) -> bool:
-        return not self.model.cfg.image_keys or "next_images" in batch
+        cams = not self.model.cfg.image_keys or "next_images" in batch or "next_images_jpeg" in batch
+        return cams and bool(self.usable_rows(batch).all())
 
     @torch.no_grad()
     def _sample(self, feats: torch.Tensor, k: int, horizon: int) -> torch.Tensor:
@@ -268,8 +308,16 @@ class BaseAWRObjective:
             metrics.update(self._value_step(b))
         due = co.steps > self.config.warmup_steps and co.steps % self.config.base_every == 0
         if due:
-            metrics.update(self._base_step(batch, b))
-            self.base_steps += 1
+            rows = self.usable_rows(batch)
+            metrics["base/rows"] = float(rows.sum())
+            if rows.any():
+                if not rows.all():
+                    keep = torch.from_numpy(rows).to(self.device)
+                    n = len(rows)
+                    batch = {k: (v[rows] if isinstance(v, np.ndarray) and len(v) == n else v) for k, v in batch.items()}
+                    b = {k: v[keep] for k, v in b.items()}
+                metrics.update(self._base_step(batch, b))
+                self.base_steps += 1
         metrics["base/steps"] = float(self.base_steps)
         return metrics
 
@@ -340,6 +388,11 @@ class BaseAWRObjective:
         meta = {**{k: v for k, v in self.meta.items() if k != "history"}, "version": int(version),
                 "base_steps": self.base_steps, "weighting": self.config.weighting}
         save_checkpoint(self.model, self.tokenizer, directory, meta)
+        import shutil
+
+        versions = sorted(p for p in Path(directory).parent.glob("v*") if p.is_dir() and p.name[1:].isdigit())
+        for old in versions[: -self.config.keep_versions]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Base, its optimiser, critic objective, progress value, counters, generator."""

@@ -82,6 +82,14 @@ def test_local_policy_stages_then_activates_and_refuses_bad_weights(ckpt):
     with pytest.raises(ValueError, match="not staged"):
         consumer.load_weights(3, 3)
     assert policy.version == 2
+    # a newer set staged while an older one is activated stays for the next boundary (the weights thread
+    # stages while the control thread activates)
+    consumer.prepare_weights(constant_weights(model), 4)
+    consumer.prepare_weights(weights_arrays(model), 5)
+    consumer.load_weights(4, 4)
+    consumer.load_weights(5, 5)
+    chunk = policy.infer(obs, task)
+    assert chunk.version == 5 and not np.allclose(chunk.actions, CONSTANT, atol=1e-3)
 
 
 def test_worker_refuses_a_bad_hash_and_an_unstaged_version(ckpt, tmp_path):

@@ -154,3 +154,31 @@ def test_decode_jpeg_batch_reads_what_cv2_wrote():
     out = decode_jpeg_batch([[data.tobytes()], [data.tobytes()]])
     assert out.shape == (2, 1, 24, 24, 3) and out.dtype == np.uint8
     assert np.abs(out[0, 0].astype(int) - img).mean() < 8
+
+
+def test_a_base_with_a_camera_trains_on_the_records_jpeg_images_and_skips_rows_without(tmp_path):
+    """Rows carry ``task`` and ``images_jpeg`` as the learner attaches them (robot-sized images, resized
+    here); rows whose images are unknown stay out of the base step."""
+    import cv2
+
+    tok = build_tokenizer(TASK_INSTRUCTIONS.values(), max_length=16)
+    torch.manual_seed(0)
+    cam = "observation.images.corner"
+    cfg = TinyVLAModelConfig(
+        state_dim=S, action_dim=A, chunk_length=H, image_keys=[cam], image_size=16, dim=16, feature_dim=16,
+        head_hidden=32, head_blocks=1, vocab_size=len(tok), flow_steps=2,
+        vision={"model_type": "vit", "patch_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "intermediate_size": 32},
+        text={"model_type": "bert", "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32})
+    save_checkpoint(TinyVLA(cfg), tok, tmp_path / "cam", {"version": 0})
+    obj = BaseAWRObjective(BaseAWRConfig(checkpoint=str(tmp_path / "cam"), weighting="aloe", samples=2),
+                           critic={"hidden": [32]})
+    b = batch(np.random.default_rng(0), 8)
+    ok, data = cv2.imencode(".jpg", np.full((24, 24, 3), 128, np.uint8))
+    b["task"] = np.array([TASK] * 7 + [None], dtype=object)
+    b["images_jpeg"] = np.array([{cam: data.tobytes()}] * 6 + [{}, {cam: data.tobytes()}], dtype=object)
+    assert list(obj.usable_rows(b)) == [True] * 6 + [False, False]  # no images / no task (config task empty)
+    before = {k: v.clone() for k, v in obj.model.vision.state_dict().items()}
+    metrics = obj.update(b)
+    assert metrics["base/rows"] == 6 and metrics["base/steps"] == 1
+    assert any(not torch.equal(before[k], v) for k, v in obj.model.vision.state_dict().items())  # the camera trains
