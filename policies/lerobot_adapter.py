@@ -8,6 +8,8 @@ The policy is loaded from a local directory (``policy.path=DIR``, never download
 placement are the policy's own. SmolVLA, pi0 and pi0.5 name a backbone (VLM config, processor,
 tokenizer) by hub id; when ``DIR/backbone/`` exists (``tandem prepare-policy`` writes it) those names
 point there instead (:func:`use_local_backbone`), so they load with the network off (docs/policies.md).
+Their requests may carry a committed prefix (``scheduler.splice=rtc``): it goes to lerobot's own
+real-time chunking (:func:`enable_rtc`), and the chunk's first d actions are the prefix.
 
 Per request the robot's observation is mapped to the policy's ``input_features``:
 
@@ -59,6 +61,7 @@ from tandem.policies.loading import (
     set_torch_threads,
     tokenizer_steps,
 )
+from tandem.policies.tiny_vla.rtc import DELAY_KEY, PREFIX_KEY
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +170,12 @@ class LeRobotPolicy(BasePolicy):
             )
         self._image_sizes = {k: tuple(self.policy.config.input_features[k].shape[1:]) for k in self._image_map}
         self._tap = _FeatureTap(self.policy, self.lerobot_type)
+        self._rtc = enable_rtc(self.policy, self.postprocessor, self.action_dim)
         probe = self._infer_batch([zero_observation(robot.observation_features)], [robot.task])[0]
         self.chunk_length = probe.length
         self.feature_dim = int(probe.features.shape[0])
-        log.info("lerobot %s from %s: P=%d A=%d F=%d features=%s", self.lerobot_type, path, self.chunk_length,
-                 self.action_dim, self.feature_dim, self._tap.kind)
+        log.info("lerobot %s from %s: P=%d A=%d F=%d features=%s rtc=%s", self.lerobot_type, path, self.chunk_length,
+                 self.action_dim, self.feature_dim, self._tap.kind, self._rtc is not None)
 
     def _load(self, path: Path) -> tuple[Any, Any, Any]:
         # Offline: a missing file is an error instead of a download at run time (export HF_HUB_OFFLINE=0
@@ -258,8 +262,8 @@ class LeRobotPolicy(BasePolicy):
                 batch[key] = torch.from_numpy(np.asarray(observation[key], np.float32))
         return batch
 
-    def _predict(self, batch: dict[str, Any]) -> Any:
-        """Normalised inputs -> normalised chunk [B, P, A]."""
+    def _predict(self, batch: dict[str, Any], **rtc: Any) -> Any:
+        """Normalised inputs -> normalised chunk [B, P, A] (``rtc``: lerobot's RTC arguments, see :meth:`_rtc_args`)."""
         batch = {k: v for k, v in batch.items() if v is not None and (k.startswith("observation") or k == "task")}
         if self.lerobot_type == "diffusion":
             import torch
@@ -270,23 +274,51 @@ class LeRobotPolicy(BasePolicy):
                     [batch[k] for k in self.policy.config.image_features], dim=-4
                 )
             self.policy._queues = populate_queues(self.policy._queues, batch)
-        return self.policy.predict_action_chunk(batch)
+        return self.policy.predict_action_chunk(batch, **rtc)
+
+    def _rtc_args(self, observation: dict[str, np.ndarray]) -> tuple[dict[str, Any], np.ndarray | None, int]:
+        """lerobot's RTC arguments for a request that carries a committed prefix (``scheduler.splice=rtc``).
+
+        Returns ``(kwargs, prefix float32[n, A] in robot units or None, d)``: ``prev_chunk_left_over`` is the
+        prefix normalised as the policy's actions are ([1, n, A]), ``inference_delay`` d (clipped to n),
+        ``execution_horizon`` n = min(L, P), where lerobot's guidance weights reach 0. Empty when the
+        policy has no RTC or the request no usable prefix.
+        """
+        prefix = observation.get(PREFIX_KEY)
+        if self._rtc is None or prefix is None:
+            return {}, None, 0
+        prefix = np.asarray(prefix, np.float32)
+        if prefix.ndim != 2 or prefix.shape[1] != self.action_dim or len(prefix) == 0:
+            return {}, None, 0
+        import torch
+
+        n = min(len(prefix), int(self.policy.config.chunk_size))
+        delay = int(np.clip(int(np.asarray(observation.get(DELAY_KEY, [0])).reshape(-1)[0]), 0, n))
+        scale, offset = self._rtc
+        normalised = torch.from_numpy((prefix[:n] - offset) / scale)[None].to(self.device)
+        return ({"inference_delay": delay, "prev_chunk_left_over": normalised, "execution_horizon": n},
+                prefix[:n], delay)
 
     def _infer_batch(self, observations: list[dict[str, np.ndarray]], tasks: list[str]) -> list[Chunk]:
         import torch
 
         t0 = time.perf_counter()
         chunks = []
-        with torch.inference_mode():
-            for obs, task in zip(observations, tasks, strict=True):  # lerobot's queues are per sample
+        for obs, task in zip(observations, tasks, strict=True):  # lerobot's queues are per sample
+            rtc, prefix, delay = self._rtc_args(obs)
+            # RTC's guidance takes a gradient through the denoiser: no inference_mode then (lerobot's no_grad
+            # and enable_grad do the rest)
+            with torch.inference_mode(prefix is None):
                 self._tap.value = None
                 batch = self.preprocessor(self._to_policy(obs, task))
-                actions = self.postprocessor(self._predict(batch))
-                actions = actions.float().cpu().numpy()[0]
-                if self.config.n_action_steps:
-                    actions = actions[: self.config.n_action_steps]
-                feats = self._tap.take(1)[0]
-                chunks.append(Chunk(actions=actions, features=feats, policy=self.name, version=self.version))
+                actions = self.postprocessor(self._predict(batch, **rtc))
+                actions = actions.float().cpu().numpy()[0].copy()
+                if delay:
+                    actions[:delay] = prefix[:delay]  # frozen: the committed actions run there anyway
+            if self.config.n_action_steps:
+                actions = actions[: self.config.n_action_steps]
+            feats = self._tap.take(1)[0]
+            chunks.append(Chunk(actions=actions, features=feats, policy=self.name, version=self.version))
         dt = (time.perf_counter() - t0) / max(len(observations), 1)
         for c in chunks:
             c.infer_s = dt
@@ -306,6 +338,44 @@ class LeRobotPolicy(BasePolicy):
 
 
 OPENPI_TYPES = ("pi0", "pi05")
+
+
+#: RTC's cap on the guidance weight (beta) when the policy's config sets none: the published default
+RTC_MAX_GUIDANCE = 5.0
+
+
+def enable_rtc(policy: Any, postprocessor: Any, action_dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Turn on lerobot's own real-time chunking for a flow-matching policy that has it (SmolVLA, pi0, pi0.5).
+
+    lerobot's RTC (``lerobot.policies.rtc``) guides each denoising step towards ``prev_chunk_left_over``
+    with the exponential prefix schedule (``RTCAttentionSchedule.EXP``) and the policy's own
+    ``rtc_config.max_guidance_weight`` if its config has one, else :data:`RTC_MAX_GUIDANCE`. Without a
+    prefix in a request it samples as before. The prefix arrives in robot units; lerobot guides in the
+    policy's normalised action space, so the affine map of the postprocessor's unnormalisation is read
+    once here (``u(x) = scale * x + offset`` from ``u(0)`` and ``u(1)``) and inverted per request.
+
+    Returns:
+        ``(scale, offset)`` float32[A] each, or None when the policy has no RTC (ACT, Diffusion, ...).
+    """
+    if not hasattr(policy, "init_rtc_processor") or not hasattr(policy.config, "rtc_config"):
+        return None
+    import torch
+    from lerobot.configs.types import RTCAttentionSchedule
+    from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+    own = policy.config.rtc_config
+    policy.config.rtc_config = RTCConfig(
+        enabled=True, prefix_attention_schedule=RTCAttentionSchedule.EXP,
+        max_guidance_weight=float(own.max_guidance_weight) if own is not None else RTC_MAX_GUIDANCE,
+        execution_horizon=int(policy.config.chunk_size),
+    )
+    policy.init_rtc_processor()
+    with torch.inference_mode():
+        u0 = postprocessor(torch.zeros(1, 1, action_dim)).float().cpu().numpy().reshape(-1)
+        u1 = postprocessor(torch.ones(1, 1, action_dim)).float().cpu().numpy().reshape(-1)
+    scale = u1 - u0
+    scale[np.abs(scale) < 1e-12] = 1.0  # a constant action dimension: any normalised value maps to it
+    return scale.astype(np.float32), u0.astype(np.float32)
 
 
 def use_local_backbone(path: Path, cfg: Any) -> dict[str, dict[str, Any]]:

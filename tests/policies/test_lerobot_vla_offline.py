@@ -33,6 +33,7 @@ from tandem.policies.lerobot_adapter import (
     check_openpi_transformers,
     load_processors,
 )
+from tandem.policies.tiny_vla.rtc import make_request
 from tandem.runtime.config import compose_run
 from tandem.runtime.session import Session
 
@@ -89,37 +90,72 @@ def test_smolvla_without_its_backbone_names_the_fix(smolvla_dir, tmp_path):
         LeRobotPolicy(LeRobotPolicyConfig(path=str(bare), device="cpu"), robot())
 
 
-def test_prepare_policy_from_a_hub_cache_then_run_in_the_worker(smolvla_dir, tmp_path, capsys):
-    # the hub cache of a machine that once ran the policy: the policy repo (no backbone/) and the VLM repo,
-    # whose weights must not be copied
-    cache = tmp_path / "hub"
-    bare = shutil.copytree(smolvla_dir, tmp_path / "policy", ignore=shutil.ignore_patterns("backbone"))
+@pytest.fixture(scope="module")
+def hub_cache(smolvla_dir, tmp_path_factory):
+    """The hub cache of a machine that once ran the policy: the policy repository (no backbone/) and the
+    VLM's, whose weights prepare-policy must not copy."""
+    tmp = tmp_path_factory.mktemp("hub")
+    cache = tmp / "hub"
+    bare = shutil.copytree(smolvla_dir, tmp / "policy", ignore=shutil.ignore_patterns("backbone"))
     add_to_hub_cache(cache, "tandem-test/tiny-smolvla", bare, revision="a" * 40)
-    vlm = save_smolvlm_backbone(tmp_path / "vlm")
+    vlm = save_smolvlm_backbone(tmp / "vlm")
     (vlm / "model.safetensors").write_bytes(b"weights that prepare-policy never copies")
     add_to_hub_cache(cache, SMOLVLM_NAME, vlm, revision="b" * 40)
-    out = tmp_path / "prepared"
-    assert cli_main(["prepare-policy", "tandem-test/tiny-smolvla", "--out", str(out), "--cache-dir", str(cache)]) == 0
-    assert f"policy.path={out}" in capsys.readouterr().out
-    manifest = json.loads((out / "tandem_prepared.json").read_text())
+    return cache
+
+
+@pytest.fixture(scope="module")
+def prepared(hub_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "smolvla"
+    assert cli_main(["prepare-policy", "tandem-test/tiny-smolvla", "--out", str(out), "--cache-dir", str(hub_cache)]) == 0
+    return out
+
+
+def test_prepare_policy_copies_the_policy_and_the_backbone_files_from_the_cache(prepared, hub_cache, capsys):
+    manifest = json.loads((prepared / "tandem_prepared.json").read_text())
     assert (manifest["source_revision"], manifest["backbone"], manifest["backbone_revision"]) == (
         "a" * 40, SMOLVLM_NAME, "b" * 40)
-    assert (out / "model.safetensors").read_bytes() == (bare / "model.safetensors").read_bytes()
+    snapshot = hub_cache / "models--tandem-test--tiny-smolvla" / "snapshots" / ("a" * 40)
+    assert (prepared / "model.safetensors").read_bytes() == (snapshot / "model.safetensors").read_bytes()
+    assert json.loads((prepared / "config.json").read_text())["vlm_model_name"] == SMOLVLM_NAME, "unchanged"
     for name in ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json"):
-        assert (out / "backbone" / name).is_file(), name
-    assert not (out / "backbone" / "model.safetensors").exists()
+        assert (prepared / "backbone" / name).is_file(), name
+    assert not (prepared / "backbone" / "model.safetensors").exists(), "never the backbone's weights"
     # a second run refuses to mix into a full directory
-    assert cli_main(["prepare-policy", "tandem-test/tiny-smolvla", "--out", str(out), "--cache-dir", str(cache)]) == 2
+    assert cli_main(["prepare-policy", "tandem-test/tiny-smolvla", "--out", str(prepared),
+                     "--cache-dir", str(hub_cache)]) == 2
     assert "--out" in capsys.readouterr().err
 
+
+def test_prepared_smolvla_runs_in_the_worker_process_with_rtc(prepared, tmp_path):
+    """A tandem run session, SmolVLA in its worker process, splicing by lerobot's RTC under a 2-tick delay."""
     summary = Session(compose_run([
-        "policy=lerobot", f"policy.path={out}", "policy.device=cpu", "session.backend=process",
+        "policy=lerobot", f"policy.path={prepared}", "policy.device=cpu", "session.backend=process",
         "robot.realtime=false", "robot.task=reach-v3", "session.episodes=1", "robot.max_episode_steps=25",
-        "session.horizon=4", f"session.run_dir={tmp_path / 'run'}", "record.enabled=false",
+        "session.horizon=4", "scheduler.splice=rtc", "scheduler.sim_delay_ticks=2",
+        f"session.run_dir={tmp_path / 'run'}", "record.enabled=false",
     ])).run()
     ep = summary.episodes[0]
     assert summary.policy == "lerobot-smolvla"
     assert ep["steps"] == 25 and ep["starved_ticks"] == 0 and ep["scheduler"]["chunks"] >= 3
+    assert ep["scheduler"]["rtc_requests"] >= 2, ep["scheduler"]
+    assert ep["scheduler"]["rtc_fallbacks"] == 0, "every chunk honoured its prefix (no cross-fade fallback)"
+
+
+def test_smolvla_rtc_inpaints_the_committed_prefix(smolvla_dir):
+    """lerobot's RTC through the adapter: the first d actions are the prefix, the guided ones pulled to it."""
+    p = LeRobotPolicy(LeRobotPolicyConfig(path=str(smolvla_dir), device="cpu"), robot())
+    obs, d, n = observation(0), 2, 8
+    prefix = np.tile(np.array([0.5, -0.5, 0.3, -0.3], np.float32), (n, 1))
+    torch.manual_seed(1)
+    free = p.infer(obs, "push the puck").actions
+    torch.manual_seed(1)  # the same noise: only the guidance differs
+    guided = p.infer(make_request(obs, prefix, d), "push the puck").actions
+    assert guided.shape == (12, 4)
+    np.testing.assert_array_equal(guided[:d], prefix[:d])
+    gap_free, gap_guided = (np.abs(a[d:n // 2 + d] - prefix[d:n // 2 + d]).mean() for a in (free, guided))
+    assert gap_guided < 0.6 * gap_free, (gap_guided, gap_free)
+    assert not np.allclose(free[:d], prefix[:d])
 
 
 def test_prepare_policy_names_a_repository_missing_from_the_cache(tmp_path, capsys):
