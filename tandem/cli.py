@@ -10,7 +10,7 @@
     tandem learn [hydra overrides...]     the learner service (learner.store_dir=... learner.batch_size=...)
     tandem keys DIR [--force]             CURVE keys for links on non-loopback addresses
     tandem bench links [--pushes --records]  weight push latency (vs lerobot gRPC), experience throughput
-    tandem bench learner [--batch-size --updates --threads]  critic updates/s, weight publication, head latency
+    tandem bench learner [--batch-size --updates --threads --device --ensemble]  critic updates/s, weight publication, head latency
     tandem serve-policy [hydra overrides...]   a base policy served to remote robots (session.backend=remote)
     tandem demos [hydra overrides...]     scripted-expert demonstrations recorded into a LeRobotDataset
     tandem pretrain [hydra overrides...]  behaviour cloning of the tiny VLA from a LeRobotDataset
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=256, help="learner: batch size")
     bench.add_argument("--updates", type=int, default=100, help="learner: timed updates per figure")
     bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
+    bench.add_argument("--device", default="cpu", help="learner: torch device of the update figures (cpu, cuda)")
+    bench.add_argument("--ensemble", type=int, default=2, help="learner: critic ensemble members")
     bench.add_argument("--n", type=int, default=200, help="inference: chunks timed")
     bench.add_argument("--render-in-tick", action="store_true",
                        help="inference: render the camera inside the tick (robot.render_thread=false)")

@@ -23,9 +23,8 @@ from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
 from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.policies.heads.select import make_selector
 from tandem.protocol.wire import Message, digest_arrays, encode
-from tandem.value.objectives.critic import CriticObjective
-from tandem.value.objectives.edit import EditHeadObjective, EditObjectiveConfig
-from tandem.value.objectives.residual import ResidualHeadObjective
+from tandem.value.objectives.edit import EditObjectiveConfig
+from tandem.value.objectives.learning import make_learning_objective
 
 
 def _stats_ms(samples: list[float]) -> dict[str, float]:
@@ -57,19 +56,27 @@ def synthetic_batch(batch_size: int, horizon: int, action_dim: int, state_dim: i
     }
 
 
-def _rate(objective: Any, batch: dict[str, np.ndarray], updates: int) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rate(objective: Any, batch: dict[str, np.ndarray], updates: int, device: str = "cpu") -> float:
+    """Updates per second of ``objective.update`` on a numpy batch (host-to-device copy included)."""
     for _ in range(5):
         objective.update(batch)
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(updates):
         objective.update(batch)
+    _sync(device)
     return updates / (time.perf_counter() - t0)
 
 
 def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, horizon: int = 10,
                   action_dim: int = 4, state_dim: int = 39, feature_dim: int = 64, ensemble_size: int = 2,
                   loss: str = "mse", publish_reps: int = 30, head_calls: int = 2000,
-                  num_candidates: int = 8) -> dict[str, Any]:
+                  num_candidates: int = 8, device: str = "cpu") -> dict[str, Any]:
     """Run the measurements above and return them as a JSON-able dict.
 
     Args:
@@ -81,7 +88,11 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
         publish_reps: timed weight publications.
         head_calls: timed head calls (each figure).
         num_candidates: N edits scored at an edit-head chunk boundary.
+        device: torch device of the learning-core figures ("cpu", "cuda", "cuda:1"); the publication and
+            the on-robot head figures stay on the CPU, where the robot runs them.
     """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"tandem: bench learner --device {device}: torch sees no CUDA device here; use --device cpu")
     previous_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
@@ -90,16 +101,17 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
         ccfg = CriticConfig(**dims, ensemble_size=ensemble_size, loss=loss)
         batch = synthetic_batch(batch_size, horizon, action_dim, state_dim, feature_dim)
 
-        critic_rate = _rate(CriticObjective(ChunkedCritic(ccfg)), batch, updates)
-        residual_rate = _rate(ResidualHeadObjective(ResidualHead(ResidualHeadConfig(**dims)),
-                                                    CriticObjective(ChunkedCritic(ccfg))), batch, updates)
+        def rate(kind: str, head: Any = None, head_objective: Any = None) -> float:
+            objective = make_learning_objective(kind, ccfg, head, None, head_objective, device)
+            return _rate(objective, batch, updates, device)
+
+        critic_rate = rate("critic")
+        residual_rate = rate("residual", ResidualHeadConfig(**dims))
         # the edit head as EXPO (defaults) and as shipped (configs/head/edit.yaml: mean-edit acting, AWR only)
-        shipped = EditObjectiveConfig(acting="mean", q_weight=0.0, awr_weight=1.0, awr_beta=0.3)
-        edit_rate, edit_shipped_rate = (
-            _rate(EditHeadObjective(EditHead(EditHeadConfig(**dims, num_candidates=num_candidates)),
-                                    CriticObjective(ChunkedCritic(ccfg)), objective), batch, updates)
-            for objective in (None, shipped)
-        )
+        edit_head = EditHeadConfig(**dims, num_candidates=num_candidates)
+        edit_rate = rate("edit", edit_head)
+        edit_shipped_rate = rate("edit", edit_head, EditObjectiveConfig(acting="mean", q_weight=0.0, awr_weight=1.0,
+                                                                        awr_beta=0.3))
 
         critic = ChunkedCritic(ccfg)
         head = ResidualHead(ResidualHeadConfig(**dims))
@@ -151,6 +163,7 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
         torch.set_num_threads(previous_threads)
     return {
         "bench": "learner",
+        "device": device,
         "sizes": {"batch": batch_size, **dims, "ensemble": ensemble_size, "loss": loss,
                   "num_candidates": num_candidates, "critic_hidden": list(ccfg.hidden)},
         "torch_threads": threads if threads > 0 else previous_threads,

@@ -27,7 +27,8 @@ def main(args: argparse.Namespace) -> int:
         result = bench.bench_inference(seconds=args.seconds or 20.0, n=args.n, hz=args.hz,
                                        policy_overrides=args.overrides, render_thread=not args.render_in_tick)
     elif args.what == "learner":
-        result = bench.bench_learner(batch_size=args.batch_size, updates=args.updates, threads=args.threads)
+        result = bench.bench_learner(batch_size=args.batch_size, updates=args.updates, threads=args.threads,
+                                     device=args.device, ensemble_size=args.ensemble)
     elif args.what == "rtc":
         result = bench.bench_rtc(delays=args.delays, modes=args.modes, episodes=args.episodes,
                                  max_steps=args.max_steps, seed=args.seed, overrides=args.overrides)
