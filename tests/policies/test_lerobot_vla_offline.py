@@ -127,6 +127,17 @@ def test_prepare_policy_copies_the_policy_and_the_backbone_files_from_the_cache(
     assert "--out" in capsys.readouterr().err
 
 
+def test_prepare_policy_from_a_local_training_output_with_the_backbone_from_the_cache(
+        smolvla_dir, hub_cache, tmp_path):
+    trained = shutil.copytree(smolvla_dir, tmp_path / "pretrained_model", ignore=shutil.ignore_patterns("backbone"))
+    out = tmp_path / "out"
+    assert cli_main(["prepare-policy", str(trained), "--out", str(out), "--cache-dir", str(hub_cache)]) == 0
+    manifest = json.loads((out / "tandem_prepared.json").read_text())
+    assert (manifest["source_revision"], manifest["backbone"]) == ("local", SMOLVLM_NAME)
+    p = LeRobotPolicy(LeRobotPolicyConfig(path=str(out), device="cpu"), robot())
+    assert p.infer(observation(0), "reach the goal").actions.shape == (12, 4)
+
+
 def test_prepared_smolvla_runs_in_the_worker_process_with_rtc(prepared, tmp_path):
     """A tandem run session, SmolVLA in its worker process, splicing by lerobot's RTC under a 2-tick delay."""
     summary = Session(compose_run([
