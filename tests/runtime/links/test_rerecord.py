@@ -95,6 +95,33 @@ def test_a_retract_message_is_checked():
             check_retract(bad)
 
 
+def test_recovery_discards_a_spooled_rerecorded_episode_the_session_left_behind(tmp_path):
+    """A session killed after a re-recorded episode was spooled (end.json written) but before its converter
+    discarded it: ``tandem recover`` discards it too, never converts it."""
+    from tandem.hardware.features import STATE_KEY, Feature
+    from tandem.runtime.control.loop import TickRecord
+    from tandem.runtime.recording.dataset_store import recover, spool_dir
+    from tandem.runtime.recording.tick_spool import SpoolEpisodeWriter, SpoolSchema, episode_name, list_spool
+
+    schema = SpoolSchema.build({STATE_KEY: Feature("float32", (3,))}, Feature("float32", (2,)), 0)
+    root = tmp_path / "dataset"
+    spool_dir(root).mkdir(parents=True)
+    name = episode_name(1, 0)
+    writer = SpoolEpisodeWriter(spool_dir(root) / name, {"session": 1, "seq": 0, "episode": 4, "task": "t", "fps": 20,
+                                                         "features": schema.features}, schema.dtype)
+    for k in range(5):
+        z = np.zeros(2, np.float32)
+        writer.append(schema.pack(TickRecord(
+            episode=4, tick=k, observation={STATE_KEY: np.zeros(3, np.float32)}, base_action=z, head_action=z,
+            action=z, is_intervention=False, takeover_start=False, starved=False, chunk_index=0, chunk_step=k,
+            head_version=0, base_version=0, features=np.zeros(0, np.float16), reward=0.0, success=False,
+            done=False, truncated=k == 4, obs_time=0.0, send_time=0.0, lateness_ms=0.0)))
+    writer.finish({"outcome": "rerecord", "steps": 5})
+    report = recover(root)
+    assert report["discarded"] == [name] and report["committed"] == [] and report["episodes"] == 0
+    assert list_spool(spool_dir(root)) == []
+
+
 class RerecordOnce:
     """A scripted operator: the episode with id ``episode`` is re-recorded at tick ``tick``."""
 
