@@ -47,6 +47,10 @@ class LearnerConfig:
         seed: seeds the network init and the sampler.
         status_every_s: how often ``status.json`` and the status log line are written.
         bind_retry_s: while a port is busy, keep retrying this long (a hot standby for a running learner).
+        demos: LeRobotDataset directories loaded into the demonstration buffer before training starts (by
+            ``tandem learn``, which reads the datasets; the learner itself only sees their chunk records).
+            Loading is idempotent: a restarted learner keeps what its log holds and adds nothing twice.
+        demo_horizon: H of the demonstration records; must equal the robots' ``session.horizon``.
         replay: ReplayConfig.
         objective: ObjectiveConfig.
     """
@@ -76,6 +80,8 @@ class LearnerConfig:
     seed: int = 0
     status_every_s: float = 5.0
     bind_retry_s: float = 0.0
+    demos: tuple[str, ...] = ()
+    demo_horizon: int = 10
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
@@ -100,6 +106,10 @@ class LearnerConfig:
                      "checkpoint_every_updates", "keep_checkpoints", "bind_retry_s"):
             non_negative(f"learner.{name}", getattr(self, name))
         in_range("learner.torch_threads", self.torch_threads, 1, 1024)
+        if isinstance(self.demos, str):
+            self.demos = (self.demos,)
+        self.demos = tuple(str(d) for d in self.demos)
+        in_range("learner.demo_horizon", self.demo_horizon, 1, 1000)
         positive("learner.status_every_s", self.status_every_s)
 
     def server_config(self) -> ServerConfig:

@@ -4,6 +4,7 @@ then prints its summary and writes the learner report."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -15,8 +16,11 @@ import yaml
 from tandem.commands.learner_process import PARENT_ENV, watch_parent
 from tandem.commands.run import learner_report
 from tandem.core.errors import ConfigError
-from tandem.value.config import compose_learner
+from tandem.protocol.messages import record_to_message
+from tandem.protocol.wire import decode, encode
+from tandem.value.config import LearnerConfig, compose_learner
 from tandem.value.learner import Learner
+from tandem.value.replay import STORED, ReplayStore
 
 
 def check_config_file(path: str) -> None:
@@ -47,6 +51,50 @@ def check_store_dir(store_dir: str) -> None:
                           f"({exc.strerror or exc}); choose a writable directory") from None
 
 
+def load_demos(cfg: LearnerConfig) -> dict[str, int]:
+    """Put the chunk records of every ``learner.demos`` dataset into the store's demonstration buffer.
+
+    Each dataset becomes one stream (robot ``demos``, stream id from its resolved path), its records
+    offered in order with seqs 1..n and source "demo", so the replay's duplicate filter makes a second
+    load (a restarted learner) add nothing. Runs before the learner opens the store.
+
+    Returns:
+        {dataset path: records stored now} (0 for one already loaded).
+
+    Raises:
+        ConfigError: a path that is not a LeRobotDataset (named by ``learner.demos``).
+    """
+    if not cfg.demos or int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    # the dataset reader (parquet) is needed only here: a learner without demos runs on torch, numpy, msgpack, zmq
+    from tandem.runtime.links.from_dataset import load_chunk_records
+
+    roots = []
+    for d in cfg.demos:
+        root = Path(d).expanduser().resolve()
+        if not (root / "meta" / "info.json").is_file():
+            raise ConfigError("learner.demos", d, "is not a LeRobotDataset directory (no meta/info.json); give the "
+                              "record.root of a recorded session or a `tandem demos` dataset")
+        roots.append(root)
+    loaded: dict[str, int] = {}
+    store = ReplayStore(Path(cfg.store_dir) / "replay", cfg.replay)
+    try:
+        for root in roots:
+            stream = "demos-" + hashlib.sha256(str(root).encode()).hexdigest()[:12]
+            records = load_chunk_records(root, cfg.demo_horizon, "demos")
+            stored = 0
+            for seq, record in enumerate(records, start=1):
+                msg = decode([bytes(f) for f in encode(record_to_message(record, seq, stream, "demo"))], copy=True)
+                stored += store.offer(msg) == STORED
+            store.commit()
+            loaded[str(root)] = stored
+            print(f"tandem learn: demos {root}: {len(records)} chunk records (H={cfg.demo_horizon}), "
+                  f"{stored} new in the demonstration buffer", flush=True)
+    finally:
+        store.close()
+    return loaded
+
+
 def main(args: argparse.Namespace) -> int:
     """``tandem learn [--config FILE] [overrides]``: serve and train until SIGINT/SIGTERM (or max_updates /
     max_seconds). Spawned by ``tandem run learn.spawn=true`` (``TANDEM_PARENT_PID`` set), it also stops
@@ -55,6 +103,7 @@ def main(args: argparse.Namespace) -> int:
         check_config_file(args.config)
     cfg = compose_learner(args.overrides, args.config)
     check_store_dir(cfg.store_dir)
+    load_demos(cfg)
     stop = threading.Event()
     learner = Learner(cfg, stop=stop)  # refuses a bad endpoint before anything starts
     parent = os.environ.get(PARENT_ENV, "")
