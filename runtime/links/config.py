@@ -77,7 +77,8 @@ class LinkConfig:
         positive("link.learner_wait_s", self.learner_wait_s)
         in_range("link.image_size", self.image_size, 0, 1024)
         in_range("link.image_quality", self.image_quality, 1, 100)
-        in_range("link.image_max_bytes", self.image_max_bytes, 1024, self.max_message_bytes // 2)
+        if self.image_size:  # images must leave room in a record for the rest of it
+            in_range("link.image_max_bytes", self.image_max_bytes, 1024, self.max_message_bytes // 2)
 
     @property
     def experience_endpoint(self) -> str:
