@@ -173,7 +173,7 @@ class Session:
         session = self.config.session
         images = ChunkImages(link.image_size, link.image_quality, link.image_max_bytes) if link.image_size else None
         self._link_sink = ChunkAssembler(link.robot_id, session.horizon, self.experience_link.send,
-                                         stride=session.record_stride)
+                                         stride=session.record_stride, images=images)
         self.sinks.append(self._link_sink)
         self.controller.boundary_callbacks.append(self.weights_link.apply_staged)
         self.controller.episode_callbacks.append(self.weights_link.apply_episode)  # base weights
