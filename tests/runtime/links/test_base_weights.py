@@ -176,3 +176,41 @@ def test_base_weights_pushed_mid_session_run_from_the_next_episode(ckpt, tmp_pat
     table = report.split("## Base policy versions", 1)[1].split("##", 1)[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
     assert [r[:3] for r in rows[2:]] == [["0", "1", "v0"], ["1-2", "2", "v1"]], table
+
+
+def test_a_remote_policy_server_takes_base_weights_through_the_same_consumer(ckpt):
+    """``session.backend=remote`` (``tandem serve-policy``): the base consumer built for the remote backend
+    stages and activates over the policy link; the server's chunks carry the new version."""
+    import threading
+
+    from tandem.hardware.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
+    from tandem.runtime.inference.client import PolicyLinkConfig, RemoteBackend
+    from tandem.runtime.inference.server import serve_policy
+    from tandem.runtime.links.weights import base_consumer
+
+    path, model = ckpt
+    policy = TinyVLAPolicy(TinyVLAPolicyConfig(path=str(path), device="cpu"))
+    robot = MetaWorldRobot(MetaWorldRobotConfig(cameras=[]))
+    stop, ready, where = threading.Event(), threading.Event(), []
+    thread = threading.Thread(target=serve_policy, kwargs=dict(
+        policy=policy, robot=robot, bind="tcp://127.0.0.1:*", stop=stop,
+        on_ready=lambda ep: (where.append(ep), ready.set())), daemon=True)
+    thread.start()
+    backend = None
+    try:
+        assert ready.wait(10)
+        backend = RemoteBackend(PolicyLinkConfig(endpoint=where[0], start_timeout_s=10))
+        consumer = base_consumer(None, backend)
+        assert isinstance(consumer.target, LinkBase) and consumer.weights_schema() == policy.weights_schema()
+        consumer.prepare_weights(constant_weights(model), 3)
+        consumer.load_weights(3, 3)
+        backend.submit(1, {"observation.state": np.zeros(39, np.float32)}, TASK_INSTRUCTIONS["reach-v3"])
+        replies = []
+        assert wait_for(lambda: replies.extend(backend.poll(0.05)) or replies, 20)
+        assert replies[0][1].version == 3 and np.allclose(replies[0][1].actions, CONSTANT, atol=1e-3)
+        consumer.close()
+    finally:
+        if backend is not None:
+            backend.close()
+        stop.set()
+        thread.join(5)
