@@ -138,6 +138,10 @@ def test_the_base_loss_on_its_data_goes_down_and_published_versions_load_back(ck
     model, _, meta = load_checkpoint(tmp_path / "v000007")
     assert meta["version"] == 7 and meta["weighting"] == "awr"
     assert all(np.array_equal(v.numpy(), arrays[k]) for k, v in model.state_dict().items())
+    obj.config.keep_versions = 2  # the learner keeps the newest published versions only
+    for v in (8, 9):
+        obj.save_published("base", v, tmp_path / f"v{v:06d}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v000008", "v000009"]
     again = objective(ckpt, weighting="awr")  # resume: the same base and counters
     again.load_state_dict(obj.state_dict())
     assert again.base_steps == obj.base_steps
