@@ -11,6 +11,7 @@
     tandem keys DIR [--force]             CURVE keys for links on non-loopback addresses
     tandem bench links [--pushes --records]  weight push latency (vs lerobot gRPC), experience throughput
     tandem bench learner [--batch-size --updates --threads --device --ensemble]  critic updates/s, weight publication, head latency
+    tandem bench fleet [--robots 20 --hz 50 --seconds 30 --objective edit]  learner updates/s idle vs. while robots stream
     tandem serve-policy [hydra overrides...]   a base policy served to remote robots (session.backend=remote)
     tandem demos [hydra overrides...]     scripted-expert demonstrations recorded into a LeRobotDataset
     tandem pretrain [hydra overrides...]  behaviour cloning of the tiny VLA from a LeRobotDataset
@@ -64,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "evaluated on unseen scenes (tandem study --help)", add_help=False, prefix_chars="\x00")
     study.add_argument("args", nargs=argparse.REMAINDER, help="tandem study options and Hydra overrides")
     bench = sub.add_parser("bench", help="performance benchmarks (JSON out)")
-    bench.add_argument("what", choices=["loop", "recorder", "links", "learner", "inference", "rtc"], help="which benchmark")
+    bench.add_argument("what", choices=["loop", "recorder", "links", "learner", "inference", "rtc", "fleet"], help="which benchmark")
     bench.add_argument("--hz", type=float, default=50.0, help="loop rate (Hz)")
-    bench.add_argument("--seconds", type=float, default=None, help="duration (s; loop 10, recorder 60)")
+    bench.add_argument("--seconds", type=float, default=None, help="duration (s; loop 10, recorder 60, fleet 30)")
     bench.add_argument("--load", type=int, default=0, help="busy worker processes beside the loop")
     bench.add_argument("--source", choices=["synthetic", "metaworld"], default="synthetic",
                        help="recorder: camera frames generated, or pre-rendered MetaWorld corner/topview")
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=0, help="learner: torch threads (0: torch default)")
     bench.add_argument("--device", default="cpu", help="learner: torch device of the update figures (cpu, cuda)")
     bench.add_argument("--ensemble", type=int, default=2, help="learner: critic ensemble members")
+    bench.add_argument("--robots", type=int, default=20, help="fleet: robot processes streaming chunk records")
+    bench.add_argument("--idle-seconds", type=float, default=20.0, help="fleet: learner update rate window before the robots start")
+    bench.add_argument("--objective", default="edit", help="fleet: the learner's objective (critic, residual, edit)")
     bench.add_argument("--n", type=int, default=200, help="inference: chunks timed")
     bench.add_argument("--render-in-tick", action="store_true",
                        help="inference: render the camera inside the tick (robot.render_thread=false)")

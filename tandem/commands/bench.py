@@ -29,6 +29,9 @@ def main(args: argparse.Namespace) -> int:
     elif args.what == "learner":
         result = bench.bench_learner(batch_size=args.batch_size, updates=args.updates, threads=args.threads,
                                      device=args.device, ensemble_size=args.ensemble)
+    elif args.what == "fleet":
+        result = bench.bench_fleet(robots=args.robots, hz=args.hz, seconds=args.seconds or 30.0, idle_s=args.idle_seconds,
+                                   objective=args.objective, batch_size=args.batch_size, device=args.device)
     elif args.what == "rtc":
         result = bench.bench_rtc(delays=args.delays, modes=args.modes, episodes=args.episodes,
                                  max_steps=args.max_steps, seed=args.seed, overrides=args.overrides)
