@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandem.protocol.messages import record_to_message
-from tandem.protocol.wire import decode, encode
+from tandem.protocol.messages import delivered_message
 from tandem.value.replay import ReplayConfig, ReplayStore
 
 HORIZON = 10
@@ -49,7 +48,7 @@ def _preload(store_dir: Path, n: int) -> None:
     store = ReplayStore(store_dir / "replay", ReplayConfig())
     try:
         for seq, rec in enumerate(_records("preloaded", n), start=1):
-            store.offer(decode([bytes(f) for f in encode(record_to_message(rec, seq, "preload"))], copy=True))
+            store.offer(delivered_message(rec, seq, "preload"))
         store.commit()
     finally:
         store.close()

@@ -16,8 +16,7 @@ import yaml
 from tandem.commands.learner_process import PARENT_ENV, watch_parent
 from tandem.commands.run import learner_report
 from tandem.core.errors import ConfigError
-from tandem.protocol.messages import record_to_message
-from tandem.protocol.wire import decode, encode
+from tandem.protocol.messages import delivered_message
 from tandem.value.config import LearnerConfig, compose_learner
 from tandem.value.learner import Learner
 from tandem.value.replay import STORED, ReplayStore
@@ -84,8 +83,7 @@ def load_demos(cfg: LearnerConfig) -> dict[str, int]:
             records = load_chunk_records(root, cfg.demo_horizon, "demos")
             stored = 0
             for seq, record in enumerate(records, start=1):
-                msg = decode([bytes(f) for f in encode(record_to_message(record, seq, stream, "demo"))], copy=True)
-                stored += store.offer(msg) == STORED
+                stored += store.offer(delivered_message(record, seq, stream, "demo")) == STORED
             store.commit()
             loaded[str(root)] = stored
             print(f"tandem learn: demos {root}: {len(records)} chunk records (H={cfg.demo_horizon}), "

@@ -33,7 +33,9 @@ from tandem.protocol.wire import (
     INT64_MIN,
     Message,
     WireError,
+    decode,
     digest_arrays,
+    encode,
     log_safe,
     schema_hash,
 )
@@ -75,6 +77,12 @@ def record_to_message(record: ChunkRecord, seq: int, stream: str, source: str = 
     if record.failed:
         meta["failed"] = True
     return Message(kind=CHUNK, schema=RECORD_SCHEMA, seq=int(seq), robot=record.robot_id, meta=meta, arrays=arrays)
+
+
+def delivered_message(record: ChunkRecord, seq: int, stream: str, source: str = "online") -> Message:
+    """``record_to_message`` as a learner receives it: encoded to frames and decoded again (arrays copied),
+    for filling a replay store without a socket (demonstrations, benchmarks, tests)."""
+    return decode([bytes(f) for f in encode(record_to_message(record, seq, stream, source))], copy=True)
 
 
 def _meta(meta: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
