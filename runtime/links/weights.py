@@ -216,7 +216,6 @@ class LinkBase:
         self.stage_timeout_s = stage_timeout_s
         self.activate_timeout_s = activate_timeout_s
         self._lock = threading.Lock()  # staging (weights thread) and activation (control thread) share the socket
-        self._context: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._connected = ""
         self._seq = 0
@@ -227,11 +226,11 @@ class LinkBase:
         if self._sock is not None and endpoint != self._connected:
             self._sock.close(0)
             self._sock = None
-        if self._context is None:
-            self._context = zmq.Context()
         if self._sock is None:
             self._connected = endpoint
-            self._sock = open_socket(self._context, zmq.DEALER, endpoint, bind=False,
+            # the process's shared context (never terminated here): a private one finalized by the garbage
+            # collector before its socket (an owner never closed) would block forever in zmq_ctx_term
+            self._sock = open_socket(zmq.Context.instance(), zmq.DEALER, endpoint, bind=False,
                                      max_message_bytes=self.max_message_bytes, keys_dir=self.keys_dir,
                                      field="policy_link.endpoint")
         return self._sock
@@ -278,14 +277,12 @@ class LinkBase:
         self._cancel.set()
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket (linger 0)."""
         self._cancel.set()
         with self._lock:
             if self._sock is not None:
                 self._sock.close(0)
-            if self._context is not None:
-                self._context.term()
-            self._sock = self._context = None
+            self._sock = None
 
 
 class BaseWeights:
