@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="study name (default study_<date>_<time>)")
     p.add_argument("--realtime", action="store_true", help="train and evaluate with robot.realtime=true (the "
                    "asynchronous policy worker, as deployed; default false: each inference waits for its reply)")
+    p.add_argument("--iterations", type=int, default=1, help="arms that update the base (base_update=...): "
+                   "evaluate the base after each of K equal blocks of training episodes (the version the robot "
+                   "ran from the next block on; the newest published one after the last)")
     p.add_argument("--resume", action="store_true", help="keep the runs of --out whose evaluation finished; "
                    "rerun the others from scratch")
     p.add_argument("overrides", nargs="*", help="run overrides for every arm, e.g. policy=scripted")
@@ -105,6 +109,8 @@ def _check(args: argparse.Namespace, arms: dict[str, dict]) -> None:
     if args.updates_per_episode < 0 or args.curve_every < 0:
         raise ConfigError("--updates-per-episode/--curve-every", (args.updates_per_episode, args.curve_every),
                           "must be >= 0")
+    if args.iterations < 1 or args.episodes % args.iterations:
+        raise ConfigError("--iterations", args.iterations, f">= 1 and dividing --episodes ({args.episodes})")
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         raise ConfigError("--seeds", args.seeds, "distinct training seeds >= 0")
 
@@ -126,9 +132,10 @@ def _training_overrides(args: argparse.Namespace, arm: dict, seed: int, run_dir:
     return out + ([f"teleop.seed={seed}"] if teleop_seeded else [])
 
 
-def _eval_args(args: argparse.Namespace, arm: dict, out: Path, init: Path | None) -> list[str]:
+def _eval_args(args: argparse.Namespace, arm: dict, out: Path, init: Path | None,
+               extra: list[str] | None = None) -> list[str]:
     head = [f"head.init={init}"] if init is not None else []
-    return [*args.overrides, *arm["overrides"], *head, _realtime(args), "--split", "unseen",
+    return [*args.overrides, *arm["overrides"], *head, *(extra or []), _realtime(args), "--split", "unseen",
             "--seeds", *map(str, args.eval_seeds), "--episodes", str(args.eval_episodes), "--out", str(out),
             "--label", out.parent.name if init is None else f"{out.parent.parent.name}/{out.parent.name}"]
 
@@ -144,17 +151,56 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd[2:4])} failed with exit {rc} (log {log}):\n{tail}")
 
 
-def _stage(cmd: list[str], run_dir: Path, eval_dir: Path, resume: bool, then: list[str] | None = None) -> None:
-    """Run ``cmd`` (and ``then``) into ``run_dir``. With ``resume`` a run whose evaluation is complete is
-    kept; any other leftover of ``run_dir`` (a run cut short: its learner store would resume) is removed."""
-    if resume and (eval_dir / "eval.json").exists():
+Stages = Callable[[], list[tuple[list[str], str]]]
+
+
+def _stage(cmd: list[str], run_dir: Path, eval_dir: Path, resume: bool, then: Stages | None = None) -> list[list[str]]:
+    """Run ``cmd`` into ``run_dir``, then each (command, log name) that ``then()`` gives (called after
+    ``cmd``: the evaluations may depend on what training left); the commands. With ``resume`` a run whose
+    evaluation (``eval_dir``, the last stage) is complete is kept; any other leftover of ``run_dir`` (a run
+    cut short: its learner store would resume) is removed."""
+    kept = resume and (eval_dir / "eval.json").exists()
+    if kept:
         print(f"tandem study: kept {run_dir} (--resume)", flush=True)
-        return
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    _run(cmd, run_dir / ("train.log" if then is not None else "eval.log"))
-    if then is not None:
-        _run(then, run_dir / "eval.log")
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        _run(cmd, run_dir / ("train.log" if then is not None else "eval.log"))
+    later = then() if then is not None else []
+    if not kept:
+        for stage, log in later:
+            _run(stage, run_dir / log)
+    return [cmd, *(stage for stage, _ in later)]
+
+
+def _updates_base(cfg: Any) -> bool:
+    """Whether a run of ``cfg`` updates the base policy (``base_update=aloe|dagger|awr``)."""
+    objective = (cfg.learn.learner or {}).get("objective") or {}
+    return bool(cfg.learn.spawn) and objective.get("type") == "base_awr"
+
+
+def _published(run_dir: Path) -> list[int]:
+    """The base versions the run's learner published (``<run_dir>/learner/base/v<N>``), ascending."""
+    return sorted(int(d.name[1:]) for d in (run_dir / "learner" / "base").glob("v[0-9]*") if d.name[1:].isdigit())
+
+
+def iteration_versions(run_dir: Path, episodes: int, iterations: int) -> list[tuple[int, int]]:
+    """(iteration k, base version after it) for k = 1..K: the version the robot ran in the first training
+    episode of block k + 1 (episodes split into K equal blocks; what was deployed after k blocks of data),
+    and after the last block the newest version the learner published (its state when training ended)."""
+    eps = json.loads((run_dir / "summary.json").read_text())["episodes"]
+    block = episodes // iterations
+    out = [(k, int(eps[k * block]["base_version"])) for k in range(1, iterations)]
+    published = _published(run_dir)
+    last = published[-1] if published else int(eps[-1]["base_version"])
+    return [*out, (iterations, max(last, out[-1][1] if out else 0))]
+
+
+def _version_overrides(run_dir: Path, version: int, initial: int) -> list[str]:
+    """Run the base ``version`` of the run's learner store (the loaded checkpoint itself for ``initial``)."""
+    if version == initial:
+        return []
+    return [f"policy.versions_dir={run_dir / 'learner' / 'base'}", f"policy.version={version}"]
 
 
 def _eval_outcomes(eval_dir: Path) -> tuple[dict, list[np.ndarray]]:
@@ -203,8 +249,7 @@ def run_study(args: argparse.Namespace, argv: list[str]) -> dict:
     for arm_name in [a for a in args.arms if not arms[a]["train"]]:  # evaluated once, for every seed
         eval_dir, entry = out / arm_name / "eval", results[arm_name]
         cmd = [*TANDEM, "eval", *_eval_args(args, arms[arm_name], eval_dir, None)]
-        _stage(cmd, out / arm_name, eval_dir, args.resume)
-        entry["commands"].append(shlex.join(cmd[2:]))
+        entry["commands"] += [shlex.join(c[2:]) for c in _stage(cmd, out / arm_name, eval_dir, args.resume)]
         data, outcomes = _eval_outcomes(eval_dir)
         for seed in args.seeds:
             entry["runs"][seed] = {"eval": data, "outcomes": outcomes, "updates": 0, "operator_ticks": 0,
@@ -215,15 +260,92 @@ def run_study(args: argparse.Namespace, argv: list[str]) -> dict:
             run_dir = out / arm_name / f"seed_{seed}"
             teleop_seeded = hasattr(configs[arm_name].teleop, "seed")
             train = [*TANDEM, "run", *_training_overrides(args, arm, seed, run_dir, teleop_seeded)]
-            ev = [*TANDEM, "eval", *_eval_args(args, arm, run_dir / "eval", run_dir / "learner")]
-            _stage(train, run_dir, run_dir / "eval", args.resume, then=ev)
-            entry["commands"] += [shlex.join(train[2:]), shlex.join(ev[2:])]
+            cfg = configs[arm_name]
+            init = run_dir / "learner" if cfg.head.type != "none" else None
+            then = _evaluations(args, arm, run_dir, init, _updates_base(cfg))
+            entry["commands"] += [shlex.join(c[2:]) for c in _stage(train, run_dir, run_dir / "eval", args.resume, then)]
             data, outcomes = _eval_outcomes(run_dir / "eval")
             entry["runs"][seed] = {"eval": data, "outcomes": outcomes, **_training_figures(run_dir),
-                                   "calibration": _calibration(configs[arm_name].head, run_dir, data)}
+                                   "calibration": _calibration(cfg.head, run_dir, data),
+                                   "iterations": _iteration_outcomes(args, run_dir) if _updates_base(cfg) else None}
     data = summarize(results, args, argv, base_cfg)
     write_study(out, data, results)
     return data
+
+
+def _iteration_dir(run_dir: Path, k: int, iterations: int) -> Path:
+    """Where the evaluation after iteration k goes (the last one is the run's ``eval``)."""
+    return run_dir / ("eval" if k == iterations else f"eval_iter{k}")
+
+
+def _evaluations(args: argparse.Namespace, arm: dict, run_dir: Path, init: Path | None, base: bool) -> Stages:
+    """The evaluation stages of a trained run: its final evaluation; for a run that updates the base, one
+    evaluation of the base after each iteration (``--iterations``), the last being the final one."""
+    def stages() -> list[tuple[list[str], str]]:
+        if not base:
+            return [([*TANDEM, "eval", *_eval_args(args, arm, run_dir / "eval", init)], "eval.log")]
+        initial = int(json.loads((run_dir / "summary.json").read_text())["episodes"][0]["base_version"])
+        out = []
+        for k, version in iteration_versions(run_dir, args.episodes, args.iterations):
+            where = _iteration_dir(run_dir, k, args.iterations)
+            cmd = [*TANDEM, "eval", *_eval_args(args, arm, where, init, _version_overrides(run_dir, version, initial))]
+            out.append((cmd, f"{where.name}.log"))
+        return out
+    return stages
+
+
+def _iteration_outcomes(args: argparse.Namespace, run_dir: Path) -> list[dict]:
+    """Per iteration k = 1..K: the training episodes before it, the base version and its evaluation outcomes."""
+    out = []
+    for k, version in iteration_versions(run_dir, args.episodes, args.iterations):
+        _, outcomes = _eval_outcomes(_iteration_dir(run_dir, k, args.iterations))
+        out.append({"iteration": k, "after_episodes": k * args.episodes // args.iterations, "version": version,
+                    "outcomes": outcomes})
+    return out
+
+
+def _paired(name: str, control: str, a: list[list[np.ndarray]], b: list[list[np.ndarray]], **extra: Any) -> dict:
+    """Paired difference (``a`` - ``b``, per training seed a list of per-evaluation-seed outcome arrays on
+    the same scenes) with its percentile interval."""
+    diffs = [[y - x for x, y in zip(xs, ys, strict=True)] for xs, ys in zip(b, a, strict=True)]
+    reps = hierarchical_distribution(diffs, RESAMPLES, np.random.default_rng(0))
+    lo, hi = (float(q) for q in np.quantile(reps, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]))
+    d = hierarchical_ci(a, n=RESAMPLES, seed=0, level=LEVEL)[0] - hierarchical_ci(b, n=RESAMPLES, seed=0, level=LEVEL)[0]
+    return {"arm": name, "control": control, **extra, "difference": d, "lo": lo, "hi": hi,
+            "excludes_zero": bool(lo > 0 or hi < 0)}
+
+
+def summarize_iterations(results: dict[str, dict], seeds: list[int]) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Per base-updating arm, its base-only success after each iteration (iteration 0: the ``base`` arm's
+    evaluation when the study has one), and the paired difference between every two such arms at every
+    iteration."""
+    curves: dict[str, list[dict]] = {}
+    outcomes: dict[str, dict[int, list]] = {}
+    for name, entry in results.items():
+        runs = [entry["runs"][s] for s in seeds]
+        if not runs or not all(r.get("iterations") for r in runs):
+            continue
+        points = []
+        if "base" in results:
+            base = [results["base"]["runs"][s]["outcomes"] for s in seeds]
+            mean, lo, hi = hierarchical_ci(base, n=RESAMPLES, seed=0, level=LEVEL)
+            points.append({"iteration": 0, "after_episodes": 0, "versions": None,
+                           "success": {"mean": mean, "lo": lo, "hi": hi}})
+        by_k: dict[int, list] = {}
+        for k in range(len(runs[0]["iterations"])):
+            its = [r["iterations"][k] for r in runs]
+            by_k[its[0]["iteration"]] = [it["outcomes"] for it in its]
+            mean, lo, hi = hierarchical_ci(by_k[its[0]["iteration"]], n=RESAMPLES, seed=0, level=LEVEL)
+            points.append({"iteration": its[0]["iteration"], "after_episodes": its[0]["after_episodes"],
+                           "versions": {str(s): it["version"] for s, it in zip(seeds, its, strict=True)},
+                           "success": {"mean": mean, "lo": lo, "hi": hi},
+                           "per_seed": {str(s): float(np.mean(np.concatenate(it["outcomes"])))
+                                        for s, it in zip(seeds, its, strict=True)}})
+        curves[name], outcomes[name] = points, by_k
+    names = list(curves)
+    diffs = [_paired(a, b, outcomes[a][k], outcomes[b][k], iteration=k)
+             for i, a in enumerate(names) for b in names[:i] for k in outcomes[a] if k in outcomes[b]]
+    return curves, diffs
 
 
 def summarize(results: dict[str, dict], args: argparse.Namespace, argv: list[str], cfg: Any) -> dict:
@@ -249,13 +371,8 @@ def summarize(results: dict[str, dict], args: argparse.Namespace, argv: list[str
             if control not in results or control == name or (
                     name in CONTROL_ARMS and CONTROL_ARMS.index(control) > CONTROL_ARMS.index(name)):
                 continue
-            diffs = [[c - b for b, c in zip(results[control]["runs"][s]["outcomes"], results[name]["runs"][s]["outcomes"],
-                                             strict=True)] for s in args.seeds]
-            reps = hierarchical_distribution(diffs, RESAMPLES, np.random.default_rng(0))
-            lo, hi = (float(q) for q in np.quantile(reps, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]))
-            d = arms[name]["success"]["mean"] - arms[control]["success"]["mean"]
-            differences.append({"arm": name, "control": control, "difference": d, "lo": lo, "hi": hi,
-                                "excludes_zero": bool(lo > 0 or hi < 0)})
+            differences.append(_paired(name, control, [results[name]["runs"][s]["outcomes"] for s in args.seeds],
+                                       [results[control]["runs"][s]["outcomes"] for s in args.seeds]))
     return {"name": args.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": shlex.join(["tandem", "study", *argv]), "overrides": list(args.overrides),
             "split": "unseen", "seeds": list(args.seeds), "episodes": args.episodes,
@@ -264,7 +381,14 @@ def summarize(results: dict[str, dict], args: argparse.Namespace, argv: list[str
             "eval_episodes": args.eval_episodes,
             "interval": f"{int(LEVEL * 100)}% percentile bootstrap, {RESAMPLES} resamples of training seeds and of "
                         "episodes within each evaluation seed; differences paired by training seed and scene",
-            "arms": arms, "differences": differences}
+            "iterations": args.iterations, "arms": arms, "differences": differences,
+            **_iterations_block(results, args)}
+
+
+def _iterations_block(results: dict[str, dict], args: argparse.Namespace) -> dict:
+    """study.json's base-update section (only when some arm updates the base)."""
+    curves, diffs = summarize_iterations(results, list(args.seeds))
+    return {"base_iterations": curves, "iteration_differences": diffs} if curves else {}
 
 
 CALIBRATION_FIGURES = ("spearman", "mean_error", "mean_abs_error", "pess_mean_error", "v0_auc")
@@ -310,8 +434,28 @@ def write_study(out: Path, data: dict, results: dict[str, dict]) -> None:
                     "learner updates (mean)", "operator share of training ticks"], rows), "",
           "## Paired differences", "",
           md_table(["arm - control", "difference", "95% CI", "excludes 0"], diff_rows), "",
-          *_calibration_md(data), "![study](study.png)", ""]
+          *_iterations_md(data), *_calibration_md(data), "![study](study.png)", ""]
     (out / "study.md").write_text("\n".join(md))
+
+
+def _iterations_md(data: dict) -> list[str]:
+    """The base-update section of study.md: base-only success after each iteration, and the paired
+    differences between the base-updating arms (nothing when no arm updates the base)."""
+    curves = data.get("base_iterations")
+    if not curves:
+        return []
+    rows = [[name, p["iteration"], p["after_episodes"],
+             f"{p['success']['mean']:.3f} [{p['success']['lo']:.3f}, {p['success']['hi']:.3f}]",
+             " ".join(map(str, p["versions"].values())) if p["versions"] else "checkpoint"]
+            for name, points in curves.items() for p in points]
+    diff_rows = [[f"{d['arm']} - {d['control']}", d["iteration"], f"{d['difference']:+.3f}",
+                  f"[{d['lo']:+.3f}, {d['hi']:+.3f}]", "yes" if d["excludes_zero"] else "no"]
+                 for d in data.get("iteration_differences", [])]
+    return ["## The base after each iteration (base only, no head, unseen scenes)", "",
+            f"{data['iterations']} iterations of {data['episodes'] // data['iterations']} training episodes; after "
+            "iteration k the base the robot ran from the next block on (after the last: the newest published).", "",
+            md_table(["arm", "iteration", "training episodes", "success [95% CI]", "base version per seed"], rows), "",
+            md_table(["arm - arm", "iteration", "difference", "95% CI", "excludes 0"], diff_rows), ""]
 
 
 def _calibration_md(data: dict) -> list[str]:
