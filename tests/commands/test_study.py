@@ -63,3 +63,55 @@ def test_an_unknown_arm_fails_before_anything_runs(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tandem.cli", "study", "--arms", "nosuch", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--arms" in res.stderr and not (tmp_path / "x").exists()
+
+
+def _base_run(run_dir, versions_per_episode, published):
+    run_dir.mkdir(parents=True)
+    eps = [{"base_version": v} for v in versions_per_episode]
+    (run_dir / "summary.json").write_text(json.dumps({"episodes": eps}))
+    for v in published:
+        (run_dir / "learner" / "base" / f"v{v:06d}").mkdir(parents=True)
+
+
+def test_the_base_after_each_iteration_is_the_version_deployed_from_the_next_block_on(tmp_path):
+    from tandem.commands.study import iteration_versions
+
+    # 8 episodes in 4 blocks of 2: the robot swapped in v3 before episode 2, v5 before episode 6, and the
+    # learner published up to v7 after the last episode
+    _base_run(tmp_path / "r", [1, 1, 3, 3, 3, 3, 5, 6], [2, 3, 4, 5, 6, 7])
+    assert iteration_versions(tmp_path / "r", 8, 4) == [(1, 3), (2, 3), (3, 5), (4, 7)]
+    # a learner that never published: every iteration is the loaded checkpoint
+    _base_run(tmp_path / "n", [1, 1, 1, 1], [])
+    assert iteration_versions(tmp_path / "n", 4, 2) == [(1, 1), (2, 1)]
+
+
+def test_iteration_summary_pairs_arms_per_iteration_on_the_same_scenes():
+    import numpy as np
+
+    from tandem.commands.study import summarize_iterations
+
+    def runs(rates):  # per training seed: one evaluation seed of 4 episodes at each iteration
+        return {s: {"outcomes": [np.array([1.0, 1.0, 0.0, 0.0])],
+                    "iterations": [{"iteration": k + 1, "after_episodes": 2 * (k + 1), "version": k + 2,
+                                    "outcomes": [np.array(r)]} for k, r in enumerate(rs)]}
+                for s, rs in rates.items()}
+
+    results = {"base": {"runs": {s: {"outcomes": [np.array([1.0, 1.0, 0.0, 0.0])], "iterations": None} for s in (0, 1)}},
+               "base_dagger": {"runs": runs({0: [[1, 1, 0, 0], [1, 1, 1, 0]], 1: [[1, 0, 0, 0], [1, 1, 0, 0]]})},
+               "base_aloe": {"runs": runs({0: [[1, 1, 1, 0], [1, 1, 1, 1]], 1: [[1, 1, 0, 0], [1, 1, 1, 1]]})}}
+    curves, diffs = summarize_iterations(results, [0, 1])
+    assert set(curves) == {"base_dagger", "base_aloe"}  # the base arm trains nothing
+    aloe = curves["base_aloe"]
+    assert [p["iteration"] for p in aloe] == [0, 1, 2] and aloe[0]["success"]["mean"] == 0.5
+    assert aloe[2]["success"]["mean"] == 1.0 and aloe[2]["versions"] == {"0": 3, "1": 3}
+    assert curves["base_dagger"][1]["per_seed"] == {"0": 0.5, "1": 0.25}
+    by_k = {d["iteration"]: d for d in diffs}
+    assert set(by_k) == {1, 2} and all(d["arm"] == "base_aloe" and d["control"] == "base_dagger" for d in diffs)
+    assert by_k[2]["difference"] == 1.0 - 0.625 and 0 <= by_k[2]["lo"] <= 0.375 <= by_k[2]["hi"]
+    assert by_k[1]["difference"] == 0.625 - 0.375
+
+
+def test_iterations_must_divide_the_episodes(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "tandem.cli", "study", "--episodes", "10", "--iterations", "4",
+                          "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--iterations" in res.stderr and not (tmp_path / "x").exists()
