@@ -1,6 +1,6 @@
 """``tandem study``: several arms (methods and their control arms) with the same seeds and budgets.
 
-    tandem study [run overrides...] [--arms base hg_dagger imitate_all shipped] [--seeds 0 1 2 3 4]
+    tandem study [run overrides...] [--arms base hg_dagger imitate_all shipped] [--seeds 0 1 2 3 4] [--iterations K]
                  [--episodes 90] [--updates-per-episode 100] [--curve-every 30] [--curve-episodes 6]
                  [--eval-seeds 0 1 2] [--eval-episodes 15] [--realtime] [--out DIR] [--name NAME]
 
@@ -62,6 +62,7 @@ ARMS_FILE = CONFIG_DIR / "study" / "arms.yaml"
 CONTROL_ARMS = ("base", "hg_dagger", "imitate_all")  # what every other arm is compared with
 TANDEM = [sys.executable, "-m", "tandem.cli"]
 RESAMPLES, LEVEL = 10_000, 0.95
+KEEP_ALL_VERSIONS = "++learn.learner.objective.base.keep_versions=1000000"
 
 
 def load_arms() -> dict[str, dict]:
@@ -259,8 +260,9 @@ def run_study(args: argparse.Namespace, argv: list[str]) -> dict:
             arm, entry = arms[arm_name], results[arm_name]
             run_dir = out / arm_name / f"seed_{seed}"
             teleop_seeded = hasattr(configs[arm_name].teleop, "seed")
-            train = [*TANDEM, "run", *_training_overrides(args, arm, seed, run_dir, teleop_seeded)]
             cfg = configs[arm_name]
+            keep = [KEEP_ALL_VERSIONS] if _updates_base(cfg) else []  # every iteration's base is evaluated
+            train = [*TANDEM, "run", *_training_overrides(args, arm, seed, run_dir, teleop_seeded), *keep]
             init = run_dir / "learner" if cfg.head.type != "none" else None
             then = _evaluations(args, arm, run_dir, init, _updates_base(cfg))
             entry["commands"] += [shlex.join(c[2:]) for c in _stage(train, run_dir, run_dir / "eval", args.resume, then)]
