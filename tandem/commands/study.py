@@ -488,10 +488,15 @@ def _curve_figure(results: dict[str, dict], seeds: list[int], path: Path) -> Non
             rate = float(np.mean([np.mean(np.concatenate(r["outcomes"])) for r in runs]))
             ax.axhline(rate, color=f"C{k}", ls="--", label=f"{name} (eval)")
             continue
-        points = sorted({p["after_episodes"] for r in runs for p in r["curve"]})
+        if all(r.get("iterations") for r in runs):  # the base after each iteration, evaluated on the eval scenes
+            curve = [[{"after_episodes": p["after_episodes"], "outcomes": np.concatenate(p["outcomes"])}
+                      for p in r["iterations"]] for r in runs]
+        else:  # the session's own autonomous evaluations
+            curve = [r["curve"] for r in runs]
+        points = sorted({p["after_episodes"] for c in curve for p in c})
         xs, mean, lo, hi = [], [], [], []
         for x in points:
-            per_run = [[np.array(p["outcomes"])] for r in runs for p in r["curve"] if p["after_episodes"] == x]
+            per_run = [[np.array(p["outcomes"])] for c in curve for p in c if p["after_episodes"] == x]
             if not per_run or any(len(g[0]) == 0 for g in per_run):
                 continue
             m, a, b = hierarchical_ci(per_run, n=2000)
