@@ -91,32 +91,33 @@ def build_parts(config: Any, weights_consumers: dict[str, Any] | None = None) ->
     robot = make_robot(config.robot)
     if config.session.backend in ("process", "remote"):  # the policy is built in the worker / server
         backend, policy = make_link_backend(config.session.backend, config, robot)
-        try:
-            check_action_dim(policy, robot)
-        except BaseException:
-            backend.close()
-            raise
     else:
         policy = make_policy(config.policy, robot)
         backend = make_backend(config.session.backend, policy)
-    low, high = robot.action_feature.bounds()
-    safety = SafetyFilter(config.safety, low, high, robot.hold_action(None))
-    scheduler = ChunkScheduler(backend, config.scheduler, lookahead=config.session.horizon,
-                               synchronous=not robot.realtime)
-    operator = make_operator(getattr(config, "teleop", None), robot, last_sent=lambda: safety.last)
-    head = build_head(getattr(config, "head", None) or HeadConfig(), robot, policy, config.session.horizon)
-    consumers = dict(weights_consumers or {})
-    for kind, consumer in head_consumers(head).items():
-        consumers.setdefault(kind, consumer)
-    if "base" not in consumers and (base := base_consumer(policy, backend)) is not None:
-        consumers["base"] = base  # new base weights, swapped in at episode boundaries
-    horizon = config.session.horizon
-    record_stride = stride_of("session.record_stride", config.session.record_stride, horizon)
-    controller = Controller(
-        scheduler, horizon, hold=safety.hold_action, head=head.head if head is not None else None, operator=operator,
-        windows_every_tick=record_stride < horizon,  # overlapping records start between boundaries
-        head_stride=config.session.head_stride,
-    )
+    try:  # whatever fails from here leaves no worker, thread or socket behind
+        if config.session.backend in ("process", "remote"):
+            check_action_dim(policy, robot)
+        low, high = robot.action_feature.bounds()
+        safety = SafetyFilter(config.safety, low, high, robot.hold_action(None))
+        scheduler = ChunkScheduler(backend, config.scheduler, lookahead=config.session.horizon,
+                                   synchronous=not robot.realtime)
+        operator = make_operator(getattr(config, "teleop", None), robot, last_sent=lambda: safety.last)
+        head = build_head(getattr(config, "head", None) or HeadConfig(), robot, policy, config.session.horizon)
+        consumers = dict(weights_consumers or {})
+        for kind, consumer in head_consumers(head).items():
+            consumers.setdefault(kind, consumer)
+        if "base" not in consumers and (base := base_consumer(policy, backend)) is not None:
+            consumers["base"] = base  # new base weights, swapped in at episode boundaries
+        horizon = config.session.horizon
+        record_stride = stride_of("session.record_stride", config.session.record_stride, horizon)
+        controller = Controller(
+            scheduler, horizon, hold=safety.hold_action, head=head.head if head is not None else None, operator=operator,
+            windows_every_tick=record_stride < horizon,  # overlapping records start between boundaries
+            head_stride=config.session.head_stride,
+        )
+    except BaseException:
+        backend.close()
+        raise
     return SessionParts(robot, policy, backend, safety, operator, head, controller, consumers)
 
 

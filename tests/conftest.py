@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -26,3 +27,19 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.fixture
+def zmq_context() -> Iterator[Any]:
+    """A private zmq context for a test's own raw sockets (rogue peers, fake learners): every socket opened
+    on it defaults to linger 0, and it is destroyed (each socket closed, then terminated) when the test
+    ends, passed or failed. A private context left to the garbage collector can block forever in
+    ``zmq_ctx_term``: when it is finalized before a socket of its own, that socket is still open."""
+    import zmq
+
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.LINGER, 0)
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)

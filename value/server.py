@@ -214,12 +214,11 @@ class LinkServer:
             )
             self._sockets["pub"] = pub
             wake_name = f"inproc://tandem-learner-wake-{self.incarnation}"
-            wake_rx = self._context.socket(zmq.PULL)
-            wake_rx.bind(wake_name)
-            self._sockets["wake_rx"] = wake_rx
-            wake_tx = self._context.socket(zmq.PUSH)
-            wake_tx.connect(wake_name)
-            self._sockets["wake_tx"] = wake_tx
+            for name, kind in (("wake_rx", zmq.PULL), ("wake_tx", zmq.PUSH)):
+                self._sockets[name] = self._context.socket(kind)  # kept before bind/connect: closed if they fail
+                self._sockets[name].setsockopt(zmq.LINGER, 0)
+            self._sockets["wake_rx"].bind(wake_name)
+            self._sockets["wake_tx"].connect(wake_name)
             self._sockets["monitor"] = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         except Exception:
             self._close_sockets()

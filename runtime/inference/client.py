@@ -112,12 +112,10 @@ class LinkBackend:
         self.endpoint = endpoint
         self.config = config
         self.stats = LinkStats()
-        self._ctx = zmq.Context()
-        try:
-            self._sock = self._open(endpoint)
-        except Exception:
-            self._ctx.term()
-            raise
+        # the process's shared context, never terminated here: a private one finalized by the garbage
+        # collector before its socket (a backend never closed, in cyclic garbage) blocks forever in zmq_ctx_term
+        self._ctx = zmq.Context.instance()
+        self._sock = self._open(endpoint)  # open_socket closes the socket if it fails
         self._closed = False
 
     def _open(self, endpoint: str) -> Any:
@@ -210,12 +208,11 @@ class LinkBackend:
         )
 
     def close(self) -> None:
-        """Close the socket and context. Safe to call twice."""
+        """Close the socket (linger 0). Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         self._sock.close(0)
-        self._ctx.term()
 
     # -- helpers ------------------------------------------------------------------------------------
     def _check_alive(self) -> None:

@@ -280,7 +280,12 @@ def warm_up(policy: BasePolicy, robot: Any, n: int) -> float:
 
 @dataclass
 class ServerSocket:
-    """A bound ROUTER socket with its context and (CURVE only) authenticator."""
+    """A bound ROUTER socket with its context and (CURVE only) authenticator.
+
+    The context is private (a ZAP authenticator serves a whole context: the learner's, in the same
+    process, may have its own) and must be released by :meth:`close`, in a ``finally``: one left to the
+    garbage collector can block in ``zmq_ctx_term``. Its sockets default to linger 0.
+    """
 
     context: Any
     socket: Any
@@ -288,13 +293,16 @@ class ServerSocket:
     auth: Any = None
 
     def close(self) -> None:
-        """Close the socket, stop the authenticator, terminate the context."""
+        """Close the socket, stop the authenticator, destroy the context (linger 0). Safe to call twice."""
         try:
             self.socket.close(0)
         finally:
-            if self.auth is not None:
-                self.auth.stop()
-            self.context.term()
+            try:
+                if self.auth is not None:
+                    self.auth.stop()
+                    self.auth = None
+            finally:
+                self.context.destroy(linger=0)  # closes any socket left on it, never waits on one
 
 
 def open_server_socket(bind: str, keys_dir: str, max_bytes: int) -> ServerSocket:
@@ -302,6 +310,7 @@ def open_server_socket(bind: str, keys_dir: str, max_bytes: int) -> ServerSocket
     import zmq
 
     ctx = zmq.Context()
+    ctx.setsockopt(zmq.LINGER, 0)  # the default of every socket on it, the authenticator's included
     auth = None
     try:
         if keys_dir:
@@ -311,9 +320,11 @@ def open_server_socket(bind: str, keys_dir: str, max_bytes: int) -> ServerSocket
             field="policy_link.bind", options={zmq.SNDHWM: 16, zmq.RCVHWM: 16},
         )
     except Exception:
-        if auth is not None:
-            auth.stop()
-        ctx.term()
+        try:
+            if auth is not None:
+                auth.stop()
+        finally:
+            ctx.destroy(linger=0)
         raise
     return ServerSocket(ctx, sock, bound_endpoint(sock), auth)
 
@@ -340,9 +351,6 @@ def worker_main(spec_json: str, conn: Any) -> None:  # pragma: no cover - runs i
         conn.send_bytes(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}).encode())
         conn.close()
         return
-    server = PolicyServer(policy, server_socket.socket, robot.observation_features, int(spec["max_bytes"]))
-    endpoint = server_socket.endpoint
-    conn.send_bytes(json.dumps({"ok": True, "endpoint": endpoint, "info": server.info, "warmup_s": warmup_s}).encode())
 
     def should_stop() -> bool:
         try:
@@ -350,12 +358,17 @@ def worker_main(spec_json: str, conn: Any) -> None:  # pragma: no cover - runs i
         except (OSError, EOFError):
             return True
 
+    server = None
     try:
+        server = PolicyServer(policy, server_socket.socket, robot.observation_features, int(spec["max_bytes"]))
+        ready = {"ok": True, "endpoint": server_socket.endpoint, "info": server.info, "warmup_s": warmup_s}
+        conn.send_bytes(json.dumps(ready).encode())
         server.serve(should_stop, poll_ms=20)
     finally:
         server_socket.close()
         policy.close()
-        log.info("stopped: %s", server.stats.to_dict())
+        if server is not None:
+            log.info("stopped: %s", server.stats.to_dict())
 
 
 def serve_policy(
@@ -370,8 +383,8 @@ def serve_policy(
     """``tandem serve-policy``: serve ``policy`` on ``bind`` until ``stop`` is set; returns the stats."""
     stop = stop or threading.Event()
     server_socket = open_server_socket(bind, keys_dir, max_bytes)
-    server = PolicyServer(policy, server_socket.socket, robot.observation_features, max_bytes)
     try:
+        server = PolicyServer(policy, server_socket.socket, robot.observation_features, max_bytes)
         if on_ready is not None:
             on_ready(server_socket.endpoint)
         server.serve(stop.is_set)

@@ -214,19 +214,21 @@ class ExperienceLink:
         self.stream = spool.stream
         self.stats.pending = spool.pending
         self._started.set()
+        socks = {"dealer": sock}  # _loop replaces it when it reconnects: the one open now is closed here
         try:
-            self._loop(spool, sock)
+            self._loop(spool, socks)
         except Exception:
             log.exception("experience link %s: I/O thread failed", self.robot_id)
         finally:
-            sock.close(0)
+            socks["dealer"].close(0)
             try:
                 spool.close()
             except OSError as exc:  # acked.json not written: the next session resends a few acked records
                 self._spool_error(exc)
 
-    def _loop(self, spool: RecordSpool, sock: zmq.Socket) -> None:
+    def _loop(self, spool: RecordSpool, socks: dict[str, zmq.Socket]) -> None:
         cfg = self.config
+        sock = socks["dealer"]
         cache: dict[int, list] = {}
         next_send = spool.acked + 1
         connected, learner_id, last_heard, rewound_at = False, None, 0.0, -1
@@ -342,7 +344,7 @@ class ExperienceLink:
                 if connected:
                     log.warning("experience link %s: learner silent for %.1f s, reconnecting", self.robot_id, silent)
                 sock.close(0)
-                sock = self._socket()
+                sock = socks["dealer"] = self._socket()
                 socket_born = now
                 self.stats.reconnects += int(connected)
                 connected = False

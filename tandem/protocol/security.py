@@ -182,7 +182,11 @@ def start_authenticator(context: zmq.Context, keys: CurveKeys) -> Any:
 
     auth = ThreadAuthenticator(context)
     auth.start()
-    auth.configure_curve(domain="*", location=keys.authorized_dir)
+    try:
+        auth.configure_curve(domain="*", location=keys.authorized_dir)
+    except BaseException:
+        auth.stop()  # its thread and sockets would keep the context from terminating
+        raise
     return auth
 
 

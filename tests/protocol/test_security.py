@@ -55,7 +55,7 @@ def bind_spy(monkeypatch):
     return calls
 
 
-def test_non_loopback_without_keys_is_refused_before_binding(bind_spy, tmp_path):
+def test_non_loopback_without_keys_is_refused_before_binding(bind_spy, tmp_path, zmq_context):
     from tandem.value.config import LearnerConfig
     from tandem.value.learner import Learner
 
@@ -63,14 +63,13 @@ def test_non_loopback_without_keys_is_refused_before_binding(bind_spy, tmp_path)
         LinkServer(ServerConfig(host="0.0.0.0", experience_port=0, weights_port=0), store=None)
     with pytest.raises(LinkSecurityError, match="not a loopback address"):
         Learner(LearnerConfig(host="192.0.2.7", store_dir=str(tmp_path)))
-    ctx = zmq.Context()
+    ctx = zmq_context
     with pytest.raises(LinkSecurityError):
         open_socket(ctx, zmq.ROUTER, "tcp://192.0.2.7:5999", bind=True, max_message_bytes=1 << 20)
     with pytest.raises(LinkSecurityError):  # the robot side refuses to connect out in the clear too
         ExperienceLink(LinkConfig(learner_host="192.0.2.7", spool_dir=str(tmp_path / "spool")), context=ctx).start()
     assert bind_spy == []  # nothing was bound or connected
     assert not (tmp_path / "replay").exists()
-    ctx.term()
 
 
 def test_keys_are_created_private_and_unlock_non_loopback(tmp_path):

@@ -36,14 +36,13 @@ def hostile_requests(seed: int, n: int):
                           crafted_meta={"task": TASK})
 
 
-def throw_at(endpoint: str, seed: int, n: int) -> int:
+def throw_at(ctx: zmq.Context, endpoint: str, seed: int, n: int) -> int:
     """Send the hostile corpus from a DEALER (a few at a time: the server's queue is 16 deep)."""
-    ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
     sent = 0
     try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
         for frames in hostile_requests(seed, n):
             sock.send_multipart(frames)
             sent += 1
@@ -53,7 +52,6 @@ def throw_at(endpoint: str, seed: int, n: int) -> int:
                     sock.recv_multipart()
     finally:
         sock.close(0)
-        ctx.destroy(0)
     return sent
 
 
@@ -67,7 +65,7 @@ def infer_once(link: LinkBackend, request_id: int) -> np.ndarray:
     raise AssertionError(f"no reply to request {request_id}: {link.stats}")
 
 
-def test_fuzz_serve_policy_keeps_serving():
+def test_fuzz_serve_policy_keeps_serving(zmq_context):
     """The issue's message and ~1500 generated ones at `tandem serve-policy`'s loop: it keeps serving."""
     robot = MetaWorldRobot(MetaWorldRobotConfig(cameras=[]))
     stop, ready, out = threading.Event(), threading.Event(), {}
@@ -80,7 +78,7 @@ def test_fuzz_serve_policy_keeps_serving():
     thread.start()
     assert ready.wait(10)
     try:
-        throw_at(out["endpoint"], seed=11, n=1500)
+        throw_at(zmq_context, out["endpoint"], seed=11, n=1500)
         assert thread.is_alive()
         link = RemoteBackend(PolicyLinkConfig(endpoint=out["endpoint"], start_timeout_s=10))
         try:
@@ -93,14 +91,14 @@ def test_fuzz_serve_policy_keeps_serving():
     assert out["stats"].malformed > 300, out["stats"]
 
 
-def test_fuzz_policy_worker_process_keeps_serving():
+def test_fuzz_policy_worker_process_keeps_serving(zmq_context):
     """The session's worker process (session.backend=process) takes the same hostile messages on its
     loopback endpoint and still answers the session's requests."""
     backend = ProcessBackend(MetaWorldRobotConfig(cameras=[]), ScriptedPolicyConfig(chunk_length=4),
                              PolicyLinkConfig(warmup=0, start_timeout_s=120))
     try:
         assert backend.endpoint.startswith("tcp://127.0.0.1:")
-        throw_at(backend.endpoint, seed=12, n=800)
+        throw_at(zmq_context, backend.endpoint, seed=12, n=800)
         time.sleep(0.5)
         assert backend.process.exitcode is None
         assert infer_once(backend, 9).shape == (4, 4)
@@ -112,9 +110,8 @@ def test_fuzz_policy_worker_process_keeps_serving():
 class RogueServer:
     """A ROUTER on 127.0.0.1 that answers the client's requests with whatever it is told."""
 
-    def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
+    def __init__(self, ctx: zmq.Context) -> None:
+        self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.ident: bytes | None = None
@@ -131,13 +128,12 @@ class RogueServer:
 
     def close(self) -> None:
         self.sock.close(0)
-        self.ctx.destroy(0)
 
 
-def test_fuzz_policy_client_drops_hostile_replies():
+def test_fuzz_policy_client_drops_hostile_replies(zmq_context):
     """The robot's client gets the issue's message, chunks of the wrong form and ~1500 generated replies:
     poll() never raises for them, counts them, and returns the next valid chunk."""
-    rogue = RogueServer()
+    rogue = RogueServer(zmq_context)
     link = LinkBackend(f"tcp://127.0.0.1:{rogue.port}", PolicyLinkConfig())
     link.info = {"chunk_length": 4, "action_dim": 4, "feature_dim": 0}
     try:

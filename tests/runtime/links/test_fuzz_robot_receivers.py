@@ -27,13 +27,12 @@ def weights(value: float) -> dict[str, np.ndarray]:
 class FakeLearner:
     """A weights PUB and an experience ROUTER on 127.0.0.1 that send whatever they are told."""
 
-    def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.pub = self.ctx.socket(zmq.PUB)
+    def __init__(self, ctx: zmq.Context) -> None:
+        self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.weights_port = self.pub.bind_to_random_port("tcp://127.0.0.1")
-        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.experience_port = self.router.bind_to_random_port("tcp://127.0.0.1")
         self.ident: bytes | None = None
@@ -59,14 +58,13 @@ class FakeLearner:
     def close(self) -> None:
         self.pub.close(0)
         self.router.close(0)
-        self.ctx.destroy(0)
 
 
-def test_fuzz_weights_subscriber(tmp_path):
+def test_fuzz_weights_subscriber(tmp_path, zmq_context):
     """~1500 generated broadcasts on the PUB and ~1000 generated replies on the pull DEALER, after the
     issue's message on both: the subscriber's thread lives, counts them, keeps its weights, reports the
     learner alive only while it hears one, and then stages and applies a valid set."""
-    learner = FakeLearner()
+    learner = FakeLearner(zmq_context)
     cfg = LinkConfig(robot_id="r1", experience_port=learner.experience_port, weights_port=learner.weights_port,
                      max_message_bytes=64 * 1024, timeout_s=30.0)
     consumer = ArrayWeights(SCHEMA, weights(0.0))
@@ -100,7 +98,7 @@ def test_fuzz_weights_subscriber(tmp_path):
         assert sub.stats.malformed > 500, sub.stats
         sub.apply_staged(0)
         # only intact arrays can have been staged: the initial zeros or the valid set's ones (a mutation
-        # of its header alone, e.g. its version, still carries arrays matching their sha256)
+        # of its header alone, e.g. its version, still carries arrays matching their digest)
         w = consumer.arrays["w"]
         assert w.flat[0] in (0.0, 1.0) and np.all(w == w.flat[0]), consumer.version
         ok = [bytes(f) for f in encode(weights_message("head", weights(7.0), 7, "run2"))]
@@ -115,11 +113,11 @@ def test_fuzz_weights_subscriber(tmp_path):
     assert not sub.stats.learner_alive  # a stopped receiver never claims a learner
 
 
-def test_fuzz_experience_link_replies(tmp_path):
+def test_fuzz_experience_link_replies(tmp_path, zmq_context):
     """The issue's message and ~1500 generated acks and heartbeats (some naming the link's own stream):
     the experience link counts them, loses nothing, and every record queued after them is sent and
     acked once the learner answers honestly."""
-    learner = FakeLearner()
+    learner = FakeLearner(zmq_context)
     cfg = LinkConfig(robot_id="r1", experience_port=learner.experience_port, weights_port=learner.weights_port,
                      spool_dir=str(tmp_path / "spool"), window=4, timeout_s=30.0, heartbeat_s=0.05)
     link = ExperienceLink(cfg).start()

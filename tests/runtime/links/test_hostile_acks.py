@@ -46,10 +46,10 @@ class FakeLearner:
         self.sock.send_multipart([self.ident, *encode(reply)])
 
 
-def test_ack_above_highest_sent_is_refused(tmp_path):
+def test_ack_above_highest_sent_is_refused(tmp_path, zmq_context):
     """Six records spooled, two sent (window 2): acks claiming 10**9 or 5 are refused and counted; the
     records stay pending; an honest ack of 2 is taken and the next two go out."""
-    ctx = zmq.Context()
+    ctx = zmq_context
     learner = FakeLearner(ctx)
     cfg = LinkConfig(robot_id="r1", experience_port=learner.port, weights_port=free_port(), window=2,
                      spool_dir=str(tmp_path / "spool"), timeout_s=30.0, heartbeat_s=0.05)
@@ -76,28 +76,28 @@ def test_ack_above_highest_sent_is_refused(tmp_path):
     finally:
         link.close(drain_s=0)
         learner.sock.close(0)
-        ctx.term()
 
 
-def test_restarted_robot_accepts_acks_for_what_an_earlier_session_spooled(tmp_path):
+def test_restarted_robot_accepts_acks_for_what_an_earlier_session_spooled(tmp_path, zmq_context):
     """Records spooled by an earlier session may have reached the learner: a later session accepts an
     ack for them (at most the spool's top), so the bound never wedges a restarted robot."""
-    ctx = zmq.Context()
+    ctx = zmq_context
     learner = FakeLearner(ctx)
     cfg = LinkConfig(robot_id="r1", experience_port=learner.port, weights_port=free_port(), window=4,
                      spool_dir=str(tmp_path / "spool"), timeout_s=30.0, heartbeat_s=0.05)
-    first = ExperienceLink(cfg, context=ctx).start()
-    for i in range(3):
-        first.send(make_record("r1", 0, i))
-    assert wait_for(lambda: first.stats.spooled == 3, 5)
-    first.close(drain_s=0)
+    first = ExperienceLink(cfg, context=ctx)
     second = ExperienceLink(cfg, context=ctx)
     try:
+        first.start()
+        for i in range(3):
+            first.send(make_record("r1", 0, i))
+        assert wait_for(lambda: first.stats.spooled == 3, 5)
+        first.close(drain_s=0)
         second.start()
         learner.pump(0.5, acked=3)  # the learner stored all three before the restart
         assert wait_for(lambda: second.stats.acked == 3 and second.stats.pending == 0, 5), second.stats
         assert second.stats.malformed == 0, second.stats
     finally:
+        first.close(drain_s=0)
         second.close(drain_s=0)
         learner.sock.close(0)
-        ctx.term()

@@ -112,9 +112,13 @@ def test_four_robots_one_learner(tmp_path):
             sub.apply_staged(0)  # the loop's boundary callback
             assert consumer.version == 6 and np.all(consumer.arrays["w"] == 6.0)
         assert all(link.wait_acked(10) for link in links)
-        status = server.robots_status()
-        assert all(status[r]["stored"] == 150 and status[r]["live"] and status[r]["weights_staged"] == {"head": 6}
-                   for r in robots)
+        # each robot's "staged" report goes out after its history is updated: waited for, not assumed there
+        def all_staged() -> bool:
+            status = server.robots_status()
+            return all(status[r]["stored"] == 150 and status[r]["live"] and status[r]["weights_staged"] == {"head": 6}
+                       for r in robots)
+
+        assert wait_for(all_staged, 10), server.robots_status()
     finally:
         for x in links + subs:
             x.close()
@@ -221,9 +225,9 @@ def test_fuzz_learner(tmp_path):
         ctx.destroy(0)
 
 
-def test_fuzz_robot_weights_endpoint(tmp_path):
+def test_fuzz_robot_weights_endpoint(tmp_path, zmq_context):
     """A rogue publisher: malformed, oversized, wrong schema, bad hash, NaN. The robot keeps its weights."""
-    ctx = zmq.Context()
+    ctx = zmq_context
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
@@ -236,7 +240,7 @@ def test_fuzz_robot_weights_endpoint(tmp_path):
         good = [bytes(f) for f in encode(weights_message("head", weights(1.0), 1, "run"))]
         wrong_schema = [bytes(f) for f in encode(weights_message("head", {"w": np.ones((4, 4), np.float32)}, 2, "run"))]
         bad_hash = weights_message("head", weights(2.0), 3, "run")
-        bad_hash.meta["sha256"] = "f" * 64
+        bad_hash.meta["digest"] = "fold64:" + "f" * 64
         nan = weights_message("head", weights(np.nan), 4, "run")
         liar = weights_message("head", weights(1.0), 5, "run")
         liar.arrays["w"] = np.full((8, 8), 9.0, np.float32)  # arrays changed after hashing
@@ -262,7 +266,6 @@ def test_fuzz_robot_weights_endpoint(tmp_path):
     finally:
         sub.close()
         pub.close(0)
-        ctx.term()
 
 
 @pytest.mark.slow
@@ -290,9 +293,9 @@ def test_many_learner_restarts_under_load(tmp_path):
     assert keys == [("r1", i // 100, i % 100) for i in range(20000)]
 
 
-def test_large_weights_with_a_bad_hash_are_never_staged(tmp_path):
+def test_large_weights_with_a_bad_hash_are_never_staged(tmp_path, zmq_context):
     """Above HASH_ASIDE_BYTES the hash is checked beside the consumer's preparation: still refused."""
-    ctx = zmq.Context()
+    ctx = zmq_context
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
@@ -315,4 +318,3 @@ def test_large_weights_with_a_bad_hash_are_never_staged(tmp_path):
     finally:
         sub.close()
         pub.close(0)
-        ctx.term()
