@@ -2,8 +2,8 @@
 
 The subscriber's thread owns a SUB socket on the learner's weights PUB (latest only) and a DEALER on
 the learner's ROUTER for pulling large weights in pieces. Everything is checked on that thread: the
-header's schema hash against the consumer's :meth:`WeightsConsumer.weights_schema`, the sha256 of the
-arrays, finiteness of every float array. A set that passes is prepared (by the consumer, still off
+header's schema hash against the consumer's :meth:`WeightsConsumer.weights_schema`, the digest of the
+arrays (:func:`tandem.protocol.wire.fold_digest`), finiteness of every float array. A set that passes is prepared (by the consumer, still off
 the control thread) and staged; :meth:`WeightsSubscriber.apply_staged`, registered in
 ``Controller.boundary_callbacks``, hands it over at the next chunk boundary: a reference swap.
 A refused set is counted, logged and reported to the learner; the robot keeps its current weights.
@@ -58,6 +58,7 @@ from tandem.protocol.wire import (
     decode,
     digest_arrays,
     encode,
+    fold_digest,
     log_safe,
     schema_hash,
     unpack_frames,
@@ -92,6 +93,9 @@ class WeightsConsumer(Protocol):
 
     def load_weights(self, prepared: Any, version: int) -> None:
         """Swap ``prepared`` in. Runs on the control thread at a chunk boundary: a reference swap."""
+
+    # optional: ``release_weights(prepared)``, called with a prepared set that will never be loaded
+    # (a newer set replaced it while staged, or its digest failed), so its memory can be reused
 
 
 class ModuleWeights:
@@ -128,44 +132,68 @@ class ModuleWeights:
 
 
 class TorchModuleWeights:
-    """A WeightsConsumer around a torch module: a new module is built off-thread, then swapped in.
+    """A WeightsConsumer around a torch module, double-buffered: a new set is copied into the tensors of
+    a spare copy of the module off the control thread, and the swap at a chunk boundary is a reference
+    swap. The module swapped out becomes the spare the next set is copied into, so no module is built
+    per set (one ``deepcopy`` when the first set arrives, and one more only while a set waits staged).
 
     Args:
-        module: the module in use; its ``state_dict`` defines the schema. Read :attr:`module` at the
-            point of use (it is replaced, not mutated).
+        module: the module in use; its ``state_dict`` defines the schema.
+
+    Read :attr:`module` at the point of use and keep no reference to it past a chunk boundary: the
+    module replaced at a swap is overwritten by a later set.
     """
 
     def __init__(self, module: Any) -> None:
         self.module = module
         self.version = 0
-        self._template: Any = None
-
-    def _skeleton(self) -> Any:
-        """A data-less copy (meta tensors) of the module: cheap to deepcopy, filled by assignment."""
-        if self._template is None:
-            self._template = copy.deepcopy(self.module).to("meta")
-        return copy.deepcopy(self._template)
+        self._spares: list[Any] = []
+        self._lock = threading.Lock()  # spares are returned on the control thread, taken on the weights thread
 
     def weights_schema(self) -> WeightsSpec:
         """Names, dtypes and shapes of the module's state_dict."""
         return {k: (str(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in self.module.state_dict().items()}
 
     def prepare_weights(self, arrays: dict[str, np.ndarray], version: int) -> Any:
-        """A copy of the module with the new weights (torch imported here, off the control thread)."""
+        """A spare copy of the module holding the new weights (torch imported here, off the control thread).
+
+        Raises:
+            ValueError: the arrays' names, dtypes or shapes differ from the module's state_dict.
+        """
         import torch
 
-        tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}  # own the memory
-        new = self._skeleton()
-        new.load_state_dict(tensors, assign=True)
-        if any(t.is_meta for t in [*new.parameters(), *new.buffers()]):  # state outside the state_dict
-            new = copy.deepcopy(self.module)
-            new.load_state_dict(tensors)
-        new.train(self.module.training)
-        return new
+        with self._lock:
+            spare = self._spares.pop() if self._spares else None
+        if spare is None:
+            spare = copy.deepcopy(self.module)
+        try:
+            state = spare.state_dict()
+            if set(state) != set(arrays):
+                raise ValueError(f"tandem: weights names differ from the module's: {sorted(set(state) ^ set(arrays))[:5]}")
+            with torch.no_grad():
+                for name, tensor in state.items():
+                    src = arrays[name]
+                    if tensor.device.type == "cpu" and tensor.is_contiguous():
+                        np.copyto(tensor.numpy(), src, casting="no")  # the schema hash matched: one memcpy
+                    else:
+                        tensor.copy_(torch.from_numpy(np.array(src)))
+        except Exception:
+            self.release_weights(spare)
+            raise
+        spare.train(self.module.training)
+        return spare
 
     def load_weights(self, prepared: Any, version: int) -> None:
-        """Swap the module reference."""
+        """Swap the module reference; the module swapped out becomes a spare."""
+        previous = self.module
         self.module, self.version = prepared, version
+        self.release_weights(previous)
+
+    def release_weights(self, prepared: Any) -> None:
+        """Take back a copy of the module that is not in use (swapped out, replaced while staged, refused)."""
+        with self._lock:
+            if len(self._spares) < 2:
+                self._spares.append(prepared)
 
 
 # the policy link's kinds and schema (tandem.runtime.inference.server), repeated here so the weights
@@ -403,7 +431,8 @@ class WeightsSubscriber:
         config: the robot's LinkConfig.
         consumers: weight kind ("head", "critic", "base") -> consumer. Other kinds are ignored.
         context: zmq context to share.
-        on_staged, on_applied: optional hooks ``(kind, version)`` (metrics, benchmarks).
+        on_staged, on_applied: optional hooks ``(kind, version)`` (metrics, benchmarks); ``on_staged`` runs
+            on the weights thread once the set is staged (the control thread may already be swapping it in).
     """
 
     def __init__(
@@ -742,31 +771,44 @@ class WeightsSubscriber:
     def _accept(self, dealer: zmq.Socket, msg: Message) -> None:
         wkind, version, run = weights_header(msg)
         self.stats.received += 1
+        consumer = self.consumers[wkind]
+        prepared: Any = None
         try:
-            # large sets: hash on a helper thread while the consumer prepares (both release the GIL);
-            # nothing is staged before the hash is confirmed
+            # large sets: the digest is computed beside the consumer's preparation (both release the GIL);
+            # nothing is staged before it is confirmed
             big = int(msg.meta.get("nbytes", 0)) > HASH_ASIDE_BYTES
-            digest = self._hasher().submit(digest_arrays, msg.arrays) if big else None
+            digest = self._hasher().submit(fold_digest, msg.arrays) if big else None
             arrays = check_weights_message(msg, self.expected[wkind], verify_hash=not big)
-            prepared = self.consumers[wkind].prepare_weights(arrays, version)
+            prepared = consumer.prepare_weights(arrays, version)
             if digest is not None:
                 verify_digest(msg, digest.result())
-        except WireError as exc:
+        except Exception as exc:  # a set that fails a check, or that the consumer cannot build, is refused
+            if prepared is not None:
+                self._release(consumer, prepared)
             self._refused[wkind] = (run, version)
-            self._reject(dealer, wkind, version, exc.reason, str(exc))
-            return
-        except Exception as exc:  # a consumer that cannot build the weights refuses them
-            self._refused[wkind] = (run, version)
-            self._reject(dealer, wkind, version, "prepare_failed", repr(exc)[:200])
+            if isinstance(exc, WireError):
+                self._reject(dealer, wkind, version, exc.reason, str(exc))
+            else:
+                self._reject(dealer, wkind, version, "prepare_failed", repr(exc)[:200])
             return
         self._current[wkind] = (run, version)
         self.history[wkind].append(version)
         self.stats.accepted += 1
         self.stats.versions[wkind] = version
+        replaced = self._staged.pop(wkind, None)  # atomic: either this thread or the control thread has it
+        self._staged[wkind] = (version, prepared)  # from here the control thread may swap it in
+        if replaced is not None:
+            self._release(consumer, replaced[1])
         if self.on_staged is not None:
             self.on_staged(wkind, version)
-        self._staged[wkind] = (version, prepared)  # from here the control thread may swap it in
         self._report(dealer, wkind, version, "staged", "")
+
+    @staticmethod
+    def _release(consumer: Any, prepared: Any) -> None:
+        """Hand a prepared set that will never be loaded back to its consumer (if it takes them back)."""
+        release = getattr(consumer, "release_weights", None)
+        if callable(release):
+            release(prepared)
 
     def _malformed(self, reason: str) -> None:
         self.stats.malformed += 1

@@ -11,7 +11,8 @@ retract    robot -> learner drop an episode's records (re-recorded): ``meta.epis
 ack        learner -> robot ``meta.acked``: every seq <= acked of ``meta.stream`` is stored; ``gap``:
                             a seq arrived out of order, resend from acked + 1
 hb         both ways        heartbeat; the learner's carries its incarnation and per-kind versions
-weights    learner -> robot a weight set (inline arrays) or an announcement (``meta.pieces`` > 0)
+weights    learner -> robot a weight set (inline arrays) or an announcement (``meta.pieces`` > 0);
+                            ``meta.digest``: :func:`tandem.protocol.wire.fold_digest` of the arrays
 pull       robot -> learner ask for piece ``meta.index`` of the latest weights of ``meta.wkind``
 piece      learner -> robot one piece of a packed weights message (``arrays.data``: uint8)
 report     robot -> learner weights refused (``meta.reason``) or applied
@@ -34,8 +35,8 @@ from tandem.protocol.wire import (
     Message,
     WireError,
     decode,
-    digest_arrays,
     encode,
+    fold_digest,
     log_safe,
     schema_hash,
 )
@@ -212,7 +213,10 @@ def arrays_spec(arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, tuple[int
 
 
 def weights_message(wkind: str, arrays: dict[str, np.ndarray], version: int, run: str) -> Message:
-    """A complete ``weights`` message (arrays inline) with schema hash and sha256 digest."""
+    """A complete ``weights`` message (arrays inline) with schema hash and digest (``fold_digest``).
+
+    The arrays travel without a copy: the caller must not change them after publishing (the learner's
+    ``Objective.weights()`` hands over copies)."""
     if wkind not in WEIGHT_KINDS:
         raise ValueError(f"weights kind {wkind!r}: one of {WEIGHT_KINDS}")
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
@@ -220,7 +224,7 @@ def weights_message(wkind: str, arrays: dict[str, np.ndarray], version: int, run
         "wkind": wkind,
         "version": int(version),
         "run": run,
-        "sha256": digest_arrays(arrays),
+        "digest": fold_digest(arrays),
         "nbytes": int(sum(v.nbytes for v in arrays.values())),
         "pieces": 0,
     }
@@ -242,7 +246,7 @@ def weights_header(msg: Message) -> tuple[str, int, str]:
         raise WireError("bad_meta", f"wkind={wkind!r}")
     version = _meta(msg.meta, "version", int)
     run = _meta(msg.meta, "run", str)
-    _meta(msg.meta, "sha256", str)
+    _meta(msg.meta, "digest", str)
     _meta(msg.meta, "pieces", int)
     return wkind, version, run
 
@@ -257,8 +261,22 @@ def check_arrays(spec: dict[str, list], arrays: dict[str, np.ndarray]) -> None:
         arr = np.asarray(arrays[name])
         if str(arr.dtype) != dtype or list(arr.shape) != list(shape):
             raise ValueError(f"weights {name}: got {arr.dtype}{list(arr.shape)}, expected {dtype}{list(shape)}")
-        if not np.isfinite(arr).all():
+        if not all_finite(arr):
             raise ValueError(f"weights {name}: non-finite values")
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """Whether every value of ``arr`` is finite (always, for integer and bool arrays).
+
+    A sum is NaN or infinite whenever an element is, so a finite sum proves the array finite in one
+    reduction and no temporary; a sum that overflowed is settled by the exact element-wise check.
+    """
+    if arr.dtype.kind not in "fc":
+        return True
+    with np.errstate(all="ignore"):
+        if np.isfinite(arr.sum()):
+            return True
+    return bool(np.isfinite(arr).all())
 
 
 def check_weights_message(msg: Message, expected_schema: str | None, verify_hash: bool = True) -> dict[str, np.ndarray]:
@@ -267,10 +285,10 @@ def check_weights_message(msg: Message, expected_schema: str | None, verify_hash
     Args:
         msg: a decoded message with arrays inline.
         expected_schema: the consumer's schema hash (None: accept any schema).
-        verify_hash: check the sha256 here (False: the caller checks it, e.g. on another thread).
+        verify_hash: check the digest here (False: the caller checks it, e.g. on another thread).
 
     Raises:
-        WireError: "wrong_schema" (header or arrays differ from the consumer's), "bad_hash" (sha256),
+        WireError: "wrong_schema" (header or arrays differ from the consumer's), "bad_hash" (digest),
             "non_finite" (NaN/inf in a float array) or "bad_meta".
     """
     weights_header(msg)
@@ -280,14 +298,14 @@ def check_weights_message(msg: Message, expected_schema: str | None, verify_hash
     if expected_schema is not None and actual != expected_schema:
         raise WireError("wrong_schema", f"{actual} != consumer's {expected_schema}")
     if verify_hash:
-        verify_digest(msg, digest_arrays(msg.arrays))
+        verify_digest(msg, fold_digest(msg.arrays))
     for name, arr in msg.arrays.items():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if not all_finite(arr):
             raise WireError("non_finite", name)
     return msg.arrays
 
 
 def verify_digest(msg: Message, digest: str) -> None:
-    """Raise WireError("bad_hash") unless ``digest`` (of the arrays) is the header's sha256."""
-    if digest != msg.meta.get("sha256"):
-        raise WireError("bad_hash", "sha256 of the arrays differs from the header")
+    """Raise WireError("bad_hash") unless ``digest`` (``fold_digest`` of the arrays) is the header's."""
+    if digest != msg.meta.get("digest"):
+        raise WireError("bad_hash", "digest of the arrays differs from the header")

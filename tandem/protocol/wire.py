@@ -192,6 +192,47 @@ def digest_arrays(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+FOLD_PREFIX = "fold64:"
+FOLD_ROW_WORDS = 1024  # 8 KiB rows of 64-bit words
+FOLD_MIN_BYTES = 64 * 1024  # smaller arrays are hashed byte for byte
+_WORD = np.dtype("<u8")
+
+
+def fold_digest(arrays: dict[str, np.ndarray]) -> str:
+    """The weights link's digest of a dict of arrays: ``"fold64:"`` and a sha256 hex digest over, in sorted
+    name order, each array's name, dtype and shape and a fold of its bytes (:func:`_fold`).
+
+    Two reductions at memory speed instead of sha256 over every byte (about 5x faster on the 4 MB of a
+    1M-parameter head). The fold detects any change of one to three 64-bit words, any run of changes
+    shorter than 8 KiB, and rows moved or swapped (whose sums differ); it cannot miss a change that leaves
+    every row sum and every column sum equal (four or more words changed in a rectangle). It guards
+    against corruption and mix-ups (pieces, versions), not a forger: peers off loopback are authenticated
+    by CURVE (:mod:`tandem.protocol.security`). Arrays under 64 KiB are hashed byte for byte.
+    """
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(msgpack.packb([name, str(arr.dtype), list(arr.shape)]))
+        h.update(_fold(memoryview(arr).cast("B") if arr.size else memoryview(b"")))
+    return FOLD_PREFIX + h.hexdigest()
+
+
+def _fold(buf: memoryview) -> bytes:
+    """A byte string that stands for ``buf`` in :func:`fold_digest`.
+
+    Under FOLD_MIN_BYTES: ``buf`` itself. Otherwise its 64-bit little-endian words as a matrix of
+    FOLD_ROW_WORDS columns, and the fold is the matrix's row sums, then its column sums (uint64, modulo
+    2**64: exact, and the same in any summation order), then the bytes past the last full row.
+    """
+    if buf.nbytes < FOLD_MIN_BYTES:
+        return buf.tobytes()
+    rows = buf.nbytes // (8 * FOLD_ROW_WORDS)
+    words = np.frombuffer(buf, _WORD, count=rows * FOLD_ROW_WORDS).reshape(rows, FOLD_ROW_WORDS)
+    row_sums = words.sum(axis=1, dtype=np.uint64).astype(_WORD, copy=False)
+    col_sums = words.sum(axis=0, dtype=np.uint64).astype(_WORD, copy=False)
+    return b"".join([row_sums.tobytes(), col_sums.tobytes(), buf[rows * FOLD_ROW_WORDS * 8 :].tobytes()])
+
+
 _FRAME_COUNT = np.dtype("<u4")
 _FRAME_LEN = np.dtype("<u8")
 

@@ -81,7 +81,7 @@ def test_weights_checks():
     with pytest.raises(WireError, match="wrong_schema"):
         check_weights_message(msg, weights_schema_hash({"w": ("float32", (4, 3)), "b": ("float32", (4,))}))
     bad = roundtrip(weights_message("head", arrays, 2, "run"))
-    bad.meta["sha256"] = "0" * 64
+    bad.meta["digest"] = "fold64:" + "0" * 64
     with pytest.raises(WireError, match="bad_hash"):
         check_weights_message(bad, expected)
     nan = roundtrip(weights_message("head", {"w": np.full((3, 4), np.inf, np.float32), "b": arrays["b"]}, 3, "run"))
