@@ -1,12 +1,14 @@
 """``tandem bench links``: weight push latency, experience throughput, and lerobot's gRPC transport.
 
-Three measurements in one process, all on 127.0.0.1:
+Three measurements in one process, all on 127.0.0.1 (the first with its transport floor beside it):
 
 1. Weight push: a ~1M-parameter torch MLP head, from ``state_dict`` on the learner to the new module
    swapped in on the robot. The clock starts before the tensors are converted to numpy and stops
    when :meth:`WeightsSubscriber.apply_staged` has swapped the module in, on a thread standing in for
    the control loop that reaches a chunk boundary as soon as a set is staged (the wait for a real
-   boundary, up to H ticks, is a property of the loop, not the link, and is excluded).
+   boundary, up to H ticks, is a property of the loop, not the link, and is excluded). Beside it, the
+   transport floor: the same frames through a bare pyzmq PUB -> SUB on loopback (zero-copy send,
+   zero-copy receive, nothing checked), pushed as often, so the link's own cost is the difference.
 2. The same state_dict pushed through lerobot 0.4.4's own actor-learner transport: a real gRPC
    server running lerobot's ``LearnerService`` servicer (``StreamParameters``, 2 MiB pieces via
    ``send_bytes_in_chunks``), a client draining the stream with ``receive_bytes_in_chunks``, then
@@ -50,7 +52,8 @@ def _stats(values_s: list[float]) -> dict[str, float]:
 
 
 def _boundary_thread(apply: Any, staged: threading.Event, stop: threading.Event) -> threading.Thread:
-    """Stands in for the control loop: reaches a chunk boundary as soon as a set is staged."""
+    """Stands in for the control loop: reaches a chunk boundary as soon as a set is staged (the
+    subscriber calls ``on_staged`` once the set is staged, so the boundary finds it)."""
 
     def run() -> None:
         while not stop.is_set():
@@ -72,19 +75,20 @@ def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
     consumer = TorchModuleWeights(head_mlp(seed=1))
     staged: dict[int, float] = {}
     applied: dict[int, float] = {}
-    staged_event = threading.Event()
+    staged_event, applied_event = threading.Event(), threading.Event()
 
     def on_staged(kind: str, version: int) -> None:
         staged[version] = time.perf_counter()
         staged_event.set()
 
-    sub = WeightsSubscriber(
-        cfg, {"head": consumer}, on_staged=on_staged,
-        on_applied=lambda k, v: applied.__setitem__(v, time.perf_counter()),
-    ).start()
+    def on_applied(kind: str, version: int) -> None:
+        applied[version] = time.perf_counter()
+        applied_event.set()
+
+    sub = WeightsSubscriber(cfg, {"head": consumer}, on_staged=on_staged, on_applied=on_applied).start()
     stop = threading.Event()
     boundary = _boundary_thread(sub.apply_staged, staged_event, stop)
-    to_applied, to_staged = [], []
+    to_applied, to_staged, publish_call = [], [], []
     try:
         version = 0
         deadline = time.monotonic() + 10
@@ -97,12 +101,15 @@ def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
         for _ in range(pushes):
             version += 1
             time.sleep(0.02)
+            applied_event.clear()
             t0 = time.perf_counter()
             arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
             server.publish("head", arrays, version, "bench")
+            publish_call.append(time.perf_counter() - t0)
             end = time.monotonic() + 5
-            while version not in applied and time.monotonic() < end:
-                time.sleep(0.0001)
+            while version not in applied and time.monotonic() < end:  # woken by on_applied: no polling
+                applied_event.wait(0.05)
+                applied_event.clear()
             if version in applied:
                 to_applied.append(applied[version] - t0)
                 to_staged.append(staged[version] - t0)
@@ -118,11 +125,56 @@ def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
     return {
         "pushes": pushes,
         "received": len(to_applied),
+        "publish_call": _stats(publish_call) if publish_call else {},
         "publish_to_staged": _stats(to_staged) if to_staged else {},
         "publish_to_applied": _stats(to_applied) if to_applied else {},
         "weights_equal": bool(ok),
         "rejected": sub.stats.rejected,
     }
+
+
+def bench_transport_floor(model: Any, pushes: int) -> dict[str, Any]:
+    """Send -> received latency of the weights message's frames through a bare pyzmq PUB -> SUB on
+    127.0.0.1: what any zmq link pays to move these bytes on this machine (nothing encoded, checked or
+    copied by Python; zero-copy on both ends)."""
+    import zmq
+
+    from tandem.protocol.messages import weights_message
+    from tandem.protocol.wire import encode
+
+    frames = encode(weights_message("head", {k: v.detach().numpy() for k, v in model.state_dict().items()}, 1, "floor"))
+    context = zmq.Context()
+    pub, sub = context.socket(zmq.PUB), context.socket(zmq.SUB)
+    latencies = []
+    try:
+        for sock in (pub, sub):
+            sock.setsockopt(zmq.LINGER, 0)
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # warm up: wait for the subscription
+            pub.send_multipart(frames, copy=False)
+            if sub.poll(100):
+                sub.recv_multipart(copy=False)
+                break
+        else:
+            raise RuntimeError("tandem: the transport-floor subscriber never received the warm-up message")
+        while sub.poll(50):  # drain the warm-up backlog
+            sub.recv_multipart(copy=False)
+        for _ in range(pushes):
+            time.sleep(0.02)
+            t0 = time.perf_counter()
+            pub.send_multipart(frames, copy=False)
+            if sub.poll(5000):
+                sub.recv_multipart(copy=False)
+                latencies.append(time.perf_counter() - t0)
+    finally:
+        pub.close(0)
+        sub.close(0)
+        context.term()
+    return {"pushes": pushes, "received": len(latencies), "send_to_received": _stats(latencies) if latencies else {},
+            "transport": "pyzmq PUB -> SUB, tcp://127.0.0.1, zero-copy send and receive, nothing checked"}
 
 
 def bench_weights_lerobot(model: Any, pushes: int) -> dict[str, Any]:
@@ -159,6 +211,7 @@ def bench_weights_lerobot(model: Any, pushes: int) -> dict[str, Any]:
     received: queue.Queue = queue.Queue()
     actor_model = head_mlp(seed=1)
     applied: list[float] = []
+    applied_event = threading.Event()
 
     def receiver() -> None:
         try:
@@ -174,6 +227,7 @@ def bench_weights_lerobot(model: Any, pushes: int) -> dict[str, Any]:
                 continue
             actor_model.load_state_dict(bytes_to_state_dict(blob))
             applied.append(time.perf_counter())
+            applied_event.set()
 
     threads = [threading.Thread(target=receiver, daemon=True), threading.Thread(target=actor, daemon=True)]
     for t in threads:
@@ -187,11 +241,13 @@ def bench_weights_lerobot(model: Any, pushes: int) -> dict[str, Any]:
         for _ in range(pushes):
             time.sleep(0.02)
             n = len(applied)
+            applied_event.clear()
             t0 = time.perf_counter()
             params_q.put(state_to_bytes(model.state_dict()))
             end = time.monotonic() + 5
-            while len(applied) == n and time.monotonic() < end:
-                time.sleep(0.0001)
+            while len(applied) == n and time.monotonic() < end:  # woken by the actor: no polling
+                applied_event.wait(0.05)
+                applied_event.clear()
             if len(applied) > n:
                 latencies.append(applied[n] - t0)
     finally:
@@ -260,11 +316,12 @@ def bench_experience(records: int, horizon: int = 10) -> dict[str, Any]:
 
 
 def bench_links(pushes: int = 50, records: int = 20000) -> dict[str, Any]:
-    """All three measurements (see the module docstring), as one JSON-ready dict."""
+    """All the measurements (see the module docstring), as one JSON-ready dict."""
     torch.set_num_threads(1)
     model = head_mlp()
     params = sum(p.numel() for p in model.parameters())
     tandem = bench_weights_tandem(model, pushes)
+    floor = bench_transport_floor(model, pushes)
     lerobot = bench_weights_lerobot(model, pushes)
     experience = bench_experience(records)
     t50 = tandem["publish_to_applied"].get("p50_ms", float("nan"))
@@ -272,7 +329,9 @@ def bench_links(pushes: int = 50, records: int = 20000) -> dict[str, Any]:
     t99 = tandem["publish_to_applied"].get("p99_ms", float("nan"))
     l99 = lerobot["publish_to_applied"].get("p99_ms", float("nan"))
     return {
-        "weights": {"params": int(params), "bytes": int(params * 4), "tandem": tandem, "lerobot_grpc": lerobot,
-                    "lerobot_over_tandem_p50": round(l50 / t50, 2), "lerobot_over_tandem_p99": round(l99 / t99, 2)},
+        "weights": {"params": int(params), "bytes": int(params * 4), "tandem": tandem, "transport_floor": floor,
+                    "lerobot_grpc": lerobot,
+                    "lerobot_over_tandem_p50": round(l50 / t50, 2), "lerobot_over_tandem_p99": round(l99 / t99, 2),
+                    "tandem_over_floor_p50_ms": round(t50 - floor["send_to_received"].get("p50_ms", float("nan")), 3)},
         "experience": experience,
     }
