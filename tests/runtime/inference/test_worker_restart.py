@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from session_testkit import KillThenFinish
 
 from tandem.core.errors import ConfigError
 from tandem.hardware.metaworld_robot import MetaWorldRobotConfig
@@ -20,7 +21,6 @@ from tandem.policies.scripted import ScriptedPolicyConfig
 from tandem.runtime.config import compose_run
 from tandem.runtime.inference.client import PolicyLinkConfig, ProcessBackend
 from tandem.runtime.session import Session, SessionAborted
-from tandem.teleop.operator import OperatorOutput
 
 OBS = {"observation.state": np.zeros(39, np.float32)}
 
@@ -75,45 +75,6 @@ def test_max_restarts_is_validated():
         PolicyLinkConfig(max_restarts=-1)
     with pytest.raises(ConfigError, match="policy_link.max_restarts"):
         compose_run(["policy=scripted", "policy_link.max_restarts=101"])
-
-
-class KillThenFinish:
-    """A scripted operator: SIGKILLs the policy worker at tick ``kill_tick`` of the first episode; ends that
-    episode ("failure") once ``after_gap`` ticks ran on a fresh plan after the hold, and the second at tick 20.
-    It reads the ticks a sink collected (``ticks``)."""
-
-    def __init__(self, session, kill_tick=10, after_gap=15):
-        self.session, self.kill_tick, self.after_gap = session, kill_tick, after_gap
-        self.episode = -1
-        self.killed_pid = None
-        self.ticks = []
-
-    # the sink side
-    def start_episode(self, episode, task):
-        pass
-
-    def on_tick(self, record):
-        self.ticks.append(record)
-
-    def end_episode(self, result):
-        pass
-
-    # the operator side
-    def reset(self):
-        self.episode += 1
-
-    def step(self, observation, policy_action, tick):
-        if self.episode == 0 and tick == self.kill_tick:
-            self.killed_pid = self.session.backend.process.pid
-            os.kill(self.killed_pid, signal.SIGKILL)
-        mine = [t for t in self.ticks if t.episode == self.episode]
-        if self.episode == 0:
-            starved = [t.tick for t in mine if t.starved and t.tick > self.kill_tick]
-            fresh = [t for t in mine if starved and t.tick > starved[0] and not t.starved]
-            end = len(fresh) >= self.after_gap
-        else:
-            end = tick >= 20
-        return OperatorOutput(events=("failure",) if end else ())
 
 
 def test_a_session_holds_the_robot_while_the_killed_worker_restarts_and_finishes_its_episodes(tmp_path):

@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 from links_testkit import make_record
+from session_testkit import RerecordOnce, live_episodes
 
 from tandem.commands.learner_process import LearnerProcess
 from tandem.protocol.messages import RECORD_SCHEMA, record_to_message, retract_message
 from tandem.protocol.wire import WireError, decode, encode
 from tandem.runtime.config import compose_run
 from tandem.runtime.session import Session
-from tandem.teleop.operator import OperatorOutput
 from tandem.value.replay import REJECTED, STORED, ReplayConfig, ReplayStore, record_entries
 
 ROBOT, STREAM = "robot0", "s1"
@@ -26,14 +26,6 @@ ROBOT, STREAM = "robot0", "s1"
 
 def offer(store: ReplayStore, msg) -> str:
     return store.offer(decode(encode(msg), copy=True))
-
-
-def live_episodes(store: ReplayStore) -> list[int]:
-    """The episode ids of every record the store may sample, sorted."""
-    out = []
-    for buf in store.buffers.values():
-        out += buf.data["episode_id"][buf.live_rows()].tolist() if buf.size else []
-    return sorted(out)
 
 
 def test_the_replay_drops_a_retracted_episode_never_samples_it_and_keeps_it_dropped_after_a_restart(tmp_path):
@@ -120,19 +112,6 @@ def test_recovery_discards_a_spooled_rerecorded_episode_the_session_left_behind(
     report = recover(root)
     assert report["discarded"] == [name] and report["committed"] == [] and report["episodes"] == 0
     assert list_spool(spool_dir(root)) == []
-
-
-class RerecordOnce:
-    """A scripted operator: the episode with id ``episode`` is re-recorded at tick ``tick``."""
-
-    def __init__(self, episode=1, tick=25):
-        self.target, self.tick, self.episode = episode, tick, -1
-
-    def reset(self):
-        self.episode += 1
-
-    def step(self, observation, policy_action, tick):
-        return OperatorOutput(events=("rerecord",) if (self.episode, tick) == (self.target, self.tick) else ())
 
 
 def test_rerecord_discards_the_episode_from_the_dataset_and_the_learner_and_reuses_its_slot(tmp_path):
