@@ -16,10 +16,18 @@ Three measurements in one process, all on 127.0.0.1 (the first with its transpor
    ``state_to_bytes``; lerobot's actor would apply it only at episode end, which is excluded too.
 3. Experience: ChunkRecords (H=10, A=4, S=39) through ExperienceLink -> LinkServer -> ReplayStore
    (spooled, fsync-batched, acked); steps/s = records x H / time until the last ack.
+
+Each weight figure comes with ``process_cpu_ms_per_push``: the CPU time of the whole bench process (both
+ends, every thread, the 20 ms pause before each push included) over the timed pushes, per push; the
+tandem push also splits it by thread (``thread_cpu_ms_per_push``, Linux: publishing caller
+``MainThread``, ``learner-links`` I/O thread, pyzmq's ``ZMQbg/IO/0`` socket I/O of both ends,
+``weights-bench`` receiver, ``weights-hash-bench_0`` digest, ``bench-boundaries`` swap). On a machine
+shared with other work, latency follows it: a push waits for CPU as long as it needs CPU.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import tempfile
@@ -49,6 +57,39 @@ def head_mlp(seed: int = 0) -> Any:
 def _stats(values_s: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values_s]
     return {"p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3), "max_ms": round(max(ms), 3)}
+
+
+def _thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of each thread of this process by native id, with its kernel name
+    (Linux ``/proc``; empty elsewhere)."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _cpu_by_thread(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                   pushes: int) -> dict[str, float]:
+    """ms of CPU per push by thread name (Python's name where it has one), threads that used any."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid, (comm, seconds) in after.items():
+        used = seconds - before.get(tid, (comm, 0.0))[1]
+        if used > 0:
+            name = names.get(tid, comm)
+            out[name] = round(out.get(name, 0.0) + used * 1e3 / max(pushes, 1), 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _boundary_thread(apply: Any, staged: threading.Event, stop: threading.Event) -> threading.Thread:
@@ -98,6 +139,7 @@ def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
             time.sleep(0.1)
         if not applied:
             raise RuntimeError("the weights subscriber never received the warm-up push")
+        threads0, cpu0 = _thread_cpu(), time.process_time()
         for _ in range(pushes):
             version += 1
             time.sleep(0.02)
@@ -113,6 +155,7 @@ def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
             if version in applied:
                 to_applied.append(applied[version] - t0)
                 to_staged.append(staged[version] - t0)
+        cpu, by_thread = time.process_time() - cpu0, _cpu_by_thread(threads0, _thread_cpu(), pushes)
         ok = all(
             np.array_equal(a.detach().numpy(), b.detach().numpy())
             for a, b in zip(consumer.module.state_dict().values(), model.state_dict().values(), strict=True)
@@ -125,6 +168,8 @@ def bench_weights_tandem(model: Any, pushes: int) -> dict[str, Any]:
     return {
         "pushes": pushes,
         "received": len(to_applied),
+        "process_cpu_ms_per_push": round(cpu * 1e3 / max(pushes, 1), 3),
+        "thread_cpu_ms_per_push": by_thread,
         "publish_call": _stats(publish_call) if publish_call else {},
         "publish_to_staged": _stats(to_staged) if to_staged else {},
         "publish_to_applied": _stats(to_applied) if to_applied else {},
@@ -162,6 +207,7 @@ def bench_transport_floor(model: Any, pushes: int) -> dict[str, Any]:
             raise RuntimeError("tandem: the transport-floor subscriber never received the warm-up message")
         while sub.poll(50):  # drain the warm-up backlog
             sub.recv_multipart(copy=False)
+        cpu0 = time.process_time()
         for _ in range(pushes):
             time.sleep(0.02)
             t0 = time.perf_counter()
@@ -169,11 +215,13 @@ def bench_transport_floor(model: Any, pushes: int) -> dict[str, Any]:
             if sub.poll(5000):
                 sub.recv_multipart(copy=False)
                 latencies.append(time.perf_counter() - t0)
+        cpu = time.process_time() - cpu0
     finally:
         pub.close(0)
         sub.close(0)
         context.term()
     return {"pushes": pushes, "received": len(latencies), "send_to_received": _stats(latencies) if latencies else {},
+            "process_cpu_ms_per_push": round(cpu * 1e3 / max(pushes, 1), 3),
             "transport": "pyzmq PUB -> SUB, tcp://127.0.0.1, zero-copy send and receive, nothing checked"}
 
 
@@ -238,6 +286,7 @@ def bench_weights_lerobot(model: Any, pushes: int) -> dict[str, Any]:
         end = time.monotonic() + 10
         while not applied and time.monotonic() < end:
             time.sleep(0.01)
+        cpu0 = time.process_time()
         for _ in range(pushes):
             time.sleep(0.02)
             n = len(applied)
@@ -250,6 +299,7 @@ def bench_weights_lerobot(model: Any, pushes: int) -> dict[str, Any]:
                 applied_event.clear()
             if len(applied) > n:
                 latencies.append(applied[n] - t0)
+        cpu = time.process_time() - cpu0
     finally:
         shutdown.set()
         server.stop(0)
@@ -257,6 +307,7 @@ def bench_weights_lerobot(model: Any, pushes: int) -> dict[str, Any]:
         for t in threads:
             t.join(2)
     return {"pushes": pushes, "received": len(latencies), "publish_to_applied": _stats(latencies) if latencies else {},
+            "process_cpu_ms_per_push": round(cpu * 1e3 / max(pushes, 1), 3),
             "transport": "lerobot 0.4.4 LearnerService.StreamParameters over gRPC (torch.save, 2 MiB pieces)"}
 
 

@@ -28,6 +28,8 @@ def test_bench_links_prints_json(capsys):
     assert 0.9e6 < w["params"] < 1.1e6
     assert w["tandem"]["received"] == 3 and w["tandem"]["weights_equal"] and w["lerobot_grpc"]["received"] == 3
     assert w["tandem"]["publish_to_applied"]["p50_ms"] > 0 and w["lerobot_over_tandem_p50"] > 0
+    assert w["transport_floor"]["received"] == 3 and w["transport_floor"]["send_to_received"]["p50_ms"] > 0
+    assert w["tandem"]["process_cpu_ms_per_push"] > 0 and w["lerobot_grpc"]["process_cpu_ms_per_push"] > 0
     assert out["experience"]["all_acked"] and out["experience"]["stored"] == 300 and out["experience"]["steps_per_s"] > 0
 
 
