@@ -16,6 +16,11 @@ every episode a commit that a kill at any moment can roll back:
    (partial parquet/mp4 files, lerobot's temporary images), meta files are restored from the copies.
    Spooled episodes are then converted again, complete or interrupted (``recover``).
 
+Video features are encoded while the episode's frames are added, by
+:class:`~tandem.runtime.recording.video_encoder.SpoolVideoEncoder` (one encoder thread per camera, no PNG
+files; ``record.video_encoder=stream``, the default), which lerobot's writer takes through its streaming
+encoder seam; ``record.video_encoder=lerobot`` leaves lerobot's PNG-then-encode path in place.
+
 The converter runs in its own process (``python -m tandem.runtime.recording.dataset_store serve``, started by the
 :class:`~tandem.runtime.recording.recorder.Recorder`), niced, so encoding never competes with the control loop
 for the GIL. ``tandem recover DIR`` runs the same recovery by hand.
@@ -53,6 +58,7 @@ from tandem.runtime.recording.tick_spool import (
     read_spool_episode,
     write_json_atomic,
 )
+from tandem.runtime.recording.video_encoder import SpoolVideoEncoder
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,8 @@ COMMIT_LOCK = "commit.lock"
 OUTCOMES_PATH = "meta/tandem_episodes.jsonl"
 INFO_PATH = "meta/info.json"
 INTERRUPTED = "interrupted"
+DEFAULT_VCODEC = "h264"  # record.vcodec's default
+DEFAULT_PRESET = "ultrafast"  # record.preset's default
 RERECORD = "rerecord"  # an episode's outcome when the operator asked to record it again: discarded
 # features every LeRobotDataset has (lerobot.datasets.utils.DEFAULT_FEATURES), not part of a recording's schema
 LEROBOT_IMPLICIT_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -346,13 +354,20 @@ class DatasetStore:
         repo_id: the dataset's repo id (default ``local/<directory name>``).
         vcodec: lerobot video codec ("libsvtav1", "h264", "hevc").
         encoder_threads: encoder threads per video (None: the codec decides).
+        video_encoder: "stream": frames go from the spool to one encoder thread per camera
+            (:class:`~tandem.runtime.recording.video_encoder.SpoolVideoEncoder`, no PNG files); "lerobot":
+            lerobot's own path (a PNG per frame, encoded at ``save_episode``).
+        preset: the codec's speed preset for "stream" ("" = the codec's default).
     """
 
-    def __init__(self, root: Path | str, repo_id: str = "", vcodec: str = "libsvtav1", encoder_threads: int | None = 1):
+    def __init__(self, root: Path | str, repo_id: str = "", vcodec: str = DEFAULT_VCODEC, encoder_threads: int | None = 1,
+                 video_encoder: str = "stream", preset: str = DEFAULT_PRESET):
         self.root = Path(root)
         self.repo_id = repo_id or default_repo_id(root)
         self.vcodec = vcodec
         self.encoder_threads = encoder_threads
+        self.video_encoder = video_encoder
+        self.preset = preset
         self.journal = Journal(self.root)
         self._ds: Any = None
         self._seq = -1
@@ -412,7 +427,7 @@ class DatasetStore:
             self._ds = LeRobotDataset(
                 self.repo_id, root=self.root, vcodec=self.vcodec, encoder_threads=self.encoder_threads
             )
-            return self._ds
+            return self._with_encoder(self._ds)
         # A new dataset: lerobot's create() wants a directory that does not exist yet (ours holds
         # .tandem/), so create it in a staging directory and move its only file, meta/info.json.
         staging = state_dir(self.root) / "staging"
@@ -433,7 +448,21 @@ class DatasetStore:
         shutil.rmtree(staging, ignore_errors=True)
         ds.root = self.root
         ds.meta.root = self.root
-        self._ds = ds
+        self._ds = self._with_encoder(ds)
+        return ds
+
+    def _with_encoder(self, ds: Any) -> Any:
+        """Give ``ds`` a :class:`SpoolVideoEncoder` through lerobot's streaming seam (``video_encoder="stream"``).
+
+        Raises:
+            TandemError: this lerobot's dataset has no streaming seam (``record.video_encoder=lerobot`` works).
+        """
+        if self.video_encoder != "stream" or not ds.meta.video_keys:
+            return ds
+        if not hasattr(ds, "_streaming_encoder"):
+            raise TandemError("tandem: this lerobot's LeRobotDataset has no streaming encoder seam "
+                              "(_streaming_encoder, lerobot 0.4.4); set record.video_encoder=lerobot")
+        ds._streaming_encoder = SpoolVideoEncoder(int(ds.fps), self.vcodec, self.preset, self.encoder_threads)
         return ds
 
     def commit_episode(self, episode: SpooledEpisode) -> dict:
@@ -457,6 +486,9 @@ class DatasetStore:
         cut_short = not (rows["done"][-1, 0] or rows["truncated"][-1, 0])
         task = header["task"]
         columns = {k: rows[k] for k in features}
+        encoder = getattr(ds, "_streaming_encoder", None)
+        if isinstance(encoder, SpoolVideoEncoder):
+            encoder.plan(n)  # statistics over lerobot's sample of the n frames
         for i in range(n):
             frame = {k: np.array(c[i]) for k, c in columns.items()}  # copies out of the memory-mapped spool
             if cut_short and i == n - 1:
@@ -574,7 +606,8 @@ def convert_pending(
     return done
 
 
-def recover(root: Path | str, repo_id: str = "", vcodec: str = "libsvtav1", encoder_threads: int | None = 1) -> dict:
+def recover(root: Path | str, repo_id: str = "", vcodec: str = DEFAULT_VCODEC, encoder_threads: int | None = 1,
+            video_encoder: str = "stream", preset: str = DEFAULT_PRESET) -> dict:
     """Bring a dataset whose recording process died back to a loadable state (``tandem recover``).
 
     Rolls back to the last commit and commits every spooled episode, interrupted ones included.
@@ -588,7 +621,7 @@ def recover(root: Path | str, repo_id: str = "", vcodec: str = "libsvtav1", enco
     fd = acquire_session_lock(root)
     events: list[dict] = []
     try:
-        store = DatasetStore(root, repo_id, vcodec, encoder_threads)
+        store = DatasetStore(root, repo_id, vcodec, encoder_threads, video_encoder, preset)
         with file_lock(state_dir(root) / COMMIT_LOCK):
             rolled = store.open()
         committed = convert_pending(store, lambda s: True, True, events.append)
@@ -611,8 +644,10 @@ def serve(
     root: Path | str,
     session: int,
     repo_id: str = "",
-    vcodec: str = "libsvtav1",
+    vcodec: str = DEFAULT_VCODEC,
     encoder_threads: int | None = 1,
+    video_encoder: str = "stream",
+    preset: str = DEFAULT_PRESET,
     commands: TextIO = sys.stdin,
     out: TextIO = sys.stdout,
 ) -> int:
@@ -638,7 +673,7 @@ def serve(
     _quiet_lerobot()
     import lerobot.datasets.lerobot_dataset  # noqa: F401  (import while the first episode records)
 
-    store = DatasetStore(root, repo_id, vcodec, encoder_threads)
+    store = DatasetStore(root, repo_id, vcodec, encoder_threads, video_encoder, preset)
     failed: set[str] = set()
     with file_lock(state_dir(root) / COMMIT_LOCK):
         rolled = store.open()
@@ -666,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True)
     parser.add_argument("--session", type=int, default=0)
     parser.add_argument("--repo-id", default="")
-    parser.add_argument("--vcodec", default="libsvtav1")
+    parser.add_argument("--vcodec", default=DEFAULT_VCODEC)
+    parser.add_argument("--video-encoder", choices=["stream", "lerobot"], default="stream")
+    parser.add_argument("--preset", default=DEFAULT_PRESET)
     parser.add_argument("--encoder-threads", type=int, default=1)
     parser.add_argument("--nice", type=int, default=0)
     args = parser.parse_args(argv)
@@ -677,8 +714,8 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(args.nice)
     threads = args.encoder_threads if args.encoder_threads > 0 else None
     if args.command == "serve":
-        return serve(args.root, args.session, args.repo_id, args.vcodec, threads)
-    print(json.dumps(recover(args.root, args.repo_id, args.vcodec, threads), indent=2))
+        return serve(args.root, args.session, args.repo_id, args.vcodec, threads, args.video_encoder, args.preset)
+    print(json.dumps(recover(args.root, args.repo_id, args.vcodec, threads, args.video_encoder, args.preset), indent=2))
     return 0
 
 

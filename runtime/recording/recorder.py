@@ -84,10 +84,12 @@ from tandem.runtime.recording.tick_spool import (
     parse_name,
     queue_capacity,
 )
+from tandem.runtime.recording.video_encoder import check_preset
 
 log = logging.getLogger(__name__)
 
 VCODECS = ("libsvtav1", "h264", "hevc")
+VIDEO_ENCODERS = ("stream", "lerobot")
 
 
 @dataclass
@@ -101,7 +103,13 @@ class RecordConfig:
             neither ``record.root`` nor ``session.run_dir`` records nothing).
         repo_id: the dataset's repo id ("" = ``local/<root directory name>``).
         use_videos: store cameras as videos (else as PNG images in the parquet files).
-        vcodec: video codec: "libsvtav1" (lerobot's default), "h264", "hevc".
+        vcodec: video codec: "h264" (the default: fast enough for two 640x480 cameras at 30 Hz on two
+            cores), "hevc", "libsvtav1" (lerobot's default; about 5x the CPU of h264 "ultrafast").
+        video_encoder: "stream": the converter feeds frames from the spool straight to one encoder thread
+            per camera (no PNG files; ``runtime/recording/video_encoder.py``); "lerobot": lerobot's own
+            path (a PNG per frame, encoded when the episode is saved; about 20x too slow at 640x480).
+        preset: the encoder's speed preset with "stream": x264/x265 "ultrafast" .. "veryslow", SVT-AV1
+            "0".."13"; "" = the codec's default.
         encoder_threads: threads per video encoder (0: the codec decides).
         flush_s: the spool is fsynced at least this often (seconds); power loss loses at most this much.
         queue_size: ticks buffered between the control thread and the writer (500 = 10 s at 50 Hz).
@@ -113,7 +121,9 @@ class RecordConfig:
     root: str = ""
     repo_id: str = ""
     use_videos: bool = True
-    vcodec: str = "libsvtav1"
+    vcodec: str = "h264"
+    video_encoder: str = "stream"
+    preset: str = "ultrafast"
     encoder_threads: int = 1
     flush_s: float = 1.0
     queue_size: int = 500
@@ -124,6 +134,10 @@ class RecordConfig:
         if not isinstance(self.root, str):
             raise ConfigError("record.root", self.root, "a dataset directory, or '' for <run_dir>/dataset")
         one_of("record.vcodec", self.vcodec, VCODECS)
+        one_of("record.video_encoder", self.video_encoder, VIDEO_ENCODERS)
+        problem = check_preset(self.vcodec, self.preset) if isinstance(self.preset, str) else "a string"
+        if problem:
+            raise ConfigError("record.preset", self.preset, f"for record.vcodec={self.vcodec}: {problem}")
         in_range("record.encoder_threads", self.encoder_threads, 0, 64)
         in_range("record.flush_s", self.flush_s, 0.01, 1.0)
         in_range("record.queue_size", self.queue_size, 1, 1_000_000)
@@ -274,7 +288,8 @@ class Recorder:
             sys.executable, "-m", "tandem.runtime.recording.dataset_store", "serve",
             "--root", str(self.root), "--session", str(self.session), "--repo-id", self.repo_id,
             "--vcodec", self.config.vcodec, "--encoder-threads", str(self.config.encoder_threads),
-            "--nice", str(self.config.nice),
+            "--nice", str(self.config.nice), "--video-encoder", self.config.video_encoder,
+            "--preset", self.config.preset,
         ]  # fmt: skip
         env = {**os.environ, "SVT_LOG": os.environ.get("SVT_LOG", "1"), "HF_HUB_OFFLINE": "1"}
         self._proc = subprocess.Popen(

@@ -148,7 +148,8 @@ def bench_recorder(
     episode_s: float = 10.0,
     source: str = "synthetic",
     queue_size: int = 500,
-    vcodec: str = "libsvtav1",
+    vcodec: str = RecordConfig.vcodec,
+    video_encoder: str = RecordConfig.video_encoder,
     root: str | None = None,
     cameras: int = 2,
     width: int | None = None,
@@ -182,7 +183,8 @@ def bench_recorder(
     action = Feature("float32", (4,), names=("dx", "dy", "dz", "gripper"), low=(-1.0,) * 4, high=(1.0,) * 4)
     tmp = None if root else tempfile.mkdtemp(prefix="tandem-bench-recorder-")
     root_path = Path(root) if root else Path(tmp) / "dataset"
-    config = RecordConfig(enabled=True, root=str(root_path), queue_size=queue_size, vcodec=vcodec)
+    config = RecordConfig(enabled=True, root=str(root_path), queue_size=queue_size, vcodec=vcodec,
+                          video_encoder=video_encoder)
     recorder = Recorder(config, obs_features, action, fps=hz, robot_type="bench")
     rng = np.random.default_rng(0)
     state = rng.normal(size=39).astype(np.float32)
@@ -260,6 +262,9 @@ def bench_recorder(
         "bench": "recorder",
         "source": source,
         "cameras": [f"{cam} {width}x{height}" for cam in names],
+        "vcodec": config.vcodec,
+        "video_encoder": config.video_encoder,
+        "preset": config.preset,
         "raw_mb_per_s": round(cameras * width * height * 3 * hz / 1e6, 1),
         "hz": hz,
         "seconds": seconds,
@@ -273,6 +278,9 @@ def bench_recorder(
         "recorder_cpu_s": round(recorder_cpu, 2),
         "recorder_cpu_share": round(recorder_cpu / loop_s, 3),
         "converter_cpu_s": round(child_cpu, 2),
+        # its CPU per committed tick (start-up, lerobot's import included) and its throughput over loop + drain
+        "converter_cpu_ms_per_tick": round(child_cpu / frames_recorded * 1e3, 1) if frames_recorded else None,
+        "converter_ticks_per_s": round(frames_recorded / (loop_s + close_s), 2),
         "on_tick_p50_ms": round(percentile(on_tick_ms, 50), 4),
         "on_tick_p99_ms": round(percentile(on_tick_ms, 99), 4),
         "on_tick_max_ms": round(max(on_tick_ms, default=0.0), 4),
@@ -297,5 +305,6 @@ def bench_recorder(
         "spooled_ticks": stats["written"],
         "spool_backlog_at_loop_end_mb": round(backlog_mb, 1),
         "spool_left_uncommitted_mb": round(left_mb, 1),
+        "converter_finished": bool(frames_recorded == stats["written"] and left_mb == 0.0),
         "errors": stats["errors"],
     }

@@ -137,7 +137,7 @@ def test_session_videos_decode_to_the_recorded_frames(recorded_session):
             key = IMAGE_PREFIX + cam
             decoded = (item[key].numpy().transpose(1, 2, 0) * 255.0).astype(np.float32)
             errors.append(np.abs(decoded - capture.ticks[i].observation[key].astype(np.float32)).mean())
-    # AV1 (crf 30) on 96x96 renders: a few grey levels of mean error; a wrong frame is off by tens
+    # h264 (crf 30) on 96x96 renders: a few grey levels of mean error; a wrong frame is off by tens
     assert max(errors) < 6.0, errors
 
 
