@@ -76,6 +76,16 @@ def check_preset(vcodec: str, preset: str) -> str | None:
     return None if preset in valid else f"one of {', '.join(valid)} (or '' for the codec's default)"
 
 
+def _end_queue(cam: _Camera) -> None:
+    """Put the end sentinel on ``cam``'s queue; a thread that already died (queue full) needs none."""
+    while cam.thread is not None and cam.thread.is_alive():
+        try:
+            cam.frames.put(_DONE, timeout=0.5)
+            return
+        except queue.Full:
+            continue
+
+
 @dataclass
 class _Camera:
     """One camera's encoder thread and what it produced."""
@@ -163,7 +173,7 @@ class SpoolVideoEncoder:
         from lerobot.datasets.compute_stats import get_feature_stats
 
         for cam in self._cameras.values():
-            cam.frames.put(_DONE)
+            _end_queue(cam)
         for cam in self._cameras.values():
             cam.thread.join()
         out = {}
@@ -191,7 +201,7 @@ class SpoolVideoEncoder:
                     cam.frames.get_nowait()
             except queue.Empty:
                 pass
-            cam.frames.put(_DONE)
+            _end_queue(cam)
         for cam in self._cameras.values():
             cam.thread.join()
             shutil.rmtree(cam.path.parent, ignore_errors=True)

@@ -61,6 +61,16 @@ def test_an_encoder_failure_is_raised_and_leaves_no_partial_video(tmp_path):
         encoder.finish_episode()
     encoder.cancel_episode()
     assert list(tmp_path.iterdir()) == []
+    # the failure found at finish_episode, with the dead thread's queue full: raised, not a hang
+    encoder = SpoolVideoEncoder(fps=10, queue_frames=1)
+    encoder.vcodec = "no-such-codec"
+    encoder.start_episode([IMAGE_PREFIX + "a"], tmp_path)
+    encoder.feed_frame(IMAGE_PREFIX + "a", frame(0))
+    encoder._cameras[IMAGE_PREFIX + "a"].thread.join(10)
+    encoder._cameras[IMAGE_PREFIX + "a"].frames.put(frame(1))  # what a feed racing the failure leaves queued
+    with pytest.raises(VideoEncodeError, match="0 of 1 frames encoded"):
+        encoder.finish_episode()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_encoder_settings_are_validated():
