@@ -558,15 +558,20 @@ def convert_pending(
     include_partial: bool,
     emit: Callable[[dict], None],
     failed: set[str] | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> list[dict]:
     """Commit the spooled episodes of the sessions ``select`` accepts, in order, each under the commit lock.
 
     ``include_partial``: also commit interrupted episodes (recovery; their process is dead) and delete
     empty ones. Episodes that fail are rolled back, reported and skipped (kept in the spool).
+    ``keep_going`` is asked before each episode: False stops after the current commit (an orphaned
+    converter leaves the rest to the next session or ``tandem recover``).
     """
     failed = set() if failed is None else failed
     done = []
     for path in list_spool(spool_dir(store.root)):
+        if not keep_going():
+            break
         session, _ = parse_name(path.name)
         if not select(session) or path.name in failed:
             continue
@@ -678,16 +683,20 @@ def serve(
     with file_lock(state_dir(root) / COMMIT_LOCK):
         rolled = store.open()
     emit({"event": "ready", "removed": len(rolled["removed"]), "restored": len(rolled["restored"])})
-    convert_pending(store, lambda s: s != session, True, emit, failed)
+
+    def attached() -> bool:  # orphaned: stop after the current commit; the next session or `tandem recover` goes on
+        return not gone and os.getppid() == parent
+
+    convert_pending(store, lambda s: s != session, True, emit, failed, attached)
     for line in commands:
-        if gone or os.getppid() != parent:  # orphaned: stop; the next session or `tandem recover` goes on
+        if not attached():
             break
         command = line.strip()
-        convert_pending(store, lambda s: s == session, False, emit, failed)
+        convert_pending(store, lambda s: s == session, False, emit, failed, attached)
         if command == "stop":
             if failed:  # e.g. a full disk that has space again: one more try before leaving them to recovery
                 failed.clear()
-                convert_pending(store, lambda s: s == session, False, emit, failed)
+                convert_pending(store, lambda s: s == session, False, emit, failed, attached)
             break
     store.close()
     emit({"event": "exit"})
