@@ -45,7 +45,7 @@ NOT_COMPOSABLE: dict[str, str] = {
         "usage synopsis; its options are exercised by the eval examples under it",
     "tandem eval --compare DIR DIR [DIR ...] [--out DIR]":
         "usage synopsis; `tandem eval --compare evals/scripted evals/after_1h ...` below it is parsed",
-    "tandem study [run overrides...] [--arms base hg_dagger imitate_all shipped] [--seeds 0 1 2 3 4] [--episodes 90] [--updates-per-episode 100] [--curve-every 30] [--curve-episodes 6] [--eval-seeds 0 1 2] [--eval-episodes 15] [--realtime] [--out DIR] [--name NAME]":
+    "tandem study [run overrides...] [--arms base hg_dagger imitate_all shipped] [--seeds 0 1 2 3 4] [--episodes 90] [--updates-per-episode 100] [--curve-every 30] [--curve-episodes 6] [--eval-seeds 0 1 2] [--eval-episodes 15] [--iterations 1] [--realtime] [--out DIR] [--name NAME]":
         "usage synopsis; the tandem study examples in docs/learning.md are composed",
     "tandem demos [overrides]": "usage synopsis; the `tandem demos ...` examples are composed and one is run",
     "tandem pretrain [overrides]": "usage synopsis; the `tandem pretrain ...` examples are composed",
