@@ -6,7 +6,7 @@ Measured on synthetic data of the reference sizes (H=10, A=4, S=39, F=64, M=2 by
   ensemble, loss, backward, AdamW, Polyak), also with the residual and edit head steps included (the
   edit head both as EXPO and as shipped: mean-edit acting with the AWR-only policy step);
 - one weight publication: ``weights()`` of the residual head and the critic, then
-  ``tandem.protocol.wire.encode`` of each into a message (and the sha256 digest the weights link sends);
+  ``tandem.protocol.wire.encode`` of each into a message (and the fold64 digest the weights link sends);
 - the residual head's numpy correction per chunk boundary (the control-loop budget is p99 <= 0.3 ms);
 - the edit head's chunk-boundary decision: N edits proposed and scored with the critic, argmax.
 """
@@ -22,7 +22,7 @@ import torch
 from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
 from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.policies.heads.select import make_selector
-from tandem.protocol.wire import Message, digest_arrays, encode
+from tandem.protocol.wire import Message, encode, fold_digest
 from tandem.value.objectives.edit import EditObjectiveConfig
 from tandem.value.objectives.learning import make_learning_objective
 
@@ -126,7 +126,7 @@ def bench_learner(batch_size: int = 256, updates: int = 100, threads: int = 0, h
                                              arrays=arrays)))
             t1 = time.perf_counter()
             for arrays in published:
-                digest_arrays(arrays)
+                fold_digest(arrays)
             t2 = time.perf_counter()
             if rep >= 2:
                 publish.append(t1 - t0)
