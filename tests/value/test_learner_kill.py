@@ -173,9 +173,10 @@ def run_killed_session(tmp_path: Path, ticks: int, kills: int, episodes: int = 1
     # A link that waited on the dead learner would stall the loop for the whole restart (seconds). Isolated late
     # ticks of a few tens of ms are the shared CI machine's scheduler, not the link (CI saw one 31 ms tick
     # while the link's own send took 0.01 ms); tick lateness is measured in `tandem bench links`, not here.
+    # (A p99 bound here failed once in CI at 10.6 ms while the link's sends took at most 0.03 ms: another
+    # process on the two cores, not the link; the link's own costs are the bounds below.)
     assert all(t["max_lateness_ms"] < 250.0 for t in timings), detail
     if load < os.cpu_count():
-        assert all(t["p99_lateness_ms"] < 5.0 for t in timings), detail
         assert exp["send_max_ms"] < 5.0 and wts["apply_max_ms"] < 5.0, detail
     assert links["all_acked"], links
     assert links["experience"]["reconnects"] + links["experience"]["learner_changes"] >= kills
