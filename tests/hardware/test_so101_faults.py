@@ -17,7 +17,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from session_testkit import KillThenFinish, RerecordOnce, live_episodes
+from session_testkit import (
+    KillThenFinish,
+    RerecordOnce,
+    dataset_without_rerecorded,
+    replay_without_rerecorded,
+)
 from test_lerobot_robot import DEG_PER_TICK, FakeMotors, write_calibration_file
 from test_lerobot_safety import SHOULDER, goals
 
@@ -27,7 +32,6 @@ from tandem.policies.tiny_vla.model import TinyVLA, TinyVLAModelConfig, save_che
 from tandem.policies.tiny_vla.tokenizer import build_tokenizer
 from tandem.runtime.config import compose_run
 from tandem.runtime.session import Session
-from tandem.value.replay import ReplayStore, record_entries
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -155,29 +159,10 @@ def test_rerecord_on_an_so101_leaves_neither_the_dataset_nor_the_learners_replay
     assert summary.recording["episodes_committed"] == 2 and summary.recording["episodes_rerecorded"] == 1
     assert summary.links["all_acked"] and summary.links["experience"]["retractions"] == 1
 
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    root = run_dir / "dataset"
-    ds = LeRobotDataset("local/dataset", root=root)
-    assert ds.num_episodes == 2 and ds.num_frames == 2 * 30
-    frames = ds.hf_dataset.with_format(None)
-    assert sorted(set(frames["episode_index"])) == [0, 1] and frames["index"] == list(range(60))
-    entries = [json.loads(x) for x in (root / "meta" / "tandem_episodes.jsonl").read_text().splitlines()]
-    assert [(e["episode_index"], e["session_episode"]) for e in entries] == [(0, 0), (1, 2)]
-    assert not list((root / ".tandem" / "spool").iterdir())
+    frames, _ = dataset_without_rerecorded(run_dir / "dataset", 30)
     # the recorded actions are the SO-101's joint goals: the shoulder rate-limited from 0 to the target's -1 deg
     actions = np.asarray(frames["action"], np.float32)
     assert actions.shape == (60, 6)
     np.testing.assert_allclose(actions[:30, 1], np.maximum(-MAX_DELTA * np.arange(1, 31), -1.0), atol=2 * DEG_PER_TICK)
 
-    replay_dir = run_dir / "learner" / "replay"
-    logged = [(m.kind, r.episode_id if r is not None else m.meta.get("episode")) for m, r in record_entries(replay_dir)]
-    sent_of_1 = sum(1 for kind, ep in logged if kind == "chunk" and ep == 1)
-    assert sent_of_1 >= 1 and logged.count(("retract", 1)) == 1
-    store = ReplayStore(replay_dir)
-    try:
-        assert set(live_episodes(store)) == {0, 2}
-        assert store.counts["retracted"] == sent_of_1
-        assert 1 not in store.sample(256, np.random.default_rng(1))["episode_id"]
-    finally:
-        store.close()
+    replay_without_rerecorded(run_dir / "learner" / "replay")

@@ -7,12 +7,10 @@ Real sockets on 127.0.0.1, a spawned learner process, real MuJoCo, the dataset r
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from links_testkit import make_record
-from session_testkit import RerecordOnce, live_episodes
+from session_testkit import RerecordOnce, dataset_without_rerecorded, live_episodes, replay_without_rerecorded
 
 from tandem.commands.learner_process import LearnerProcess
 from tandem.protocol.messages import RECORD_SCHEMA, record_to_message, retract_message
@@ -137,29 +135,10 @@ def test_rerecord_discards_the_episode_from_the_dataset_and_the_learner_and_reus
     assert summary.links["all_acked"] and summary.links["experience"]["retractions"] == 1
 
     # the dataset, read back with lerobot: two episodes, indices contiguous, none of them the re-recorded one
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    root = run_dir / "dataset"
-    ds = LeRobotDataset("local/dataset", root=root)
-    assert ds.num_episodes == 2 and ds.num_frames == 2 * 40
-    frames = ds.hf_dataset.with_format(None)
-    assert sorted(set(frames["episode_index"])) == [0, 1]
-    assert frames["index"] == list(range(80))
-    entries = [json.loads(x) for x in (root / "meta" / "tandem_episodes.jsonl").read_text().splitlines()]
-    assert [(e["episode_index"], e["session_episode"], e["outcome"]) for e in entries] == [
-        (0, 0, "timeout"), (1, 2, "timeout")]
-    assert not list((root / ".tandem" / "spool").iterdir())  # the re-recorded episode's spool is gone too
+    _, entries = dataset_without_rerecorded(run_dir / "dataset", 40)
+    assert [e["outcome"] for e in entries] == ["timeout", "timeout"]
 
     # the learner got the episode's records, then the retraction: its replay (rebuilt from its durable log)
     # holds none of them, and never samples them
-    replay_dir = run_dir / "learner" / "replay"
-    logged = [(m.kind, r.episode_id if r is not None else m.meta.get("episode")) for m, r in record_entries(replay_dir)]
-    sent_of_1 = sum(1 for kind, ep in logged if kind == "chunk" and ep == 1)
-    assert sent_of_1 == 3 and logged.count(("retract", 1)) == 1  # 26 ticks = 3 chunks of H=10
-    store = ReplayStore(replay_dir)
-    try:
-        assert set(live_episodes(store)) == {0, 2}
-        assert store.counts["retracted"] == sent_of_1 and store.size == 2 * 4  # 40 ticks = 4 chunks each
-        assert 1 not in store.sample(256, np.random.default_rng(1))["episode_id"]
-    finally:
-        store.close()
+    sent_of_1, size = replay_without_rerecorded(run_dir / "learner" / "replay")
+    assert sent_of_1 == 3 and size == 2 * 4  # 26 ticks = 3 chunks of H=10; 40 ticks = 4 chunks each
