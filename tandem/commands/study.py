@@ -55,7 +55,7 @@ from tandem.core.errors import ConfigError
 from tandem.reports.calibration import calibrate
 from tandem.reports.eval import successes_by_seed
 from tandem.reports.session import md_table, new_figure, save_figure
-from tandem.reports.stats import hierarchical_ci, hierarchical_distribution
+from tandem.reports.stats import hierarchical_ci, hierarchical_distribution, seed_mean
 from tandem.runtime.config import compose_run
 
 ARMS_FILE = CONFIG_DIR / "study" / "arms.yaml"
@@ -306,13 +306,19 @@ def _iteration_outcomes(args: argparse.Namespace, run_dir: Path) -> list[dict]:
     return out
 
 
+def _point(outcomes: list[list[np.ndarray]]) -> float:
+    """The success rate ``hierarchical_ci`` reports (mean over training seeds of each seed's rate), without
+    its resampling."""
+    return float(np.mean([seed_mean(r) for r in outcomes]))
+
+
 def _paired(name: str, control: str, a: list[list[np.ndarray]], b: list[list[np.ndarray]], **extra: Any) -> dict:
     """Paired difference (``a`` - ``b``, per training seed a list of per-evaluation-seed outcome arrays on
     the same scenes) with its percentile interval."""
     diffs = [[y - x for x, y in zip(xs, ys, strict=True)] for xs, ys in zip(b, a, strict=True)]
     reps = hierarchical_distribution(diffs, RESAMPLES, np.random.default_rng(0))
     lo, hi = (float(q) for q in np.quantile(reps, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]))
-    d = hierarchical_ci(a, n=RESAMPLES, seed=0, level=LEVEL)[0] - hierarchical_ci(b, n=RESAMPLES, seed=0, level=LEVEL)[0]
+    d = _point(a) - _point(b)
     return {"arm": name, "control": control, **extra, "difference": d, "lo": lo, "hi": hi,
             "excludes_zero": bool(lo > 0 or hi < 0)}
 
