@@ -221,6 +221,7 @@ class Recorder:
         self.committed: list[dict] = []
         self.recovered: list[dict] = []
         self.errors: list[dict] = []
+        self.unparsed_lines = 0  # converter stdout lines that were not JSON events
         self.discarded: list[dict] = []  # the converter's "discarded" events (re-recorded episodes ...)
         self.writer_cpu_s = 0.0
 
@@ -550,7 +551,10 @@ class Recorder:
         for line in proc.stdout:
             try:
                 event = json.loads(line)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError:  # not an event (a library printing to stdout): counted, shown once
+                self.unparsed_lines += 1
+                if self.unparsed_lines == 1:
+                    log.warning("recorder: the converter printed a line that is not an event: %.200r", line)
                 continue
             kind = event.get("event")
             if kind == "committed":
@@ -578,6 +582,9 @@ class Recorder:
             "episodes_spooled": self.episodes_spooled,
             "episodes_committed": len(self.committed),
             "frames_committed": sum(e["length"] for e in self.committed),
+            # bytes after an episode's last valid tick record (a torn or corrupt tail), dropped when committed
+            "torn_bytes": sum(int(e.get("torn_bytes", 0)) for e in self.committed),
+            "converter_unparsed_lines": self.unparsed_lines,
             "episodes_rerecorded": sum(e.get("reason") == "rerecord" for e in self.discarded),
             "episodes_recovered": len(self.recovered),
             "frames_recovered": sum(e["length"] for e in self.recovered),

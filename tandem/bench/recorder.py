@@ -258,6 +258,11 @@ def bench_recorder(
     recorder_cpu = max(0.0, self_cpu - control_cpu) + child_cpu
     timing = timer.summary().to_dict()
     frames_recorded = stats["frames_committed"]
+    short = [  # committed episodes with fewer frames than the loop gave them (the last one may be a partial)
+        {"episode": e["session_episode"], "length": e["length"], "torn_bytes": e.get("torn_bytes", 0)}
+        for e in recorder.committed
+        if e["length"] != min(per_episode, n_ticks - int(e["session_episode"]) * per_episode)
+    ]
     return {
         "bench": "recorder",
         "source": source,
@@ -306,5 +311,10 @@ def bench_recorder(
         "spool_backlog_at_loop_end_mb": round(backlog_mb, 1),
         "spool_left_uncommitted_mb": round(left_mb, 1),
         "converter_finished": bool(frames_recorded == stats["written"] and left_mb == 0.0),
+        # where a shortfall came from: committed episodes shorter than their spooled ticks, torn tails,
+        # converter output that was not an event (an event lost to it would go uncounted)
+        "short_episodes": short,
+        "torn_bytes": stats["torn_bytes"],
+        "converter_unparsed_lines": stats["converter_unparsed_lines"],
         "errors": stats["errors"],
     }
