@@ -44,6 +44,11 @@ TASK_INSTRUCTIONS: dict[str, str] = {
     "plate-slide-v3": "slide the plate into the goal",
     "faucet-open-v3": "turn the faucet on",
     "coffee-button-v3": "press the coffee machine button",
+    # multi-stage tasks (grasp, carry, place or pull): the long-horizon suite, configs/robot/metaworld_long.yaml
+    "shelf-place-v3": "pick up the block and place it on the shelf",
+    "stick-pull-v3": "grasp the stick and pull the box with it",
+    "bin-picking-v3": "pick the puck out of the red bin and place it in the blue bin",
+    "pick-place-wall-v3": "pick up the puck, carry it over the wall and place it at the goal",
 }
 
 # Where an episode's scene (object and goal positions) comes from. "train" and "unseen" draw fresh positions
