@@ -39,6 +39,9 @@ class LearnerConfig:
         max_updates: stop after this many updates (0: never).
         max_seconds: stop after this long (0: never).
         max_updates_per_s: cap the update rate (0: as fast as possible).
+        updates_per_record: the update-to-data ratio (UTD): train only while updates < this x the robots'
+            records stored (autonomous and takeover buffers; demonstrations do not count), so the learner
+            never runs ahead of the data it was given (0: no cap, train as fast as the machine allows).
         publish_every_updates: publish weights every N updates (0: off).
         publish_every_s: also publish when this many seconds passed since the last (0: off).
         checkpoint_every_updates: checkpoint every N updates (0: only at a clean stop).
@@ -72,6 +75,7 @@ class LearnerConfig:
     max_updates: int = 0
     max_seconds: float = 0.0
     max_updates_per_s: float = 0.0
+    updates_per_record: float = 0.0
     publish_every_updates: int = 50
     publish_every_s: float = 0.0
     checkpoint_every_updates: int = 500
@@ -102,8 +106,8 @@ class LearnerConfig:
             one_of("learner.device", self.device, ("auto", "cpu", "cuda", "cuda:N"))
         in_range("learner.batch_size", self.batch_size, 1, 1_000_000)
         in_range("learner.min_records", self.min_records, 1, 1_000_000_000)
-        for name in ("max_updates", "max_seconds", "max_updates_per_s", "publish_every_updates", "publish_every_s",
-                     "checkpoint_every_updates", "keep_checkpoints", "bind_retry_s"):
+        for name in ("max_updates", "max_seconds", "max_updates_per_s", "updates_per_record", "publish_every_updates",
+                     "publish_every_s", "checkpoint_every_updates", "keep_checkpoints", "bind_retry_s"):
             non_negative(f"learner.{name}", getattr(self, name))
         in_range("learner.torch_threads", self.torch_threads, 1, 1024)
         if isinstance(self.demos, str):

@@ -124,7 +124,7 @@ class Learner:
                     )
                     if done:
                         command = ddp.STOP
-                    elif self.store.size >= cfg.min_records:
+                    elif self.store.size >= cfg.min_records and self._data_allows(cfg):
                         self.server.progress = {"step": self.step, "training": True}
                         command = ddp.BATCH
                         batch = self.store.sample(cfg.batch_size * info.world_size, rng)
@@ -168,6 +168,15 @@ class Learner:
                 self.store.close()
             ddp.shutdown(info)
         return summary
+
+    def _data_allows(self, cfg: LearnerConfig) -> bool:
+        """The update-to-data budget (``updates_per_record``): one more update stays within
+        ratio x the robots' records stored (demonstrations excluded); always true when the ratio is 0."""
+        if not cfg.updates_per_record:
+            return True
+        sizes = self.store.sizes()
+        robot_records = sizes.get("autonomous", 0) + sizes.get("takeover", 0)
+        return self.step < cfg.updates_per_record * robot_records
 
     def _write_endpoints(self) -> None:
         """``<store_dir>/endpoints.json``: where this learner serves, written once its sockets are bound
