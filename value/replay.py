@@ -19,6 +19,14 @@ holds across a learner restart.
 Buffers: "demo" (source "demo"), "takeover" (any intervention tick in the chunk) and "autonomous";
 each is a ring of ``capacity`` records held as stacked numpy arrays. :meth:`ReplayStore.sample` mixes
 them by the configured ratios (an empty buffer's share goes to the others).
+
+Bootstrap pairing: each record is linked to its episode's record starting where it ends (``next_state``,
+``next_features``, ``next_base``, ``next_valid``; see :meth:`ReplayStore._insert`). A record with no
+valid tick is a truncated episode's final observation (``ChunkRecord.is_final_observation``): it is
+logged like any record but never enters a buffer (never sampled, not in :attr:`ReplayStore.size`,
+counted in ``counts["final_observations"]``); it only becomes the bootstrap state of the episode's
+last record(s). Without one (a dataset replayed, older robots, an episode cut off), a truncated last
+record keeps ``next_valid`` false.
 """
 
 from __future__ import annotations
@@ -168,6 +176,10 @@ class RingBuffer:
         self.size = min(self.added, self.capacity)
         return i, self.added - 1
 
+    def fits_next(self, record: ChunkRecord) -> bool:
+        """The record's state, features and base have the sizes of this buffer's rows (it can be a successor)."""
+        return not self.shapes or all(np.shape(getattr(record, src)) == self.shapes[src] for src in self.NEXT.values())
+
     def link_next(self, slot: int, generation: int, record: ChunkRecord) -> bool:
         """Give row ``slot`` its successor's state, features and base (if the row still holds ``generation``)."""
         if self.data["generation"][slot] != generation:
@@ -210,12 +222,14 @@ class ReplayStore:
         self.config = config or ReplayConfig()
         self.buffers = {name: RingBuffer(self.config.capacity) for name in BUFFERS}
         self.counts = {"stored": 0, "tombstones": 0, "incompatible": 0, "duplicates": 0, "gaps": 0,
-                       "corrupt": 0, "corrupt_bytes": 0, "torn_bytes": 0, "retractions": 0, "retracted": 0}
+                       "corrupt": 0, "corrupt_bytes": 0, "torn_bytes": 0, "retractions": 0, "retracted": 0,
+                       "final_observations": 0}
         self._last: dict[tuple[str, str], int] = {}
         self._stream_keys: dict[tuple[str, str], int] = {}  # (robot, stream) -> its number in the buffers
-        # (robot, stream, episode) -> {start tick of the successor: (buffer, slot, generation)} of the
-        # episode's records still waiting for the record that starts where they end
-        self._waiting: dict[tuple[str, str, int], dict[int, tuple[str, int, int]]] = {}
+        # (robot, stream, episode) -> {start tick of the successor: [(buffer, slot, generation), ...]} of the
+        # episode's records still waiting for the record that starts where they end (several: the
+        # overlapping windows that all end at a truncated episode's last tick wait for its final observation)
+        self._waiting: dict[tuple[str, str, int], dict[int, list[tuple[str, int, int]]]] = {}
         self._lock = threading.Lock()
         self._owner = lock_store(self.directory, lock_wait_s)
         try:
@@ -329,7 +343,24 @@ class ReplayStore:
         previous chunk, or with overlapping records the previous window H ticks back) is already
         stored: it gets ``next_state``/``next_features``/``next_base`` from this record and
         ``next_valid`` true (the TD target's bootstrap state s_{t+H}).
+
+        A record that ends its episode truncated (time limit, stop), with h valid ticks, waits instead
+        for the episode's final observation, which starts h ticks after it (s_{t+h}); a ``done`` record
+        waits for nothing. The final observation itself (no valid tick) only links its waiting
+        predecessors: it enters no buffer.
         """
+        key = (record.robot_id, stream, int(record.episode_id))
+        start = record.first_tick
+        if record.is_final_observation:
+            self.counts["final_observations"] += 1
+            if record.truncated and not record.done:
+                waiting = self._waiting.pop(key, {})
+                for prev in waiting.pop(start, []):
+                    if self.buffers[prev[0]].fits_next(record):
+                        self.buffers[prev[0]].link_next(prev[1], prev[2], record)
+                    else:
+                        self.counts["incompatible"] += 1
+            return
         name = buffer_of(record, source)
         buf = self.buffers[name]
         if not buf.fits(record):
@@ -338,15 +369,14 @@ class ReplayStore:
         stream_key = self._stream_keys.setdefault((record.robot_id, stream), len(self._stream_keys))
         slot, generation = buf.add(record, seq, stream_key)
         self.counts["stored"] += 1
-        key = (record.robot_id, stream, int(record.episode_id))
-        start = record.first_tick
         waiting = self._waiting.pop(key, {})
-        prev = waiting.pop(start, None)
-        if prev is not None:
+        for prev in waiting.pop(start, []):
             self.buffers[prev[0]].link_next(prev[1], prev[2], record)
         waiting = {t: w for t, w in waiting.items() if t > start}  # earlier successors can no longer come
-        if not (record.done or record.truncated):
-            waiting[start + record.horizon] = (name, slot, generation)
+        if not record.done:
+            # a truncated record's successor is the final observation, right after its last valid tick
+            ends = start + int(np.count_nonzero(record.valid)) if record.truncated else start + record.horizon
+            waiting.setdefault(ends, []).append((name, slot, generation))
         if waiting:
             self._waiting[key] = waiting
 

@@ -3,10 +3,18 @@
 Per tick: observe -> decide (controller) -> safety filter -> send -> record (sinks) -> wait for the
 next deadline. Sections are timed; lateness and overruns are counted by the ``TickTimer``. Nothing
 here blocks on inference, disk or network: sinks must hand work to their own threads.
+
+After an episode that ended by a time limit or a stop (the last tick ``truncated``, not re-recorded),
+the loop reads the robot's observation once more, one tick period after the last tick, as the next
+tick would have, and hands it to the sinks that ask for it (``wants_final_observation``) as a
+:class:`FinalObservation` before ``end_episode``: the bootstrap state of the episode's last chunk
+(the chunk assembler sends it to the learner). It costs no inference: its base proposal is the base
+plan's window from that tick on, as a next chunk record would have carried it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +27,8 @@ from tandem.runtime.control.controller import Controller
 from tandem.runtime.control.priority import elevate, restore
 from tandem.runtime.control.safety import SafetyFilter
 from tandem.runtime.control.timing import TickTimer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,6 +100,31 @@ class EpisodeResult:
     faults: dict = field(default_factory=dict)
 
 
+@dataclass
+class FinalObservation:
+    """The observation after a truncated episode's last executed tick (see the module docstring).
+
+    Attributes:
+        episode: the episode id.
+        tick: the episode tick a next tick would have had (the number of executed ticks).
+        observation: as returned by the robot, read one tick period after the last tick.
+        features: float16[F], the base policy's features in use (as a next tick's ``TickRecord``).
+        base_window: float32[H, A], the base plan's H-tick window from ``tick`` on, the hold action past
+            the plan (as the controller hands the head at a boundary).
+        head_version, base_version: weights in use.
+        obs_time: wall clock (s since epoch) when the observation was read.
+    """
+
+    episode: int
+    tick: int
+    observation: dict[str, np.ndarray]
+    features: np.ndarray
+    base_window: np.ndarray
+    head_version: int
+    base_version: int
+    obs_time: float
+
+
 class TickSink(Protocol):
     """Consumer of ticks (recorder, chunk assembler, live view). Must not block the loop."""
 
@@ -101,6 +136,18 @@ class TickSink(Protocol):
 
     def end_episode(self, result: EpisodeResult) -> None:
         """The episode ended."""
+
+
+class FinalObservationSink(TickSink, Protocol):
+    """A sink that also takes a truncated episode's final observation (called before ``end_episode``).
+
+    The loop reads the final observation only when some sink's ``wants_final_observation`` is true.
+    """
+
+    wants_final_observation: bool
+
+    def on_final_observation(self, final: FinalObservation) -> None:
+        """The observation after the episode's last tick (the episode ended truncated)."""
 
 
 @dataclass
@@ -155,12 +202,19 @@ def run_episode(
     priority = elevate(config.rt_priority) if robot.realtime else "none"
     try:
         timer.start()
-        outcome, success, steps, total_reward, takeovers, intervention_ticks = _tick_loop(
+        outcome, success, steps, total_reward, takeovers, intervention_ticks, truncated = _tick_loop(
             robot, controller, safety, timer, task, observation, episode, max_steps, config, sinks, stop
         )
     finally:
         if priority != "none":
             restore()
+    timing = timer.summary().to_dict()  # before the final observation's wait, which is no tick
+    takers = [s for s in sinks if getattr(s, "wants_final_observation", False)]
+    if truncated and outcome != "rerecord" and takers:
+        final = _final_observation(robot, controller, timer, episode, steps)
+        if final is not None:
+            for sink in takers:
+                sink.on_final_observation(final)
     result = EpisodeResult(
         episode=episode,
         seed=seed,
@@ -171,7 +225,7 @@ def run_episode(
         takeovers=takeovers,
         intervention_ticks=intervention_ticks,
         starved_ticks=controller.scheduler.stats.starved_ticks,
-        timing=timer.summary().to_dict(),
+        timing=timing,
         safety=safety.stats.to_dict(),
         scheduler=controller.scheduler.stats.to_dict(),
         wall_s=round(time.perf_counter() - t_start, 3),
@@ -184,6 +238,30 @@ def run_episode(
     for sink in sinks:
         sink.end_episode(result)
     return result
+
+
+def _final_observation(robot: Robot, controller: Controller, timer: TickTimer, episode: int,
+                       tick: int) -> FinalObservation | None:
+    """The observation a next tick ``tick`` would have started from (read after one more tick period on
+    a paced robot); None, logged, when the robot cannot be read (the last chunk then has no bootstrap)."""
+    timer.wait()
+    obs_time = time.time()
+    try:
+        observation = robot.get_observation()
+    except Exception as exc:  # noqa: BLE001 - a robot gone at the episode's end costs one bootstrap, not the session
+        log.warning("episode %d: no final observation (%r); its last chunk will not bootstrap", episode, exc)
+        return None
+    window, _ = controller.scheduler.window(tick, controller.horizon, fill=controller.hold())
+    return FinalObservation(
+        episode=episode,
+        tick=tick,
+        observation=observation,
+        features=np.asarray(controller.scheduler.features, np.float16),
+        base_window=window,
+        head_version=int(getattr(controller.head, "version", 0)),
+        base_version=int(controller.scheduler.version),
+        obs_time=obs_time,
+    )
 
 
 def _fault_delta(before: dict, after: dict) -> dict:
@@ -204,9 +282,11 @@ def _tick_loop(
     config: LoopConfig,
     sinks: list[TickSink] | tuple,
     stop: threading.Event | None,
-) -> tuple[str, bool, int, float, int, int]:
-    """The ticks of one episode; returns (outcome, success, steps, total reward, takeovers, intervention ticks)."""
+) -> tuple[str, bool, int, float, int, int, bool]:
+    """The ticks of one episode; returns (outcome, success, steps, total reward, takeovers, intervention ticks,
+    the last tick was ``truncated``)."""
     total_reward, takeovers, intervention_ticks = 0.0, 0, 0
+    truncated = False
     outcome, success, steps = "timeout", False, 0
     lateness = 0.0
     for tick in range(max_steps):
@@ -269,6 +349,7 @@ def _tick_loop(
             for sink in sinks:
                 sink.on_tick(record)
         if ended:
+            truncated = record.truncated
             if "rerecord" in events:
                 outcome = "rerecord"
             elif stopped or "stop" in events:
@@ -279,4 +360,4 @@ def _tick_loop(
                 outcome = "success" if success else "timeout"
             break
         lateness = timer.wait()
-    return outcome, success, steps, total_reward, takeovers, intervention_ticks
+    return outcome, success, steps, total_reward, takeovers, intervention_ticks, truncated

@@ -2,7 +2,10 @@
 
 The live session feeds ``TickRecord``s through :class:`ChunkAssembler` (a ``TickSink``); replaying a
 recorded dataset feeds rows with the same attribute names through :func:`build_chunk`, so the learner's
-stream and the dataset can never disagree.
+stream and the dataset can never disagree. The one addition of the live stream: after an episode that
+ended truncated (time limit, stop) the assembler sends its final observation
+(:func:`build_final_observation`, a record with no valid tick), the bootstrap state of the episode's
+last record(s); a dataset keeps no final observation, so replayed from it that last chunk has none.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from tandem.core.validate import stride_of
 from tandem.hardware.features import STATE_KEY
 from tandem.protocol.chunk_record import ChunkRecord
-from tandem.runtime.control.loop import EpisodeResult, TickRecord
+from tandem.runtime.control.loop import EpisodeResult, FinalObservation, TickRecord
 
 
 def tick_state(tick: Any) -> np.ndarray:
@@ -87,6 +90,43 @@ def build_chunk(
     )
 
 
+def build_final_observation(final: FinalObservation, horizon: int, robot_id: str, chunk_index: int,
+                            task: str) -> ChunkRecord:
+    """The record of a truncated episode's final observation (``ChunkRecord.is_final_observation``).
+
+    No tick ran in it: ``valid``, ``reward``, ``intervention`` and ``takeover_start`` are all false/zero,
+    ``head`` and ``executed`` zeros [H, A]; ``state``/``features`` are the final observation's, ``base`` is
+    ``final.base_window`` float32[H, A] (the base proposal there), ``start_tick`` is ``final.tick`` (the
+    tick after the last executed one), ``truncated`` true, ``done`` false; ``obs_time[0]`` is when the
+    observation was read (the rest 0).
+    """
+    base = np.asarray(final.base_window, np.float32).reshape(horizon, -1)
+    obs_time = np.zeros(horizon, np.float64)
+    obs_time[0] = float(final.obs_time)
+    return ChunkRecord(
+        robot_id=robot_id,
+        episode_id=int(final.episode),
+        chunk_index=int(chunk_index),
+        task=task,
+        state=np.asarray(final.observation[STATE_KEY], np.float32),
+        features=np.asarray(final.features, np.float16).reshape(-1),
+        base=base,
+        head=np.zeros_like(base),
+        executed=np.zeros_like(base),
+        reward=np.zeros(horizon, np.float32),
+        valid=np.zeros(horizon, bool),
+        intervention=np.zeros(horizon, bool),
+        takeover_start=np.zeros(horizon, bool),
+        done=False,
+        truncated=True,
+        head_version=int(final.head_version),
+        base_version=int(final.base_version),
+        obs_time=obs_time,
+        send_time=np.zeros(horizon, np.float64),
+        start_tick=int(final.tick),
+    )
+
+
 def split_chunks(ticks: Sequence[Any], horizon: int) -> list[list[Any]]:
     """Group an episode's tick rows by ``chunk_index`` (in order)."""
     groups: dict[int, list[Any]] = {}
@@ -108,6 +148,11 @@ class ChunkAssembler:
     pairs it with the record starting H ticks later (its TD bootstrap state). s records per chunk give
     H / s times as many (overlapping) records from the same episodes.
 
+    After an episode that ended truncated (time limit or stop, not re-recorded) it sends one more record,
+    the episode's final observation (:func:`build_final_observation`, no valid tick, ``chunk_index`` the
+    one after the last record's): the learner pairs the episode's last record(s), h valid ticks each,
+    with it as the bootstrap state s_{t+h}, and never samples it.
+
     Args:
         robot_id: the robot's id on the experience link.
         horizon: H.
@@ -115,14 +160,20 @@ class ChunkAssembler:
         stride: s, ticks between record starts, a divisor of H (0 or H: one record per chunk).
         images: observation -> camera key -> JPEG bytes (``runtime/links/images.py``), applied to each
             record's first tick; None: records carry no images.
+        final_observations: send a truncated episode's final observation (the control loop reads it
+            only for sinks that want it: ``wants_final_observation``). Off: the episode's last chunk
+            has no bootstrap state on the learner (loss weight 0).
 
     Raises:
         ConfigError: a stride that does not divide H.
     """
 
     def __init__(self, robot_id: str, horizon: int, on_record: Callable[[ChunkRecord], None], stride: int = 0,
-                 images: Callable[[dict[str, Any]], dict[str, bytes]] | None = None) -> None:
+                 images: Callable[[dict[str, Any]], dict[str, bytes]] | None = None,
+                 final_observations: bool = True) -> None:
         self.images = images
+        self.wants_final_observation = bool(final_observations)
+        self._final: FinalObservation | None = None
         self.robot_id = robot_id
         self.horizon = horizon
         self.stride = stride_of("record_stride", stride, horizon)
@@ -136,6 +187,12 @@ class ChunkAssembler:
         """Reset the buffer."""
         self._episode, self._task, self._ticks = episode, task, []
         self._recent.clear()
+        self._final = None
+
+    def on_final_observation(self, final: FinalObservation) -> None:
+        """Keep the episode's final observation; :meth:`end_episode` sends it after the last records."""
+        if self.wants_final_observation and final.episode == self._episode:
+            self._final = final
 
     def on_tick(self, record: TickRecord) -> None:
         """Buffer the tick; emit when a chunk (or, overlapping, the window ending here) is full."""
@@ -152,7 +209,8 @@ class ChunkAssembler:
             self._emit()
 
     def end_episode(self, result: EpisodeResult) -> None:
-        """Emit the final partial chunk (or every window still open)."""
+        """Emit the final partial chunk (or every window still open), then the final observation, if any
+        (not for a re-recorded episode)."""
         if self.stride < self.horizon:
             ticks = list(self._recent)
             last = ticks[-1].tick if ticks else 0
@@ -162,6 +220,13 @@ class ChunkAssembler:
             self._recent.clear()
         elif self._ticks:
             self._emit()
+        final, self._final = self._final, None
+        if final is not None and result.outcome != "rerecord" and final.tick > 0:
+            index = -(-final.tick // self.stride)  # the index after the last record's: ceil(tick / s)
+            rec = build_final_observation(final, self.horizon, self.robot_id, index, self._task)
+            if self.images is not None:
+                rec.images = self.images(final.observation)
+            self.on_record(rec)
 
     def _emit(self) -> None:
         ticks, self._ticks = self._ticks, []

@@ -2,8 +2,10 @@
 
 Rows are read from the dataset's parquet files (no video decoding) and fed through the same
 :func:`~tandem.runtime.links.chunks.build_chunk` the live ``ChunkAssembler`` uses, so the records
-equal the ones streamed live in the recording session. The learner loads demonstrations and old
-sessions with :func:`load_chunk_records`; ``tandem replay DIR`` prints a summary.
+equal the ones streamed live in the recording session, less the live stream's final observations
+(a dataset keeps no observation after an episode's last frame, so a truncated episode's last chunk
+replayed from it has no bootstrap state and keeps loss weight 0 on the learner). The learner loads
+demonstrations and old sessions with :func:`load_chunk_records`; ``tandem replay DIR`` prints a summary.
 
 Any LeRobotDataset with the recorder's per-frame features can be replayed; ``observation.state`` and
 ``action`` are required, the rest default (no head: zeros; no base proposal: the executed action; no

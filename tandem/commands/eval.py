@@ -137,7 +137,7 @@ def run_seed(cfg: Any, seed: int, stop: threading.Event) -> dict[str, Any]:
     "outcome", "steps"}]}``.
     """
     ticks, chunks = TickLog(), []  # chunks: what ran, for the critic's calibration (tandem.reports.calibration)
-    assembler = ChunkAssembler("eval", cfg.session.horizon, chunks.append)
+    assembler = ChunkAssembler("eval", cfg.session.horizon, chunks.append, final_observations=False)
     session = Session(cfg, sinks=[ticks, assembler], stop=stop)
 
     names: dict[int, str] = {}  # episode -> task name (MetaWorld's task_name), else its instruction

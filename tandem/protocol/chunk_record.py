@@ -3,6 +3,12 @@
 Records of an episode are linked by ``(robot_id, episode_id, chunk_index)``; the learner forms TD
 tuples from consecutive records (the next record's ``state``/``features``/``base`` are s_{t+H} and
 the base proposal there). A final partial chunk is padded to H with ``valid`` false.
+
+A record with no valid tick (``valid`` all false) is a *final observation*: the robot sends one after an
+episode that ended by a time limit or a stop (``truncated``), holding the observation after the
+episode's last executed tick (``state``/``features``, ``base`` the base plan's H-tick window there,
+``start_tick`` the tick after the last one). It is no experience of its own: the learner uses it only
+as the bootstrap state of the episode's last record(s) and never samples it (:attr:`ChunkRecord.is_final_observation`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ class ChunkRecord:
         state: float32[S], proprio/sim state at the chunk's first tick.
         features: float16[F], base policy embedding of the observation at the first tick (F may be 0).
         base, head, executed: float32[H, A]; executed is after the safety filter (human actions too).
-        reward, valid: float32[H], bool[H] (valid false past the episode's end).
+        reward, valid: float32[H], bool[H] (valid false past the episode's end; all false: a final
+            observation, see the module docstring).
         intervention, takeover_start: bool[H].
         done: the episode ended in a true terminal within this chunk (no bootstrap).
         truncated: the episode ended by a time limit or a stop within this chunk (bootstrap).
@@ -48,7 +55,9 @@ class ChunkRecord:
         obs_time, send_time: float64[H] wall clock seconds.
         images: optional JPEG bytes per camera key at the first tick.
         start_tick: episode tick of the first tick; -1 (records of one per chunk, and older logs):
-            chunk_index * H. The TD target's bootstrap record is the one starting at start_tick + H.
+            chunk_index * H. The TD target's bootstrap record is the one starting at start_tick + H; for
+            a truncated episode's last record(s), with h valid ticks, the final observation starting at
+            start_tick + h (a final observation always sets it).
         failed: the terminal in this chunk (``done``) ended the episode without success: an operator's
             failure mark, or the robot's terminal before success. Always false when ``done`` is false.
     """
@@ -85,6 +94,12 @@ class ChunkRecord:
     def first_tick(self) -> int:
         """Episode tick of the record's first tick (``start_tick``, or chunk_index * H when unset)."""
         return int(self.start_tick) if self.start_tick >= 0 else int(self.chunk_index) * self.horizon
+
+    @property
+    def is_final_observation(self) -> bool:
+        """No tick ran in it: a truncated episode's final observation, the bootstrap state of its last
+        record(s), never a training sample itself (see the module docstring)."""
+        return not bool(np.any(self.valid))
 
     @property
     def key(self) -> tuple[str, int, int]:

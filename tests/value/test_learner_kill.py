@@ -183,7 +183,7 @@ def run_killed_session(tmp_path: Path, ticks: int, kills: int, episodes: int = 1
 
     # every chunk record is in the replay store exactly once, intact
     stored = [rec for _, rec in record_entries(store / "replay") if rec is not None]
-    assert len(expected) == episodes * -(-ticks // HORIZON)
+    assert len(expected) == episodes * (-(-ticks // HORIZON) + 1)  # + each time limit's final observation
     assert [r.key for r in stored] == [r.key for r in expected]
     assert all(a.equals(b) for a, b in zip(stored, expected, strict=True))
 

@@ -52,6 +52,7 @@ from tandem.policies.tiny_vla.tokenizer import encode
 from tandem.value.objectives.advantages import advantage, awr_weights, weighted_bc_loss
 from tandem.value.objectives.common import grad_step, to_tensors
 from tandem.value.objectives.critic import CriticObjective, CriticObjectiveConfig
+from tandem.value.objectives.targets import valid_ticks
 
 WEIGHTINGS = ("aloe", "dagger", "awr")
 
@@ -322,7 +323,8 @@ class BaseAWRObjective:
         return metrics
 
     def _value_target(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """y = sum_k gamma^k r_k over valid ticks + gamma^H V_beh(s_{t+H}) (no bootstrap after a terminal)."""
+        """y = sum_k gamma^k r_k over valid ticks + gamma^h V_beh(s_{t+h}) (h valid ticks: H, or fewer for a
+        truncated episode's last chunk bootstrapping from its final observation; no bootstrap after a terminal)."""
         gamma = self.critic_objective.critic.config.gamma
         scale = self.critic_objective.config.reward_scale
         h = b["reward"].shape[1]
@@ -331,7 +333,7 @@ class BaseAWRObjective:
         with torch.no_grad():
             nxt = self.value(torch.cat([b["next_state"], b["next_features"]], dim=1)).squeeze(1)
         boot = (b["next_valid"] & ~b["done"]).float()
-        return ret + (gamma ** h) * boot * nxt
+        return ret + gamma ** valid_ticks(b["valid"]) * boot * nxt
 
     def _value_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         y = self._value_target(b)

@@ -21,10 +21,11 @@ Batch keys (numpy arrays or tensors; B batch, H chunk ticks, A action size, S st
     truncated      bool[B]         time limit / stop in this chunk (bootstrap when a state exists)
     takeover_start bool[B, H]      first tick of each human takeover (for the RLIF option)
     intervention   bool[B, H]      ticks a human drove (the edit head's ``awr_ticks: human``)
-    next_state     float[B, S]     s_{t+h}: the next record's state (or a truncation state)
+    next_state     float[B, S]     s_{t+h}: the next record's state (or a truncated episode's final observation)
     next_features  float[B, F]
     next_base      float[B, H, A]  the base proposal at s_{t+h}
-    next_valid     bool[B]         a next record exists (false when the episode ended in this chunk)
+    next_valid     bool[B]         a bootstrap state exists: the next record, or after a truncation the final
+                                   observation (false after a terminal, or when none came)
 
 Extra keys are ignored. The TD target and its conventions are in ``tandem.value.objectives.targets``.
 """

@@ -9,8 +9,8 @@ Convention (one record = one chunk starting at tick t; ``valid`` is a prefix of 
     y    = R + gamma^h * bootstrap * agg_j Qbar_j(s_{t+h}, a')        with a' = pi(s_{t+h})
 
 ``bootstrap`` is 1 when the chunk did not end in a terminal (``done`` false) and a bootstrap state exists
-(``next_valid``: the next record of the episode, whose ``state``/``features``/``base`` are s_{t+H} and the
-base proposal there). Then:
+(``next_valid``: the episode's record starting h ticks later, whose ``state``/``features``/``base`` are
+s_{t+h} and the base proposal there; the replay pairs them, ``tandem.value.replay``). Then:
 
 - a full chunk (h == H) followed by its successor bootstraps with gamma^H;
 - a terminal (``done``), whether the chunk is full or partial, never bootstraps: y = R, plus
@@ -19,10 +19,13 @@ base proposal there). Then:
   success) the objective sets it to the value of never succeeding, -reward_scale / (1 - gamma), since
   otherwise ending an episode by failing would look better than working on towards success;
 - a time limit or stop (``truncated``, not ``done``) is not a terminal. It bootstraps with gamma^h from
-  the truncation state s_{t+h} when the batch provides one (``next_valid`` true, ``next_state`` = the state
-  after the last valid tick). Chunk records carry no final observation today, so the replay sets
-  ``next_valid`` false for an episode's last chunk; such a sample has no admissible target and gets
-  loss weight 0 (it is excluded, not treated as a terminal, which would bias the value down);
+  the truncation state s_{t+h}, the observation after the last valid tick: the robot sends it after a
+  truncated episode as a *final observation* record (no valid tick, ``start_tick`` = t + h, ``base`` the
+  base plan's window there; ``tandem.protocol.chunk_record``), and the replay pairs the episode's last
+  record(s) with it (``next_valid`` true, ``next_state`` = its state, ``next_base`` = its base) and never
+  samples it. Where no final observation exists (a recorded dataset replayed, a robot that sent none),
+  ``next_valid`` stays false: such a sample has no admissible target and gets loss weight 0 (it is
+  excluded, not treated as a terminal, which would bias the value down);
 - likewise any non-terminal sample without a successor (a stream cut mid-episode) gets weight 0.
 
 a' is the acting policy at s_{t+h}, supplied by the caller as ``next_action(next_state, next_features,

@@ -20,6 +20,10 @@ def test_a_session_with_record_stride_sends_a_record_from_every_other_tick():
     ticks, recs = Collect(), []
     Session(cfg, sinks=[ticks, ChunkAssembler("r", 10, recs.append, stride=2)]).run()
     rows = ticks.ticks
+    # the time limit's final observation comes last (no tick ran in it: the last windows' bootstrap state)
+    final = recs.pop()
+    assert final.is_final_observation and final.start_tick == 30 and final.chunk_index == 15 and final.truncated
+    assert not any(r.is_final_observation for r in recs)
     assert len(rows) == 30 and all(t.base_window is not None and t.base_window.shape == (10, 4) for t in rows)
     assert [r.start_tick for r in recs] == list(range(0, 30, 2))
     for r in recs:
