@@ -17,10 +17,10 @@ from tandem.core.validate import stride_of
 from tandem.hardware.robot import Robot
 from tandem.policies.base import BasePolicy, PolicyLoadError
 from tandem.policies.heads.config import HeadConfig
-from tandem.runtime.control.controller import Controller
+from tandem.runtime.control.controller import Controller, is_sampling_head
 from tandem.runtime.control.safety import SafetyFilter
 from tandem.runtime.control.scheduler import ChunkScheduler
-from tandem.runtime.inference.backends import InferenceBackend, InlineBackend, ThreadBackend
+from tandem.runtime.inference.backends import InferenceBackend, InlineBackend, SampleRequests, ThreadBackend
 from tandem.runtime.inference.client import make_link_backend
 from tandem.runtime.links.weights import ModuleWeights, base_consumer
 from tandem.teleop.takeover import TakeoverOperator, make_operator
@@ -99,10 +99,11 @@ def build_parts(config: Any, weights_consumers: dict[str, Any] | None = None) ->
             check_action_dim(policy, robot)
         low, high = robot.action_feature.bounds()
         safety = SafetyFilter(config.safety, low, high, robot.hold_action(None))
-        scheduler = ChunkScheduler(backend, config.scheduler, lookahead=config.session.horizon,
-                                   synchronous=not robot.realtime)
-        operator = make_operator(getattr(config, "teleop", None), robot, last_sent=lambda: safety.last)
         head = build_head(getattr(config, "head", None) or HeadConfig(), robot, policy, config.session.horizon)
+        sampling = head is not None and is_sampling_head(head.head)  # vgps: every request asks for N samples
+        scheduler = ChunkScheduler(SampleRequests(backend, head.head.num_samples) if sampling else backend,
+                                   config.scheduler, lookahead=config.session.horizon, synchronous=not robot.realtime)
+        operator = make_operator(getattr(config, "teleop", None), robot, last_sent=lambda: safety.last)
         consumers = dict(weights_consumers or {})
         for kind, consumer in head_consumers(head).items():
             consumers.setdefault(kind, consumer)
@@ -152,11 +153,12 @@ def build_head(config: HeadConfig, robot: Robot, policy: BasePolicy, horizon: in
 
 
 def head_consumers(head: Any) -> dict[str, ModuleWeights]:
-    """The weights-link consumers of a head's networks: ``head``, and ``critic`` when the robot selects
-    with one (installing the first critic weights turns the edit head's selection on)."""
+    """The weights-link consumers of a head's networks: ``head`` (not for vgps, which has no head network),
+    and ``critic`` when the robot selects with one (installing the first critic weights turns the edit
+    head's or vgps's selection on)."""
     if head is None:
         return {}
-    consumers = {"head": ModuleWeights(head.head)}
+    consumers = {"head": ModuleWeights(head.head)} if callable(getattr(head.head, "schema", None)) else {}
     if head.critic is not None:
         consumers["critic"] = ModuleWeights(head.critic, on_load=head.critic_loaded)
     return consumers

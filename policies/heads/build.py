@@ -8,7 +8,7 @@ robot learns them from its robot and policy, the learner from the first batch. B
 architecture (the weights link compares schema hashes and refuses a mismatch with the reason).
 
 Robot side (:func:`robot_parts`): the head the controller applies at chunk boundaries and the critic the
-edit head scores candidates with (``tandem.runtime.build`` registers both as weights-link consumers).
+edit head scores candidates with (or, for ``head=vgps``, the critic that picks one of N base samples) (``tandem.runtime.build`` registers both as weights-link consumers).
 The learner side is ``tandem.value.objectives.learning``.
 """
 
@@ -28,6 +28,7 @@ from tandem.policies.heads.config import Dims, HeadConfig, build_settings
 from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
 from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.policies.heads.select import make_selector
+from tandem.policies.heads.vgps import VGPSHead, VGPSHeadConfig
 from tandem.protocol.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def head_config(kind: str, values: dict, dims: Dims, where: str = "head") -> Res
 
 @dataclass
 class RobotParts:
-    """What ``robot_parts`` builds: the controller's head and the critic the edit head selects with."""
+    """What ``robot_parts`` builds: the controller's head and the critic the edit head (or vgps) selects with."""
 
     head: Any = None
     critic: Any = None
@@ -74,8 +75,8 @@ class RobotParts:
         return getattr(self.head, "last_score", None)
 
     def critic_loaded(self) -> None:
-        """Call after critic weights were installed: an untrained critic never picks, so the edit head
-        runs the base chunk until the first critic weights arrive, then selects with the critic."""
+        """Call after critic weights were installed: an untrained critic never picks, so the edit head (and
+        vgps) runs the base chunk until the first critic weights arrive, then selects with the critic."""
         if self.critic is not None and self.head.selector is None:
             self.head.set_selector(make_selector(self.critic))
 
@@ -94,6 +95,13 @@ def robot_parts(config: HeadConfig, dims: Dims) -> RobotParts:
     torch.set_num_threads(1)  # nothing here may compete with the control loop for cores
     if config.type == "none":
         return RobotParts()
+    if config.type == "vgps":
+        critic = ChunkedCritic(acting_critic_config(config.critic, dims))
+        parts = RobotParts(head=VGPSHead(VGPSHeadConfig(*dims, num_samples=config.num_samples), critic), critic=critic)
+        if config.init:
+            load_init(config.init, config, dims, parts)
+            parts.critic_loaded()
+        return parts
     hcfg = head_config(config.type, config.head, dims)
     head = ResidualHead(hcfg) if config.type == "residual" else EditHead(hcfg)
     parts = RobotParts(head=head)
@@ -134,6 +142,10 @@ def load_init(path: str, config: HeadConfig, dims: Dims, parts: RobotParts) -> N
         raise ConfigError("head.init", path, f"it trained head {obj.get('type')!r} with sizes {obj.get('dims')}; "
                           f"this session needs {config.type!r} with sizes {list(dims)} (S, F, H, A)")
     step = int(state.get("step", 0))
+    if config.type == "vgps":  # a critic objective's state: the critic module's state under "critic"
+        _install(parts.critic, obj["state"]["critic"], step)
+        log.info("head: loaded vgps critic weights of update %d from %s", step, path)
+        return
     _install(parts.head, obj["state"]["head"], step)
     if parts.critic is not None:
         _install(parts.critic, obj["state"]["critic_objective"]["critic"], step)

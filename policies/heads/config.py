@@ -1,4 +1,4 @@
-"""The head block of a run (``head=none|residual|edit``) and the sizes every head and critic is built at.
+"""The head block of a run (``head=none|residual|edit|vgps``) and the sizes every head and critic is built at.
 
 Plain settings, no torch: the run config imports this at start. The networks are built from these
 settings by :mod:`tandem.policies.heads.build`, the same way on the robot and on the learner.
@@ -13,7 +13,8 @@ from tandem.core.config import build_dataclass
 from tandem.core.errors import ConfigError
 from tandem.core.validate import one_of
 
-HEAD_TYPES = ("none", "residual", "edit")
+HEAD_TYPES = ("none", "residual", "edit", "vgps")
+MAX_NUM_SAMPLES = 256  # = tandem.policies.base.MAX_SAMPLES
 SELECTIONS = ("critic", "mean")
 
 
@@ -41,16 +42,20 @@ def build_settings(cls: type, values: dict, where: str, dims: Dims | None = None
 
 @dataclass
 class HeadConfig:
-    """The head on top of the base policy (``head=none|residual|edit``; configs/head/).
+    """The head on top of the base policy (``head=none|residual|edit|vgps``; configs/head/).
 
     Attributes:
-        type: "none", "residual" (ResFiT) or "edit" (EXPO: the critic picks among edited chunks).
+        type: "none", "residual" (ResFiT), "edit" (EXPO: the critic picks among edited chunks) or "vgps"
+            (V-GPS: the critic picks among ``num_samples`` base samples; no head network).
         critic: CriticConfig settings (hidden, ensemble_size, aggregation, ...); the robot needs the
-            critic for the edit head only. Must equal the learner's ``objective.critic``.
+            critic for the edit head with ``select=critic`` and for vgps. Must equal the learner's
+            ``objective.critic``.
         head: ResidualHeadConfig / EditHeadConfig settings (hidden, beta or alpha, num_candidates, ...).
-            Must equal the learner's ``objective.head``.
+            Must equal the learner's ``objective.head``. Empty for vgps.
         select: edit head only: "critic" scores {base, mean edit, N sampled edits} with the critic and
-            runs the best (EXPO); "mean" runs base + the mean edit (no critic on the robot).
+            runs the best (EXPO); "mean" runs base + the mean edit (no critic on the robot). vgps: "critic".
+        num_samples: vgps only: N base samples per chunk boundary, drawn in one batched inference call
+            (1: the base runs unchanged). 1..256.
         init: start from trained weights: a learner store directory (its newest checkpoint) or a
             checkpoint file. Empty: the zero-initialised head (runs the base policy unchanged).
         critic_objective, head_objective: how the learner trains them (the learner objective's blocks of
@@ -61,6 +66,7 @@ class HeadConfig:
     critic: dict = field(default_factory=dict)
     head: dict = field(default_factory=dict)
     select: str = "critic"
+    num_samples: int = 8
     init: str = ""
     critic_objective: dict = field(default_factory=dict)
     head_objective: dict = field(default_factory=dict)
@@ -70,6 +76,20 @@ class HeadConfig:
         one_of("head.select", self.select, SELECTIONS)
         for name in ("critic", "head", "critic_objective", "head_objective"):
             setattr(self, name, dict(getattr(self, name) or {}))
+        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) \
+                or not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise ConfigError("head.num_samples", self.num_samples, f"an integer in 1..{MAX_NUM_SAMPLES} (vgps: base "
+                              "samples per chunk boundary)")
+        if self.type == "vgps":
+            if self.select != "critic":
+                raise ConfigError("head.select", self.select, "critic for head=vgps (the critic picks a base sample)")
+            for name in ("head", "head_objective"):
+                if getattr(self, name):
+                    raise ConfigError(f"head.{name}", getattr(self, name), "empty for head=vgps (no head network: "
+                                      "the critic picks among base samples)")
+            if self.critic.get("partial_horizon"):
+                raise ConfigError("head.critic.partial_horizon", self.critic["partial_horizon"],
+                                  "0 for head=vgps (the acting chunk is the record's full chunk)")
         if "acting" in self.head_objective:
             raise ConfigError("head.head_objective.acting", self.head_objective["acting"],
                               "is set from head.select (critic -> best, mean -> mean); set head.select instead")

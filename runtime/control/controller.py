@@ -4,6 +4,13 @@ Chunk boundaries fall every ``horizon`` (H) ticks of an episode. At a boundary t
 the head for its correction of the base plan's next H ticks (zeros without a head) and runs the
 boundary callbacks (weight swaps happen there). Every tick it combines the live base action with the
 head's correction; an operator, if any, may take over and replace the action.
+
+A *sampling head* (``head=vgps``: a head with ``num_samples`` and ``choose``) picks among the N base
+samples the scheduler keeps beside its plan (``ChunkScheduler.samples``, one batched inference call per
+request): when the samples cover the H-tick window, the chosen sample's window runs as the base for the
+next ``head_stride`` ticks, open loop (the plan's later chunks do not splice into it), so the tick
+records' ``base_action`` and the executed actions are the chosen sample's. When the head declines (no
+critic yet, N = 1) or the samples do not cover the window, the base plan runs unchanged.
 """
 
 from __future__ import annotations
@@ -62,6 +69,21 @@ class Head(Protocol):
         """float32[H, A] to add to the base window ``base`` (float32[H, A])."""
 
 
+class SamplingHead(Head, Protocol):
+    """A head that picks one of N base samples (V-GPS, ``tandem.policies.heads.vgps.VGPSHead``)."""
+
+    num_samples: int
+
+    def choose(self, observation: dict[str, np.ndarray], features: np.ndarray, samples: np.ndarray) -> int | None:
+        """Index into ``samples`` (float32[N, H, A], the windows from this tick on) of the one to run, or None
+        to run the base plan unchanged."""
+
+
+def is_sampling_head(head: object) -> bool:
+    """True for a head that picks among base samples (has ``choose`` and ``num_samples``)."""
+    return callable(getattr(head, "choose", None)) and hasattr(head, "num_samples")
+
+
 class Controller:
     """Base scheduler + head + operator.
 
@@ -99,6 +121,10 @@ class Controller:
         # run when an episode starts, before its first chunk is asked for (base weights are swapped here)
         self.episode_callbacks: list[Callable[[], None]] = []
         self._correction = np.zeros((horizon, 0), np.float32)
+        self._sampling = is_sampling_head(head)
+        self._committed: np.ndarray | None = None  # float32[H, A]: the chosen base sample's window (sampling head)
+        self._committed_tick = 0
+        self.sample_stats = {"chosen": 0, "declined": 0, "uncovered": 0}  # sampling head: boundaries by outcome
 
     def fault_stats(self) -> dict[str, int]:
         """The inference backend's fault counters (a worker process's ``worker_restarts``); {} for others."""
@@ -110,6 +136,7 @@ class Controller:
         for callback in self.episode_callbacks:
             callback()
         self.scheduler.reset()
+        self._committed = None
         if self.operator is not None:
             self.operator.reset()
         self.scheduler.prime(observation, task)
@@ -118,16 +145,23 @@ class Controller:
         """The action for ``tick``."""
         chunk_index, chunk_step = divmod(tick, self.horizon)
         base = self.scheduler.step(observation, task, tick)
-        starved = base is None
         hold = self.hold()
-        base_action = hold if starved else base
         if chunk_step == 0:
             for callback in self.boundary_callbacks:
                 callback(chunk_index)
         correct = tick % self.head_stride == 0  # at every boundary too: head_stride divides H
+        if correct and self._sampling:
+            self._committed = self._choose_sample(observation, tick)
+            self._committed_tick = tick
+        if self._committed is not None and tick - self._committed_tick < self.head_stride:
+            base = self._committed[tick - self._committed_tick].copy()  # the chosen sample runs open loop
+        else:
+            self._committed = None
+        starved = base is None
+        base_action = hold if starved else base
         window = None
         if correct or self.windows_every_tick:
-            window, _ = self.scheduler.window(tick, self.horizon, fill=hold)
+            window = self._window(tick, hold)
         if correct:
             if self.head is not None:
                 self._correction = np.asarray(
@@ -162,3 +196,29 @@ class Controller:
                 anchor = hold if out.anchor is None else np.asarray(out.anchor, np.float32)
                 decision.action = out.blend * policy_action + (1 - out.blend) * anchor
         return decision
+
+    def _choose_sample(self, observation: dict[str, np.ndarray], tick: int) -> np.ndarray | None:
+        """The sampling head's chosen window float32[H, A] from this tick on, or None (run the plan)."""
+        samples = self.scheduler.samples
+        i0 = tick - self.scheduler.plan_start
+        if samples is None or i0 < 0 or i0 + self.horizon > samples.shape[1]:
+            self.sample_stats["uncovered"] += 1
+            return None
+        windows = samples[:, i0: i0 + self.horizon]
+        index = self.head.choose(observation, self.scheduler.features, windows)  # type: ignore[union-attr]
+        if index is None:
+            self.sample_stats["declined"] += 1
+            return None
+        self.sample_stats["chosen"] += 1
+        return np.ascontiguousarray(windows[int(index)], np.float32)
+
+    def _window(self, tick: int, hold: np.ndarray) -> np.ndarray:
+        """float32[H, A]: the base actions planned for ``tick .. tick+H-1``: the committed sample's remaining
+        ticks (sampling head), then the scheduler's plan (ticks past it: ``hold``)."""
+        if self._committed is None:
+            window, _ = self.scheduler.window(tick, self.horizon, fill=hold)
+            return window
+        done = tick - self._committed_tick
+        head = self._committed[done:]
+        rest, _ = self.scheduler.window(tick + len(head), self.horizon - len(head), fill=hold)
+        return np.concatenate([head, rest]) if len(rest) else head.copy()

@@ -150,6 +150,7 @@ class ChunkScheduler:
         self.plan = np.zeros((0, 0), np.float32)
         self.features = np.zeros(0, np.float16)
         self.version = 0
+        self.samples: np.ndarray | None = None  # float32[N, L, A]: the plan's chunk's N raw samples, from plan_start
         self._pending: _Request | None = None
         self.splice_ticks: list[int] = []
         self.stats = SchedulerStats()
@@ -299,3 +300,4 @@ class ChunkScheduler:
                 new[:overlap] = (1 - w) * self.plan[old_i0 : old_i0 + overlap] + w * new[:overlap]
         self.plan_start = new_start
         self.plan = np.ascontiguousarray(new, np.float32)
+        self.samples = None if chunk.samples is None else chunk.samples[:, skip:]

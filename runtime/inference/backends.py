@@ -6,7 +6,9 @@ ids and drops stale replies. Backends:
 
 - :class:`InlineBackend`: runs ``infer`` inside ``submit`` (cheap scripted policies, tests);
 - :class:`ThreadBackend`: a worker thread with a one-slot mailbox (the newest request wins);
-- a worker process / remote server over pyzmq (``tandem.runtime.inference.client``), for real VLAs.
+- a worker process / remote server over pyzmq (``tandem.runtime.inference.client``), for real VLAs;
+- :class:`SampleRequests`: wraps any of them so each request asks for N base samples (``head=vgps``);
+  every backend answers requests through ``tandem.policies.base.infer_requests`` (one batched call).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tandem.policies.base import BasePolicy, Chunk
+from tandem.policies.base import BasePolicy, Chunk, infer_requests, request_samples
 
 
 class InferenceBackend(Protocol):
@@ -42,7 +44,7 @@ class InlineBackend:
 
     def submit(self, request_id: int, observation: dict[str, np.ndarray], task: str) -> None:
         """Run inference now."""
-        self._ready.append((request_id, self.policy.infer(observation, task)))
+        self._ready.append((request_id, infer_requests(self.policy, [observation], [task])[0]))
 
     def poll(self, wait_s: float = 0.0) -> list[tuple[int, Chunk]]:
         """Return and clear the finished replies."""
@@ -103,7 +105,40 @@ class ThreadBackend:
             except queue.Empty:
                 continue
             try:
-                self._outbox.put((rid, self.policy.infer(obs, task)))
+                self._outbox.put((rid, infer_requests(self.policy, [obs], [task])[0]))
             except BaseException as exc:  # reported to the control thread by poll()
                 self.errors.append(exc)
                 return
+
+
+class SampleRequests:
+    """A backend whose every request asks for ``num_samples`` base samples of one observation (``head=vgps``).
+
+    The inner backend's policy answers with one batched call (``infer_requests``) and the reply's
+    ``Chunk.samples`` float32[N, P, A] holds them; the scheduler keeps them beside its plan. Other
+    attributes (``fault_stats``, ``policy`` ...) are the inner backend's.
+
+    Args:
+        inner: the backend that runs inference.
+        num_samples: N, 1..MAX_SAMPLES.
+    """
+
+    def __init__(self, inner: InferenceBackend, num_samples: int) -> None:
+        request_samples({}, num_samples)  # validates N
+        self.inner = inner
+        self.num_samples = int(num_samples)
+
+    def submit(self, request_id: int, observation: dict[str, np.ndarray], task: str) -> None:
+        """Queue a request for N samples; never blocks."""
+        self.inner.submit(request_id, request_samples(observation, self.num_samples), task)
+
+    def poll(self, wait_s: float = 0.0) -> list[tuple[int, Chunk]]:
+        """The inner backend's replies."""
+        return self.inner.poll(wait_s)
+
+    def close(self) -> None:
+        """Close the inner backend."""
+        self.inner.close()
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - forwards anything else (fault_stats, policy, ...)
+        return getattr(self.inner, name)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tandem.core.validate import in_range, positive
-from tandem.policies.base import BasePolicy, Chunk, PolicyLoadError
+from tandem.policies.base import MAX_SAMPLES, BasePolicy, Chunk, PolicyLoadError
 from tandem.protocol.security import open_socket
 from tandem.protocol.wire import Message, WireError, decode, encode, log_safe
 from tandem.runtime.inference.server import CHUNK, ERROR, INFER, INFO, LINK_SCHEMA, worker_main
@@ -202,9 +202,13 @@ class LinkBackend:
             raise ValueError(f"{features.size} features, the policy's feature_dim is {feature_dim}")
         if not np.isfinite(actions).all():
             raise ValueError("non-finite actions")
+        samples = msg.arrays.get("samples")
+        if samples is not None and (samples.ndim != 3 or samples.shape[1:] != actions.shape
+                                    or not 1 <= len(samples) <= MAX_SAMPLES or not np.isfinite(samples).all()):
+            raise ValueError(f"samples of shape {samples.shape} for actions of shape {actions.shape}")
         return Chunk(
             actions=actions, features=features, policy=str(msg.meta.get("policy", ""))[:200],
-            version=int(msg.meta.get("version", 0)), infer_s=float(msg.meta.get("infer_s", 0.0)),
+            version=int(msg.meta.get("version", 0)), infer_s=float(msg.meta.get("infer_s", 0.0)), samples=samples,
         )
 
     def close(self) -> None:

@@ -15,7 +15,8 @@ kind    direction         content
 ======= ================= ==========================================================================
 infer   robot -> policy   ``seq`` = request id, ``meta.task`` = instruction, arrays = the observation
 chunk   policy -> robot   ``seq`` = request id, arrays ``actions`` float32[P, A], ``features``
-                          float16[F]; ``meta``: policy, version, infer_s
+                          float16[F] (and ``samples`` float32[N, P, A] when the request's observation
+                          asked for N samples: ``tandem.num_samples``); ``meta``: policy, version, infer_s
 error   policy -> robot   ``seq`` = request id, ``meta.error``: why inference failed (the robot stops)
 info    both ways         request / reply: ``meta`` holds the policy's name and sizes (and
                           ``weights``, the base weights schema, for a policy that takes them)
@@ -53,7 +54,7 @@ import numpy as np
 from tandem.core.config import build_group
 from tandem.core.registry import component_class
 from tandem.hardware.features import Feature, check_observation, zero_observation
-from tandem.policies.base import BasePolicy
+from tandem.policies.base import BasePolicy, infer_requests, requested_samples
 from tandem.protocol.security import bound_endpoint, load_keys, open_socket, start_authenticator
 from tandem.protocol.wire import Message, WireError, decode, digest_arrays, encode, log_safe, schema_hash
 
@@ -223,6 +224,10 @@ class PolicyServer:
             problem = check_observation(msg.arrays, self.features)
             if not isinstance(task, str):
                 problem = "meta.task must be a string"
+            try:
+                requested_samples(msg.arrays)
+            except ValueError as exc:
+                problem = problem or str(exc)
             if problem:
                 self._error(identity, msg.seq, problem)
             else:
@@ -231,7 +236,7 @@ class PolicyServer:
             return 0
         t0 = time.perf_counter()
         try:
-            chunks = self.policy.infer_batch([m.arrays for _, m, _ in ok], [t for _, _, t in ok])
+            chunks = infer_requests(self.policy, [m.arrays for _, m, _ in ok], [t for _, _, t in ok])
         except Exception as exc:  # reported to the robots, which stop with this message
             log.exception("policy server: inference failed")
             for identity, msg, _ in ok:
@@ -241,12 +246,15 @@ class PolicyServer:
         if len(self.stats.infer_ms) > 10_000:
             del self.stats.infer_ms[:5000]
         for (identity, msg, _), chunk in zip(ok, chunks, strict=True):
+            arrays = {"actions": chunk.actions.astype(np.float32), "features": chunk.features.astype(np.float16)}
+            if chunk.samples is not None:
+                arrays["samples"] = chunk.samples.astype(np.float32)
             reply = Message(
                 kind=CHUNK,
                 schema=LINK_SCHEMA,
                 seq=msg.seq,
                 meta={"policy": chunk.policy, "version": int(chunk.version), "infer_s": float(chunk.infer_s)},
-                arrays={"actions": chunk.actions.astype(np.float32), "features": chunk.features.astype(np.float16)},
+                arrays=arrays,
             )
             self._send(identity, reply)
             self.stats.replies += 1

@@ -48,7 +48,8 @@ class ObjectiveConfig:
 
     Attributes:
         type: "critic" (chunked critic only), "residual" (critic + residual head), "edit" (critic +
-            EXPO edit head; publishes both), "base_awr" (critic + an advantage-weighted update of the tiny
+            EXPO edit head; publishes both), "vgps" (the expectile critic of ``head=vgps``, which picks among
+            base samples; publishes ``critic``), "base_awr" (critic + an advantage-weighted update of the tiny
             VLA base; publishes ``base``: ``base_awr.py``) or "chunk_reward" (a small test objective).
         critic, head: network settings, the same as the robot's ``head.critic`` / ``head.head`` (sizes
             come from the data); see tandem.policies.heads.build.
@@ -77,7 +78,7 @@ class ObjectiveConfig:
         one_of("objective.publish_kind", self.publish_kind, WEIGHT_KINDS)
 
 
-OBJECTIVES = ("chunk_reward", "critic", "residual", "edit", "base_awr")
+OBJECTIVES = ("chunk_reward", "critic", "residual", "edit", "vgps", "base_awr")
 
 
 def make_objective(config: ObjectiveConfig, device: str = "cpu", distributed: bool = False) -> Objective:

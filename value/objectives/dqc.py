@@ -1,5 +1,6 @@
 """Decoupled Q-chunking (DQC): a critic over H ticks for value propagation, a partial critic over the first h
-ticks for acting.
+ticks for acting; and its h = H case without the partial critic, the critic of V-GPS
+(:class:`ExpectileCriticObjective`, ``head=vgps``).
 
 Shapes: B batch, H critic chunk (``session.horizon``), h = ``critic.partial_horizon`` < H, A actions, M members.
 One record is an H-tick chunk starting at tick t (with ``session.record_stride = h`` a record starts every h
@@ -81,6 +82,21 @@ class StateValue(nn.Module):
             t.lerp_(o, self.config.tau)
 
 
+@torch.no_grad()
+def value_backup(objective: CriticObjective, value: StateValue, b: dict[str, torch.Tensor],
+                 gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's TD target to the state value, (y float[B], loss weight float[B]):
+    y = R_{t:t+H} + gamma^h * bootstrap * Vbar(s_{t+H}), with ``objective``'s reward settings (``reward_mode``,
+    ``reward_scale``, ``rlif_penalty``, failure value) and the terminal / failure / truncation rules of
+    ``targets.td_target``. No next action: Vbar (``value``'s target network) stands in for the acting rule."""
+    cfg = objective.config
+    if cfg.reward_mode == "time":
+        b = {**b, "reward": -torch.ones_like(b["reward"])}
+    v_next = value(b["next_state"], b["next_features"], target=True)
+    r = shaped_reward(b["reward"], b.get("takeover_start"), cfg.reward_scale, cfg.rlif_penalty)
+    return td_target(r, b["valid"], b["done"], b["next_valid"], v_next, gamma, b.get("failed"), objective.failure_value)
+
+
 class DQCCriticObjective(CriticObjective):
     """The critic objective of DQC (module docstring). ``critic`` is the partial critic Q^P (what heads and the
     robot use); ``full`` the H-tick critic; ``value`` V.
@@ -115,14 +131,9 @@ class DQCCriticObjective(CriticObjective):
     def targets(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(y_Q float[B], its loss weight float[B], y_P float[B], y_V float[B]) of a batch (module docstring),
         from the target networks."""
-        cfg, full, partial = self.config, self.full, self.critic
-        if cfg.reward_mode == "time":
-            b = {**b, "reward": -torch.ones_like(b["reward"])}
+        full, partial = self.full, self.critic
         s, f, chunk = b["state"], b["features"], b["executed"]
-        v_next = self.value(b["next_state"], b["next_features"], target=True)
-        r = shaped_reward(b["reward"], b.get("takeover_start"), cfg.reward_scale, cfg.rlif_penalty)
-        y_q, w = td_target(r, b["valid"], b["done"], b["next_valid"], v_next, full.config.gamma, b.get("failed"),
-                           self.failure_value)
+        y_q, w = value_backup(self, self.value, b, full.config.gamma)
         y_p = full.q_pess(s, f, chunk, target=True, generator=self.generator)
         y_v = partial.q_pess(s, f, chunk, target=True, generator=self.generator)
         return y_q, w, y_p, y_v
@@ -178,3 +189,88 @@ class DQCCriticObjective(CriticObjective):
     def weights(self) -> dict[str, dict[str, np.ndarray]]:
         """{"critic": Q^P's online parameters}: the robot acts with the partial critic."""
         return {"critic": self.critic.weights()}
+
+
+class ExpectileCriticObjective(CriticObjective):
+    """The critic of V-GPS (``head=vgps``): DQC's Q/V expectile backup with the acting chunk the record's full
+    chunk (no partial critic: the robot picks whole H-tick base samples)::
+
+        Q(s_t, a_{t:t+H})    y_Q = R_{t:t+H} + gamma^h' * bootstrap * Vbar(s_{t+H})      critic's TD loss
+        V(s_t)               y_V = agg_j Qbar_j(s_t, a_{t:t+H}^data)                     expectile kappa_b
+
+    kappa_b = ``critic_objective.value_expectile`` (default 0.9) > 0.5 makes V an upper expectile of Q over
+    the chunks the robot ran, which approximates the max over the behaviour's support, what the robot's
+    best of N base samples approximates. So the chunk chosen for acting and the chunk the backup assumes
+    agree without sampling the base at s_{t+H}. ``critic`` (Q) is what the robot picks with and what is
+    published; it scores the robot's N samples through ``select.best_of_candidates``, as the learner would.
+
+    Args:
+        critic: the critic over H ticks (``partial_horizon`` 0).
+        config: objective settings (``value_expectile`` and the reward settings; ``partial_expectile`` unused).
+        distributed: average gradients over ranks.
+
+    Raises:
+        ConfigError: a critic with ``partial_horizon`` > 0 (that is DQC's objective).
+    """
+
+    name = "vgps"
+
+    def __init__(self, critic: ChunkedCritic, config: CriticObjectiveConfig | None = None,
+                 distributed: bool = False) -> None:
+        c = critic.config
+        if c.partial_horizon:
+            raise ConfigError("critic.partial_horizon", c.partial_horizon, "0 for vgps (the acting chunk is the "
+                              "record's full chunk)")
+        super().__init__(critic, config, distributed=distributed)
+        self.value = StateValue(c)
+        self.value_optimizer = torch.optim.AdamW(self.value.online.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+    @torch.no_grad()
+    def targets(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(y_Q float[B], its loss weight float[B], y_V float[B]) of a batch (class docstring), from the target
+        networks."""
+        y_q, w = value_backup(self, self.value, b, self.critic.config.gamma)
+        y_v = self.critic.q_pess(b["state"], b["features"], b["executed"], target=True, generator=self.generator)
+        return y_q, w, y_v
+
+    def update_tensors(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One step of Q (TD to Vbar at s_{t+H}) and V (expectile to Qbar); Polyak steps of both."""
+        critic, value = self.critic, self.value
+        s, f, chunk = b["state"], b["features"], b["executed"]
+        y_q, w, y_v = self.targets(b)
+        loss_q, q = critic.td_loss(s, f, chunk, y_q, w)
+        norm_q = grad_step(self.optimizer, loss_q, list(critic.online.parameters()), critic.config.grad_clip,
+                           self.distributed)
+        v = value(s, f)
+        loss_v = expectile_loss(v, y_v, self.config.value_expectile).mean()
+        norm_v = grad_step(self.value_optimizer, loss_v, list(value.online.parameters()), critic.config.grad_clip,
+                           self.distributed)
+        critic.polyak_update()
+        value.polyak_update()
+        self.steps += 1
+        wsum = float(w.sum().clamp_min(1e-6))
+        return {
+            "critic/loss": float(loss_q.detach()),
+            "critic/td_abs": float(((q.mean(0) - y_q).abs() * w).sum()) / wsum,
+            "critic/q_mean": float((q.mean(0) * w).sum()) / wsum,
+            "critic/q_ens_std": float(q.std(0, correction=0).mean()) if q.shape[0] > 1 else 0.0,
+            "critic/target_mean": float((y_q * w).sum()) / wsum,
+            "critic/weight_frac": float(w.mean()),
+            "critic/grad_norm": norm_q,
+            "critic/value_loss": float(loss_v.detach()),
+            "critic/value_mean": float(v.detach().mean()),
+            "critic/value_minus_q": float((v.detach() - y_v).mean()),
+            "critic/value_grad_norm": norm_v,
+            "critic/steps": float(self.steps),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The critic's entries (``critic``: what ``head.init`` loads) plus V and its optimiser."""
+        return {**super().state_dict(), "value": self.value.state_dict(),
+                "value_optimizer": self.value_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        super().load_state_dict(state)
+        self.value.load_state_dict(state["value"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])

@@ -1,6 +1,6 @@
-"""The learner's critic / residual / edit objective, built from the same settings as the robot's head.
+"""The learner's critic / residual / edit / vgps objective, built from the same settings as the robot's head.
 
-The learner's ``objective`` block (type critic|residual|edit) carries the run's ``head`` block settings;
+The learner's ``objective`` block (type critic|residual|edit|vgps) carries the run's ``head`` block settings;
 the networks are built at the first batch (sizes from the data) with the same
 ``tandem.policies.heads.build`` functions the robot uses, so their weights schemas match.
 """
@@ -19,13 +19,14 @@ from tandem.policies.heads.config import Dims, build_settings
 from tandem.policies.heads.critic import ChunkedCritic, CriticConfig
 from tandem.policies.heads.networks import EditHead, EditHeadConfig, ResidualHead, ResidualHeadConfig
 from tandem.value.objectives.critic import CriticObjective, CriticObjectiveConfig
-from tandem.value.objectives.dqc import DQCCriticObjective
+from tandem.value.objectives.dqc import DQCCriticObjective, ExpectileCriticObjective
 from tandem.value.objectives.edit import EditHeadObjective, EditObjectiveConfig
 from tandem.value.objectives.residual import ResidualHeadObjective, ResidualObjectiveConfig
 
 # ----------------------------------------------------------------------------------------------------
 
-LEARNING_OBJECTIVES = ("critic", "residual", "edit")
+LEARNING_OBJECTIVES = ("critic", "residual", "edit", "vgps")
+CRITIC_ONLY = ("critic", "vgps")  # no head network
 
 
 def make_learning_objective(kind: str, critic: CriticConfig, head: ResidualHeadConfig | EditHeadConfig | None = None,
@@ -33,10 +34,10 @@ def make_learning_objective(kind: str, critic: CriticConfig, head: ResidualHeadC
                             head_objective: ResidualObjectiveConfig | EditObjectiveConfig | None = None,
                             device: str = "cpu", distributed: bool = False
                             ) -> CriticObjective | ResidualHeadObjective | EditHeadObjective:
-    """Build one of LEARNING_OBJECTIVES ("critic", "residual", "edit") on ``device``.
+    """Build one of LEARNING_OBJECTIVES ("critic", "residual", "edit", "vgps") on ``device``.
 
     Args:
-        kind: which objective.
+        kind: which objective; "vgps" is the expectile critic of ``head=vgps`` (``dqc.ExpectileCriticObjective``).
         critic: the critic's config (its ``device`` is replaced by ``device``); with ``partial_horizon`` > 0
             the critic objective is DQC's (``tandem.value.objectives.dqc``).
         head: the head's config (required for "residual" and "edit"; dims must match the critic's).
@@ -46,6 +47,8 @@ def make_learning_objective(kind: str, critic: CriticConfig, head: ResidualHeadC
     """
     one_of("kind", kind, LEARNING_OBJECTIVES)
     net = ChunkedCritic(replace(critic, device=device))
+    if kind == "vgps":
+        return ExpectileCriticObjective(net, critic_objective, distributed=distributed)
     co = (DQCCriticObjective(net, critic_objective, distributed=distributed) if critic.partial_horizon
           else CriticObjective(net, critic_objective, distributed=distributed))
     if kind == "critic":
@@ -105,16 +108,21 @@ class LearningObjective:
 
     def settings(self, dims: Dims) -> tuple[Any, Any, Any, Any]:
         """The typed (critic, head, critic objective, head objective) configs at these sizes (head ones
-        None for the critic objective).
+        None for the critic and vgps objectives).
 
         Raises:
             ConfigError: an unknown key (named, with a hint) or a bad value, by its ``objective.*`` path.
         """
         spec = self.spec
         critic = critic_config(spec.critic, dims, "objective.critic")
-        head = None if spec.type == "critic" else head_config(spec.type, spec.head, dims, "objective.head")
+        critic_only = spec.type in CRITIC_ONLY
+        if spec.type == "vgps":
+            for name in ("head", "head_objective"):
+                if getattr(spec, name):
+                    raise ConfigError(f"objective.{name}", getattr(spec, name), "empty for vgps (no head network)")
+        head = None if critic_only else head_config(spec.type, spec.head, dims, "objective.head")
         head_cls = ResidualObjectiveConfig if spec.type == "residual" else EditObjectiveConfig
-        head_obj = None if spec.type == "critic" else build_settings(head_cls, spec.head_objective, "objective.head_objective")
+        head_obj = None if critic_only else build_settings(head_cls, spec.head_objective, "objective.head_objective")
         co = build_settings(CriticObjectiveConfig, spec.critic_objective, "objective.critic_objective")
         return critic, head, co, head_obj
 
