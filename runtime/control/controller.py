@@ -15,6 +15,7 @@ critic yet, N = 1) or the samples do not cover the window, the base plan runs un
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,6 +25,8 @@ import numpy as np
 from tandem.core.validate import stride_of
 from tandem.runtime.control.scheduler import ChunkScheduler
 from tandem.teleop.operator import Operator, OperatorOutput  # noqa: F401  (Operator: the controller's input)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -202,6 +205,10 @@ class Controller:
         samples = self.scheduler.samples
         i0 = tick - self.scheduler.plan_start
         if samples is None or i0 < 0 or i0 + self.horizon > samples.shape[1]:
+            if not self.sample_stats["uncovered"]:
+                log.warning("head=vgps: the base samples do not cover the %d-tick window at tick %d (%s); the base "
+                            "plan runs unchanged there (use a base chunk of at least session.horizon ticks)",
+                            self.horizon, tick, "no samples" if samples is None else f"{samples.shape[1] - i0} ticks left")
             self.sample_stats["uncovered"] += 1
             return None
         windows = samples[:, i0: i0 + self.horizon]
