@@ -75,6 +75,28 @@ def failure_value(config: CriticObjectiveConfig, gamma: float) -> float:
     return 0.0
 
 
+def td_metrics(loss: torch.Tensor, q: torch.Tensor, y: torch.Tensor, w: torch.Tensor, grad_norm: float) -> dict[str, float]:
+    """The metrics of one critic TD step, shared by every critic objective.
+
+    Args:
+        loss: the scalar TD loss; q: float[E, B] the members' Q; y: float[B] targets; w: float[B] loss weights;
+        grad_norm: the step's gradient norm.
+
+    Returns:
+        critic/loss, td_abs (weighted mean |mean_j Q_j - y|), q_mean, q_ens_std, target_mean, weight_frac, grad_norm.
+    """
+    wsum = float(w.sum().clamp_min(1e-6))
+    return {
+        "critic/loss": float(loss.detach()),
+        "critic/td_abs": float(((q.mean(0) - y).abs() * w).sum()) / wsum,
+        "critic/q_mean": float((q.mean(0) * w).sum()) / wsum,
+        "critic/q_ens_std": float(q.std(0, correction=0).mean()) if q.shape[0] > 1 else 0.0,
+        "critic/target_mean": float((y * w).sum()) / wsum,
+        "critic/weight_frac": float(w.mean()),
+        "critic/grad_norm": grad_norm,
+    }
+
+
 class CriticObjective:
     """Chunked TD regression of the critic ensemble toward one pessimistic target, then a Polyak step.
 
@@ -123,16 +145,9 @@ class CriticObjective:
                           self.distributed)
         critic.polyak_update()
         self.steps += 1
-        wsum = float(w.sum().clamp_min(1e-6))
         return {
-            "critic/loss": float(loss.detach()),
-            "critic/td_abs": float(((q.mean(0) - y).abs() * w).sum()) / wsum,
-            "critic/q_mean": float((q.mean(0) * w).sum()) / wsum,
-            "critic/q_ens_std": float(q.std(0, correction=0).mean()) if q.shape[0] > 1 else 0.0,
-            "critic/target_mean": float((y * w).sum()) / wsum,
-            "critic/weight_frac": float(w.mean()),
+            **td_metrics(loss, q, y, w, norm),
             "critic/takeover_frac": float(b["intervention"].any(dim=1).float().mean()) if "intervention" in b else 0.0,
-            "critic/grad_norm": norm,
             "critic/steps": float(self.steps),
         }
 

@@ -37,7 +37,7 @@ from torch import nn
 from tandem.core.errors import ConfigError
 from tandem.policies.heads.critic import ChunkedCritic, CriticConfig, EnsembleMLP
 from tandem.value.objectives.common import grad_step
-from tandem.value.objectives.critic import CriticObjective, CriticObjectiveConfig
+from tandem.value.objectives.critic import CriticObjective, CriticObjectiveConfig, td_metrics
 from tandem.value.objectives.targets import shaped_reward, td_target
 
 
@@ -157,14 +157,8 @@ class DQCCriticObjective(CriticObjective):
         partial.polyak_update()
         value.polyak_update()
         self.steps += 1
-        wsum = float(w.sum().clamp_min(1e-6))
         return {
-            "critic/loss": float(loss_q.detach()),
-            "critic/td_abs": float(((q.mean(0) - y_q).abs() * w).sum()) / wsum,
-            "critic/q_mean": float((q.mean(0) * w).sum()) / wsum,
-            "critic/target_mean": float((y_q * w).sum()) / wsum,
-            "critic/weight_frac": float(w.mean()),
-            "critic/grad_norm": norm_q,
+            **td_metrics(loss_q, q, y_q, w, norm_q),
             "critic/partial_loss": float(loss_p.detach()),
             "critic/partial_mean": float(qp.detach().mean()),
             "critic/partial_minus_full": float((qp.detach().mean(0) - y_p).mean()),
@@ -248,15 +242,8 @@ class ExpectileCriticObjective(CriticObjective):
         critic.polyak_update()
         value.polyak_update()
         self.steps += 1
-        wsum = float(w.sum().clamp_min(1e-6))
         return {
-            "critic/loss": float(loss_q.detach()),
-            "critic/td_abs": float(((q.mean(0) - y_q).abs() * w).sum()) / wsum,
-            "critic/q_mean": float((q.mean(0) * w).sum()) / wsum,
-            "critic/q_ens_std": float(q.std(0, correction=0).mean()) if q.shape[0] > 1 else 0.0,
-            "critic/target_mean": float((y_q * w).sum()) / wsum,
-            "critic/weight_frac": float(w.mean()),
-            "critic/grad_norm": norm_q,
+            **td_metrics(loss_q, q, y_q, w, norm_q),
             "critic/value_loss": float(loss_v.detach()),
             "critic/value_mean": float(v.detach().mean()),
             "critic/value_minus_q": float((v.detach() - y_v).mean()),
