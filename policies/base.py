@@ -127,18 +127,19 @@ def infer_requests(policy: BasePolicy, observations: list[dict[str, np.ndarray]]
     counts = [requested_samples(o) for o in observations]
     if not any(counts):
         return policy.infer_batch(observations, tasks)
+    sizes = [max(n, 1) for n in counts]  # batch rows per request
     flat_obs: list[dict[str, np.ndarray]] = []
     flat_tasks: list[str] = []
-    for obs, task, n in zip(observations, tasks, counts, strict=True):
+    for obs, task, size in zip(observations, tasks, sizes, strict=True):
         plain = {k: v for k, v in obs.items() if k != NUM_SAMPLES_KEY}
-        flat_obs.extend([plain] * max(n, 1))
-        flat_tasks.extend([task] * max(n, 1))
+        flat_obs.extend([plain] * size)
+        flat_tasks.extend([task] * size)
     chunks = policy.infer_batch(flat_obs, flat_tasks)
     out: list[Chunk] = []
     i = 0
-    for n in counts:
-        group = chunks[i: i + max(n, 1)]
-        i += max(n, 1)
+    for n, size in zip(counts, sizes, strict=True):
+        group = chunks[i: i + size]
+        i += size
         first = group[0]
         if n:
             first = Chunk(actions=first.actions, features=first.features, policy=first.policy, version=first.version,

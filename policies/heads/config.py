@@ -11,10 +11,10 @@ from typing import Any, NamedTuple
 
 from tandem.core.config import build_dataclass
 from tandem.core.errors import ConfigError
-from tandem.core.validate import one_of
+from tandem.core.validate import non_negative, one_of, positive
+from tandem.policies.base import MAX_SAMPLES
 
 HEAD_TYPES = ("none", "residual", "edit", "vgps")
-MAX_NUM_SAMPLES = 256  # = tandem.policies.base.MAX_SAMPLES
 SELECTIONS = ("critic", "mean")
 
 
@@ -38,6 +38,15 @@ def build_settings(cls: type, values: dict, where: str, dims: Dims | None = None
             raise ConfigError(f"{where}.{key}", values[key], "is set from the data (robot, policy, session.horizon)")
         values.update(dims._asdict())
     return build_dataclass(cls, values, where)
+
+
+def check_dims(cfg: Any) -> None:
+    """Validate a head or critic setting's sizes: ``state_dim``, ``horizon``, ``action_dim`` positive,
+    ``feature_dim`` >= 0 (a ConfigError naming the field)."""
+    positive("state_dim", cfg.state_dim)
+    non_negative("feature_dim", cfg.feature_dim)
+    positive("horizon", cfg.horizon)
+    positive("action_dim", cfg.action_dim)
 
 
 @dataclass
@@ -77,8 +86,8 @@ class HeadConfig:
         for name in ("critic", "head", "critic_objective", "head_objective"):
             setattr(self, name, dict(getattr(self, name) or {}))
         if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) \
-                or not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
-            raise ConfigError("head.num_samples", self.num_samples, f"an integer in 1..{MAX_NUM_SAMPLES} (vgps: base "
+                or not 1 <= self.num_samples <= MAX_SAMPLES:
+            raise ConfigError("head.num_samples", self.num_samples, f"an integer in 1..{MAX_SAMPLES} (vgps: base "
                               "samples per chunk boundary)")
         if self.type == "vgps":
             if self.select != "critic":

@@ -30,6 +30,7 @@ from torch import nn
 from tandem.core.errors import ConfigError
 from tandem.core.validate import in_range, non_negative, positive
 from tandem.hardware.features import STATE_KEY
+from tandem.policies.heads.config import check_dims
 from tandem.protocol.messages import check_arrays
 
 _LN_EPS = 1e-5
@@ -37,10 +38,7 @@ _LN_EPS = 1e-5
 
 def _validate_dims(cfg: ResidualHeadConfig | EditHeadConfig) -> None:
     cfg.hidden = tuple(int(h) for h in cfg.hidden)
-    positive("state_dim", cfg.state_dim)
-    non_negative("feature_dim", cfg.feature_dim)
-    positive("horizon", cfg.horizon)
-    positive("action_dim", cfg.action_dim)
+    check_dims(cfg)
     if not cfg.hidden or min(cfg.hidden) < 1:
         raise ConfigError("hidden", cfg.hidden, "a non-empty list of positive widths")
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tandem.core.validate import in_range, non_negative, positive
+from tandem.core.validate import in_range
 from tandem.hardware.features import STATE_KEY
 from tandem.policies.base import MAX_SAMPLES
+from tandem.policies.heads.config import check_dims
 
 Selector = Callable[[np.ndarray, np.ndarray, np.ndarray], int]
 """(state float32[S], features float32[F], candidates float32[N, H, A]) -> index of the chunk to run."""
@@ -47,10 +48,7 @@ class VGPSHeadConfig:
     state_key: str = STATE_KEY
 
     def __post_init__(self) -> None:
-        positive("state_dim", self.state_dim)
-        non_negative("feature_dim", self.feature_dim)
-        positive("horizon", self.horizon)
-        positive("action_dim", self.action_dim)
+        check_dims(self)
         in_range("head.num_samples", self.num_samples, 1, MAX_SAMPLES)
 
 
