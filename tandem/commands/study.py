@@ -399,7 +399,7 @@ def _iterations_block(results: dict[str, dict], args: argparse.Namespace) -> dic
     return {"base_iterations": curves, "iteration_differences": diffs} if curves else {}
 
 
-CALIBRATION_FIGURES = ("spearman", "mean_error", "mean_abs_error", "pess_mean_error", "v0_auc")
+CALIBRATION_FIGURES = ("spearman", "mean_error", "mean_abs_error", "pess_mean_error", "v0_auc", "early_auc")
 
 
 def calibration_summary(per_seed: list[dict | None]) -> dict | None:
@@ -472,17 +472,19 @@ def _calibration_md(data: dict) -> list[str]:
         return "n/a" if v is None else format(v, fmt)
 
     rows = [[name, num(c["spearman"]), num(c["mean_error"]), num(c["mean_abs_error"]), num(c["pess_mean_error"]),
-             num(c["v0_auc"], ".2f"), c["chunks"], c["episodes"]]
+             num(c["v0_auc"], ".2f"), num(c.get("early_auc"), ".2f"), c["chunks"], c["episodes"]]
             for name, a in data["arms"].items() if (c := a.get("calibration"))]
     if not rows:
         return []
     return ["## Value calibration on the unseen-scene evaluations", "",
             "For every chunk the evaluation ran: the critic's Q (ensemble mean) against the discounted return that "
             "followed, with the learner's own reward (an episode that ends without success is followed by the "
-            "value of never succeeding); V(s0) (Q of the first chunk) against the episode's success. Means over "
-            "training seeds (`tandem.reports.calibration`).", "",
+            "value of never succeeding); V(s0) (Q of the first chunk), and each episode's mean Q over its chunks "
+            "that start in ticks 1-99, against the episode's success. Means over training seeds "
+            "(`tandem.reports.calibration`).", "",
             md_table(["arm", "rank corr. Q vs return", "mean Q - return", "mean abs(Q - return)",
-                      "mean Q_pess - return", "AUC of V(s0) for success", "chunks", "episodes"], rows), ""]
+                      "mean Q_pess - return", "AUC of V(s0) for success", "AUC of mean Q, ticks 1-99", "chunks",
+                      "episodes"], rows), ""]
 
 
 def _curve_figure(results: dict[str, dict], seeds: list[int], path: Path) -> None:

@@ -21,7 +21,9 @@ time limit's tail is thus counted as failure, as a person reading the result wou
 Figures (``calibrate``'s dict): ``spearman`` (rank correlation of Q, the ensemble mean, with G over all
 chunks), ``mean_error`` and ``mean_abs_error`` of Q - G, ``pess_mean_error`` (the critic's pessimistic
 aggregate - G), ``v0_auc`` (probability that a successful episode's V(s0) is above a failed one's, ties
-count half; None when every episode had the same outcome), and the counts.
+count half; None when every episode had the same outcome), ``early_auc`` (the same for each episode's mean Q
+over its chunks that start in ticks 1-99, :data:`EARLY_TICKS`: does the critic know the outcome once the
+episode is under way; an episode with no chunk starting there is left out), and the counts.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from tandem.runtime.monitor.tick_log import load_ticks
 from tandem.value.objectives.critic import CriticObjectiveConfig, failure_value
 
 CHUNKS_FILE = "chunks.npz"
+EARLY_TICKS = (1, 100)  # [first, last + 1): the ticks whose chunks ``early_auc`` averages per episode
 
 
 # -- the chunks of an evaluation ---------------------------------------------------------------------
@@ -139,6 +142,24 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float | None:
 
 
 # -- the critic --------------------------------------------------------------------------------------
+def window_auc(episodes: Sequence[tuple[np.ndarray, np.ndarray, bool]], first: int, stop: int) -> float | None:
+    """AUC for success of each episode's mean Q over its chunks that start at ticks ``first <= t < stop``.
+
+    Args:
+        episodes: per episode (start ticks int[n], Q float[n] of its chunks, success).
+        first, stop: the tick window; an episode with no chunk starting in it is left out.
+
+    Returns:
+        P(a successful episode's mean Q > a failed one's), ties half; None without both outcomes.
+    """
+    ok, fail = [], []
+    for start, q, success in episodes:
+        inside = (start >= first) & (start < stop)
+        if inside.any():
+            (ok if success else fail).append(float(np.mean(q[inside])))
+    return auc(np.array(ok), np.array(fail))
+
+
 def load_critic(store: str | Path, head: HeadConfig, dims: Dims) -> ChunkedCritic:
     """The critic a learner store's newest checkpoint publishes (the one the robot acts with: with DQC the
     partial critic), built from the run's ``head.critic`` settings.
@@ -171,7 +192,7 @@ def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig,
     """
     obj = CriticObjectiveConfig(**{k: v for k, v in head.critic_objective.items()
                                    if k in CriticObjectiveConfig.__dataclass_fields__})
-    q_all, q_pess, g_all, v0_ok, v0_fail = [], [], [], [], []
+    q_all, q_pess, g_all, v0_ok, v0_fail, per_episode = [], [], [], [], [], []
     critic = None
     for seed, episodes in episodes_by_seed.items():
         run = Path(eval_dir) / f"seed_{seed}"
@@ -203,6 +224,7 @@ def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig,
             g_all.append(g)
             first = rows[np.argmin(chunks["start"][rows])]
             (v0_ok if e["success"] else v0_fail).append(float(q[first]))
+            per_episode.append((chunks["start"][rows], q[rows], bool(e["success"])))
     if critic is None or not q_all:
         return None
     q, qp, g = np.concatenate(q_all), np.concatenate(q_pess), np.concatenate(g_all)
@@ -210,7 +232,7 @@ def calibrate(store: str | Path, eval_dir: str | Path, head: HeadConfig,
         "chunks": int(len(q)), "episodes": len(v0_ok) + len(v0_fail), "successes": len(v0_ok),
         "spearman": spearman(q, g), "mean_error": float(np.mean(q - g)), "mean_abs_error": float(np.mean(np.abs(q - g))),
         "pess_mean_error": float(np.mean(qp - g)), "return_mean": float(np.mean(g)), "q_mean": float(np.mean(q)),
-        "v0_auc": auc(np.array(v0_ok), np.array(v0_fail)),
+        "v0_auc": auc(np.array(v0_ok), np.array(v0_fail)), "early_auc": window_auc(per_episode, *EARLY_TICKS),
         "v0_success_mean": float(np.mean(v0_ok)) if v0_ok else None,
         "v0_failure_mean": float(np.mean(v0_fail)) if v0_fail else None,
         "gamma": gamma, "reward_mode": obj.reward_mode, "reward_scale": obj.reward_scale, "failure_value": after,

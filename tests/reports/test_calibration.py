@@ -49,3 +49,16 @@ def test_chunks_file_keeps_each_chunks_start_tick(tmp_path):
     assert c["start"].tolist() == [0, 3, 0, 3] and c["episode"].tolist() == [0, 0, 1, 1]
     assert c["executed"].shape == (4, 3, 2) and c["features"].shape == (4, 0) and c["valid"].sum() == 11
     assert save_chunks([], tmp_path / "none") is None and load_chunks(tmp_path / "none") is None
+
+
+def test_window_auc_averages_each_episodes_chunks_inside_the_window():
+    from tandem.reports.calibration import window_auc
+    starts = np.array([0, 5, 50, 150])
+    episodes = [(starts, np.array([9.0, 1.0, 3.0, 0.0]), True),     # mean over ticks 1-99: 2.0
+                (starts, np.array([-9.0, 4.0, -2.0, 9.0]), False),   # 1.0 (tick 0 and tick 150 do not count)
+                (starts, np.array([0.0, 2.0, 2.0, 0.0]), False),     # 2.0: a tie with the success
+                (np.array([0, 120]), np.array([5.0, 5.0]), True)]    # no chunk in the window: left out
+    assert window_auc(episodes, 1, 100) == pytest.approx((1 + 0.5) / 2)
+    # V(s0)'s window: both successes (9 and 5) above both failures (-9 and 0)
+    assert window_auc(episodes, 0, 1) == pytest.approx(1.0)
+    assert window_auc(episodes[:1], 1, 100) is None
