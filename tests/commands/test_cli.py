@@ -75,7 +75,9 @@ def stop_a_session(args: list[str], sig: int, delay_s: float = 0.0) -> tuple[int
         assert lines[-1].startswith("episode"), "session never started: " + "".join(lines)[-2000:]
         time.sleep(delay_s)
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=90)
+        # the teardown commits the recorded episodes (video encoding): seconds on an idle 2-core machine, minutes
+        # beside other jobs (174 s measured at load 7), so the wait is generous; a hang still fails
+        out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
