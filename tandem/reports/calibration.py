@@ -141,7 +141,6 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float | None:
     return float(greater + 0.5 * ties)
 
 
-# -- the critic --------------------------------------------------------------------------------------
 def window_auc(episodes: Sequence[tuple[np.ndarray, np.ndarray, bool]], first: int, stop: int) -> float | None:
     """AUC for success of each episode's mean Q over its chunks that start at ticks ``first <= t < stop``.
 
@@ -160,6 +159,7 @@ def window_auc(episodes: Sequence[tuple[np.ndarray, np.ndarray, bool]], first: i
     return auc(np.array(ok), np.array(fail))
 
 
+# -- the critic --------------------------------------------------------------------------------------
 def load_critic(store: str | Path, head: HeadConfig, dims: Dims) -> ChunkedCritic:
     """The critic a learner store's newest checkpoint publishes (the one the robot acts with: with DQC the
     partial critic), built from the run's ``head.critic`` settings.

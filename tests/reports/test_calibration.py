@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tandem.protocol.chunk_record import ChunkRecord
-from tandem.reports.calibration import auc, load_chunks, realized_returns, save_chunks, spearman
+from tandem.reports.calibration import auc, load_chunks, realized_returns, save_chunks, spearman, window_auc
 
 
 def test_time_reward_return_counts_the_ticks_to_success():
@@ -52,7 +52,6 @@ def test_chunks_file_keeps_each_chunks_start_tick(tmp_path):
 
 
 def test_window_auc_averages_each_episodes_chunks_inside_the_window():
-    from tandem.reports.calibration import window_auc
     starts = np.array([0, 5, 50, 150])
     episodes = [(starts, np.array([9.0, 1.0, 3.0, 0.0]), True),     # mean over ticks 1-99: 2.0
                 (starts, np.array([-9.0, 4.0, -2.0, 9.0]), False),   # 1.0 (tick 0 and tick 150 do not count)
