@@ -65,11 +65,35 @@ RESAMPLES, LEVEL = 10_000, 0.95
 KEEP_ALL_VERSIONS = "++learn.learner.objective.base.keep_versions=1000000"
 
 
-def load_arms() -> dict[str, dict]:
-    """``configs/study/arms.yaml``: name -> {"train": bool, "overrides": [...]}."""
-    arms = yaml.safe_load(ARMS_FILE.read_text()) or {}
-    return {name: {"train": bool(spec.get("train", True)), "overrides": list(spec.get("overrides") or [])}
-            for name, spec in arms.items()}
+def load_arms(path: Path = ARMS_FILE) -> dict[str, dict]:
+    """``configs/study/arms.yaml``: name -> {"train": bool, "overrides": [...]}.
+
+    An arm may name another in ``extends``: it takes that arm's overrides (resolved the same way), then adds
+    its own, and its ``train`` unless it sets one.
+    """
+    specs = yaml.safe_load(path.read_text()) or {}
+    arms: dict[str, dict] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> dict:
+        if name in arms:
+            return arms[name]
+        spec = specs[name] or {}
+        parent = {"train": True, "overrides": []}
+        if "extends" in spec:
+            base = spec["extends"]
+            if base not in specs:
+                raise ConfigError(f"{path.name}: {name}.extends", base, f"one of {sorted(specs)}")
+            if base in chain:
+                raise ConfigError(f"{path.name}: {name}.extends", base, "an arm that does not extend "
+                                  f"{name} back (cycle {' -> '.join(chain + (name, base))})")
+            parent = resolve(base, chain + (name,))
+        arms[name] = {"train": bool(spec.get("train", parent["train"])),
+                      "overrides": parent["overrides"] + list(spec.get("overrides") or [])}
+        return arms[name]
+
+    for name in specs:
+        resolve(name, ())
+    return {name: arms[name] for name in specs}
 
 
 def build_parser() -> argparse.ArgumentParser:

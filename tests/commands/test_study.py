@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tandem.core.errors import ConfigError
+
 COMMON = ["policy=scripted", "policy.bias=0.6", "robot.cameras=[]", "robot.task=reach-v3",
           "robot.max_episode_steps=60", "teleop=human", "learn.learner.batch_size=16", "learn.learner.min_records=4"]
 
@@ -63,6 +65,22 @@ def test_an_unknown_arm_fails_before_anything_runs(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tandem.cli", "study", "--arms", "nosuch", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--arms" in res.stderr and not (tmp_path / "x").exists()
+
+
+def test_an_arm_that_extends_another_runs_its_overrides_first_then_its_own(tmp_path):
+    from tandem.commands.study import load_arms
+    f = tmp_path / "arms.yaml"
+    f.write_text("a: {overrides: [x=1]}\nb: {extends: a, overrides: [y=2]}\nc: {extends: b, overrides: [x=3]}\n"
+                 "d: {train: false, overrides: []}\ne: {extends: d}\n")
+    arms = load_arms(f)
+    assert arms["c"] == {"train": True, "overrides": ["x=1", "y=2", "x=3"]}
+    assert arms["e"] == {"train": False, "overrides": []}
+    f.write_text("a: {extends: nosuch}\n")
+    with pytest.raises(ConfigError, match="a.extends='nosuch'"):
+        load_arms(f)
+    f.write_text("a: {extends: b}\nb: {extends: a}\n")
+    with pytest.raises(ConfigError, match="cycle a -> b -> a"):
+        load_arms(f)
 
 
 def _base_run(run_dir, versions_per_episode, published):
