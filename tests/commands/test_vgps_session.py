@@ -18,12 +18,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_a_vgps_session_trains_the_critic_and_the_robot_selects_with_its_weights(tmp_path):
     run_dir = tmp_path / "run"
+    # 50 Hz wall-clock episodes (1 s each): the learner has an episode's time to ingest the first records and
+    # report that it trains, so the pacer waits for it; at robot.realtime=false three short episodes could end
+    # before the learner's first update and no critic weights would reach a chunk edge
     cmd = [
         sys.executable, "-m", "tandem.cli", "run",
         "policy=scripted", "policy.noise_std=0.3", "policy.chunk_length=10", "session.backend=inline",
-        "robot.task=reach-v3", "robot.cameras=[]", "robot.max_episode_steps=40", "robot.realtime=false",
+        "robot.task=reach-v3", "robot.cameras=[]", "robot.max_episode_steps=50", "robot.realtime=true",
         "loop.stop_on_success=false", "head=vgps", "head.num_samples=4", "head.critic.hidden=[32,32]",
-        "learn.spawn=true", "session.episodes=3", "learn.learner.batch_size=16", "learn.learner.min_records=4",
+        "learn.spawn=true", "session.episodes=4", "learn.learner.batch_size=16", "learn.learner.min_records=4",
         "learn.learner.publish_every_updates=5", "link.learner_updates_per_episode=10", f"session.run_dir={run_dir}",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400,
